@@ -1,0 +1,3 @@
+from asynchub._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Cache layout, locks, atomic commit and verification of cached files.
+
+Layout (the same as onnx.hub, so caches are shared both ways)::
+
+    <root>/<dirs of model_path>/<sha256>_<basename of model_path>
+
+Beside a final file ``F`` the engine may keep, while it works:
+
+* ``F.<token>.partial``      bytes being downloaded (process-unique token)
+* ``F.<token>.partial.json`` its resume state
+* ``F.lock``                 the inter-process lock (``filelock``)
+
+Only :func:`commit` ever creates ``F``, by ``os.replace`` of a file whose size and SHA-256 were
+checked, after ``fsync``. Directories inside the cache that are symbolic links are refused, so
+nothing is ever written through a planted link.
+
+Functions here block (file system calls); async callers run them in worker threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import filelock
+
+from ._exceptions import CacheError, InsufficientSpaceError
+
+__all__ = [
+    "HASH_BLOCK",
+    "cache_path",
+    "commit",
+    "ensure_dir",
+    "file_matches",
+    "lock_path",
+    "new_partial_path",
+    "partials_for",
+    "remove_quietly",
+    "sha256_file",
+    "translate_oserror",
+]
+
+log = logging.getLogger("asynchub")
+
+#: Read size when hashing files already on disk.
+HASH_BLOCK = 1024 * 1024
+PARTIAL_SUFFIX = ".partial"
+STATE_SUFFIX = ".partial.json"
+LOCK_SUFFIX = ".lock"
+
+
+def translate_oserror(exc: OSError, what: str) -> CacheError:
+    """An ``OSError`` as the matching asynchub error (ENOSPC → InsufficientSpaceError)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientSpaceError(
+            exc.errno, f"no space left while {what}: free disk space or set another cache dir"
+        )
+    return CacheError(exc.errno or errno.EIO, f"{what}: {exc.strerror or exc}")
+
+
+def cache_path(root: Path, rel_path: str, sha256: str) -> Path:
+    """``<root>/<dirs of rel_path>/<sha256>_<basename>``; ``rel_path`` must be a validated
+    relative POSIX path (the manifest parser guarantees it; this checks again)."""
+    pure = PurePosixPath(rel_path)
+    if pure.is_absolute() or any(part in {"", ".", ".."} for part in rel_path.split("/")):
+        raise CacheError(errno.EINVAL, f"path {rel_path!r} would escape the cache")
+    return root.joinpath(*pure.parent.parts, f"{sha256}_{pure.name}")
+
+
+def ensure_dir(root: Path, directory: Path) -> None:
+    """Create ``directory`` (inside ``root``), refusing any component that is a symlink."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        rel = directory.relative_to(root)
+    except ValueError:
+        raise CacheError(errno.EINVAL, f"{directory} is outside the cache {root}") from None
+    except OSError as exc:
+        raise translate_oserror(exc, f"creating the cache directory {root}") from exc
+    current = root
+    for part in rel.parts:
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            try:
+                current.mkdir()
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise translate_oserror(exc, f"creating {current}") from exc
+            st = os.lstat(current)
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+            raise CacheError(
+                errno.ELOOP,
+                f"{current} is a symbolic link or not a directory; refusing to write through it"
+                " (remove it and try again)",
+            )
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 of a file, read in bounded blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_matches(path: Path, sha256: str, size: int | None) -> bool:
+    """Whether ``path`` is a regular file (not a link) with this size and SHA-256."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        return False
+    if size is not None and st.st_size != size:
+        return False
+    try:
+        return sha256_file(path) == sha256.lower()
+    except OSError:
+        return False
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def commit(verified: Path, final: Path) -> None:
+    """Atomically publish a verified file: fsync it, ``os.replace`` it, fsync the directory."""
+    try:
+        fd = os.open(verified, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(verified, final)
+    except OSError as exc:
+        raise translate_oserror(exc, f"publishing {final}") from exc
+    _fsync_dir(final.parent)
+
+
+def new_partial_path(final: Path) -> Path:
+    """A process-unique partial file name beside ``final``."""
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    return final.with_name(f"{final.name}.{token}{PARTIAL_SUFFIX}")
+
+
+def partials_for(final: Path) -> Iterator[Path]:
+    """Partial files left beside ``final`` by earlier runs (any process)."""
+    prefix = final.name + "."
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(final.parent):
+            if (
+                entry.name.startswith(prefix)
+                and entry.name.endswith(PARTIAL_SUFFIX)
+                and entry.is_file(follow_symlinks=False)
+            ):
+                yield Path(entry.path)
+
+
+def state_path(partial: Path) -> Path:
+    """The resume-state sidecar of a partial file."""
+    return partial.with_name(partial.name + ".json")
+
+
+def lock_path(final: Path) -> Path:
+    return final.with_name(final.name + LOCK_SUFFIX)
+
+
+def remove_quietly(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+            os.unlink(path)
+
+
+def make_lock(final: Path) -> filelock.FileLock:
+    """The inter-process lock for ``final``; a planted symlink at the lock path is refused."""
+    path = lock_path(final)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+            raise CacheError(
+                errno.ELOOP, f"lock path {path} is not a regular file; remove it and try again"
+            )
+    return filelock.FileLock(str(path), thread_local=False, is_singleton=False)

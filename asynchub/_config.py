@@ -1,0 +1,209 @@
+"""HubConfig: every setting of asynchub, and the ONLY place the environment is read.
+
+Explicit arguments beat environment variables: ``HubConfig.from_env(**overrides)`` reads the
+environment once and lets keyword arguments win. A ``HubConfig`` is frozen; derive a changed
+copy with :func:`dataclasses.replace` or :meth:`HubConfig.replace`.
+
+Environment variables (all optional):
+
+==================================  ==========================================================
+``ONNX_HOME``                       cache root is ``$ONNX_HOME/hub`` (as onnx.hub)
+``XDG_CACHE_HOME``                  else ``$XDG_CACHE_HOME/onnx/hub``; else ``~/.cache/onnx/hub``
+``ASYNCHUB_CACHE_DIR``              overrides both (a full path to the hub cache directory)
+``ASYNCHUB_MANIFEST_URL``           manifest URL template with ``{owner}``, ``{repo}``, ``{ref}``
+``ASYNCHUB_FILE_URLS``              comma-separated file URL templates, also with ``{path}``
+``ASYNCHUB_OFFLINE``                ``1``/``true``: never touch the network
+``ASYNCHUB_TRUSTED_REPOS``          comma-separated ``owner/name`` trusted besides onnx/models
+``ASYNCHUB_MAX_CONNECTIONS``        connections across all downloads (default 16)
+``ASYNCHUB_MAX_CONNECTIONS_PER_HOST`` connections to one host (default 16)
+``ASYNCHUB_CHUNK_SIZE``             Range chunk size in bytes, ``K``/``M``/``G`` suffixes allowed
+``ASYNCHUB_LIMIT_RATE``             bandwidth cap in bytes/s over all connections (``50M``)
+``ASYNCHUB_DISABLE_PROGRESS_BARS``  ``1``: no progress bars
+``ASYNCHUB_CA_BUNDLE``              PEM file of extra trusted CAs (TLS stays verified)
+``ASYNCHUB_MINDSPORE_CARD_URL``     MindSpore asset card URL template with ``{uid}``
+==================================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._exceptions import ConfigError
+from ._retry import RetryPolicy
+
+__all__ = [
+    "DEFAULT_MANIFEST_URL",
+    "DEFAULT_MINDSPORE_CARD_URL",
+    "GITHUB_MEDIA_URL",
+    "HF_ZOO_MIRROR_URL",
+    "HubConfig",
+    "default_cache_dir",
+    "parse_size",
+]
+
+DEFAULT_MANIFEST_URL = "https://raw.githubusercontent.com/{owner}/{repo}/{ref}/ONNX_HUB_MANIFEST.json"
+HF_ZOO_MIRROR_URL = "https://huggingface.co/onnxmodelzoo/legacy_models/resolve/main/{path}"
+GITHUB_MEDIA_URL = "https://media.githubusercontent.com/media/{owner}/{repo}/{ref}/{path}"
+DEFAULT_MINDSPORE_CARD_URL = (
+    "https://raw.githubusercontent.com/mindspore-ai/hub/master/mshub_res/assets/{uid}.md"
+)
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+MiB = 1024 * 1024
+
+
+def parse_size(value: str | int, *, name: str) -> int:
+    """``"16M"`` → 16777216. Accepts plain integers and K/M/G/T (binary) suffixes."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    number = text[: len(text) - len(unit)] if unit else text
+    try:
+        result = int(float(number) * _UNITS[unit])
+    except ValueError:
+        raise ConfigError(
+            f"{name}={value!r} is not a size; use bytes or a number with K, M or G (e.g. 16M)"
+        ) from None
+    if result < 0:
+        raise ConfigError(f"{name}={value!r} must not be negative")
+    return result
+
+
+def _parse_bool(value: str, *, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise ConfigError(f"{name}={value!r} is not a boolean; use 1 or 0")
+
+
+def _parse_int(value: str, *, name: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not an integer") from None
+
+
+def _split_list(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """onnx.hub's rule: ``$ONNX_HOME/hub``, else ``$XDG_CACHE_HOME/onnx/hub``, else
+    ``~/.cache/onnx/hub`` (``ASYNCHUB_CACHE_DIR`` overrides all three)."""
+    env = os.environ if environ is None else environ
+    if env.get("ASYNCHUB_CACHE_DIR"):
+        return Path(env["ASYNCHUB_CACHE_DIR"]).expanduser()
+    if env.get("ONNX_HOME"):
+        return Path(env["ONNX_HOME"]).expanduser() / "hub"
+    xdg = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg).expanduser() / "onnx" / "hub"
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """All settings of a hub. Build one with :meth:`from_env` (reads the environment) or
+    directly (reads nothing; unspecified fields take the documented defaults).
+
+    Defaults and why:
+
+    * ``max_connections=16``: a CDN that caps each connection at ~25 MB/s needs 16 streams to
+      reach ~400 MB/s, which is what one core can hash; more adds little and strains servers.
+    * ``chunk_size=16 MiB``: big enough that per-request latency (TTFB ~50-100 ms on a real
+      link) costs < 5 %, small enough that a 100 MB file still spreads over 6 connections and a
+      lost connection re-fetches little (resume is per byte anyway).
+    * ``connect_timeout=30`` s, ``stall_timeout=60`` s without bytes: never a total timeout,
+      which would kill a legitimate multi-GB transfer on a slow link.
+    """
+
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    manifest_url: str = DEFAULT_MANIFEST_URL
+    #: File URL templates; ``None`` means the defaults for the repo (HF mirror first for
+    #: onnx/models, then GitHub's LFS media host).
+    file_urls: tuple[str, ...] | None = None
+    offline: bool = False
+    trusted_repos: frozenset[str] = frozenset()
+    max_connections: int = 16
+    max_connections_per_host: int = 16
+    chunk_size: int = 16 * MiB
+    #: Files smaller than this are fetched in one request (no probe round trip).
+    min_split_size: int = 4 * MiB
+    connect_timeout: float = 30.0
+    stall_timeout: float = 60.0
+    #: Stall watchdog: a connection slower than ``min_rate`` bytes/s over ``rate_window``
+    #: seconds is dropped and its remaining range re-issued on a fresh connection.
+    min_rate: int = 1024
+    rate_window: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Total bandwidth cap in bytes/s across all connections; ``None`` = unlimited.
+    limit_rate: int | None = None
+    progress_bars: bool = True
+    ca_bundle: Path | None = None
+    #: Inter-process file locks (``filelock``). Correctness never depends on them.
+    use_locks: bool = True
+    #: Resume state is written at least every this many bytes per connection.
+    state_interval: int = 4 * MiB
+    mindspore_card_url: str = DEFAULT_MINDSPORE_CARD_URL
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        for name in ("max_connections", "max_connections_per_host", "chunk_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"HubConfig.{name} must be at least 1")
+        if self.limit_rate is not None and self.limit_rate <= 0:
+            raise ConfigError("HubConfig.limit_rate must be positive (or None for no cap)")
+        if self.file_urls is not None:
+            object.__setattr__(self, "file_urls", tuple(self.file_urls))
+            if not self.file_urls:
+                raise ConfigError("HubConfig.file_urls must name at least one URL template")
+        object.__setattr__(
+            self, "trusted_repos", frozenset(r.strip().lower() for r in self.trusted_repos)
+        )
+
+    def replace(self, **changes: Any) -> HubConfig:
+        """A copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> HubConfig:
+        """Read the environment once; keyword ``overrides`` win over it."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {"cache_dir": default_cache_dir(env)}
+        if env.get("ASYNCHUB_MANIFEST_URL"):
+            values["manifest_url"] = env["ASYNCHUB_MANIFEST_URL"].strip()
+        if env.get("ASYNCHUB_FILE_URLS"):
+            values["file_urls"] = _split_list(env["ASYNCHUB_FILE_URLS"])
+        if "ASYNCHUB_OFFLINE" in env:
+            values["offline"] = _parse_bool(env["ASYNCHUB_OFFLINE"], name="ASYNCHUB_OFFLINE")
+        if env.get("ASYNCHUB_TRUSTED_REPOS"):
+            values["trusted_repos"] = frozenset(_split_list(env["ASYNCHUB_TRUSTED_REPOS"]))
+        for var, key in (
+            ("ASYNCHUB_MAX_CONNECTIONS", "max_connections"),
+            ("ASYNCHUB_MAX_CONNECTIONS_PER_HOST", "max_connections_per_host"),
+        ):
+            if env.get(var):
+                values[key] = _parse_int(env[var], name=var)
+        if env.get("ASYNCHUB_CHUNK_SIZE"):
+            values["chunk_size"] = parse_size(env["ASYNCHUB_CHUNK_SIZE"], name="ASYNCHUB_CHUNK_SIZE")
+        if env.get("ASYNCHUB_LIMIT_RATE"):
+            values["limit_rate"] = parse_size(env["ASYNCHUB_LIMIT_RATE"], name="ASYNCHUB_LIMIT_RATE")
+        if "ASYNCHUB_DISABLE_PROGRESS_BARS" in env:
+            values["progress_bars"] = not _parse_bool(
+                env["ASYNCHUB_DISABLE_PROGRESS_BARS"], name="ASYNCHUB_DISABLE_PROGRESS_BARS"
+            )
+        if env.get("ASYNCHUB_CA_BUNDLE"):
+            values["ca_bundle"] = Path(env["ASYNCHUB_CA_BUNDLE"])
+        if env.get("ASYNCHUB_MINDSPORE_CARD_URL"):
+            values["mindspore_card_url"] = env["ASYNCHUB_MINDSPORE_CARD_URL"].strip()
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,133 @@
+"""The one error tree of asynchub.
+
+Every error asynchub raises on purpose derives from :class:`HubError`. Lower-layer exceptions
+(aiohttp, OSError, tarfile, json) are translated into this tree at the module that meets them
+(``_transport`` for HTTP, ``_cache`` for the file system, ``_archive`` for tar files).
+
+The errors onnx.hub raised as ``AssertionError`` (model not found, opset not found, manifest
+not found, hash mismatch) are still ``AssertionError`` subclasses, so code written for
+onnx.hub that catches ``AssertionError`` keeps working::
+
+    HubError
+    ├── ConfigError (ValueError)            a bad setting or argument
+    ├── ManifestError (ValueError)          a manifest (or asset card) that fails validation
+    ├── ManifestNotFoundError (AssertionError)
+    ├── ModelNotFoundError (AssertionError, LookupError)
+    ├── OpsetNotFoundError (AssertionError, LookupError)
+    ├── UntrustedRepoError                  repo not trusted and no way to ask
+    ├── OfflineError                        offline mode and nothing cached
+    ├── TransferError                       the network failed us
+    │   ├── HTTPStatusError                 a non-retryable or exhausted HTTP status
+    │   ├── ProtocolError                   a server broke the HTTP contract (range, encoding,
+    │   │                                   redirect, length)
+    │   ├── StallError                      bytes stopped flowing
+    │   └── MirrorsExhaustedError           every mirror failed (``errors`` lists why)
+    ├── IntegrityError (AssertionError)     size or SHA-256 mismatch
+    ├── ArchiveError                        unsafe or broken archive
+    └── CacheError (OSError)                the cache directory could not be used
+        └── InsufficientSpaceError          not enough free disk space
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "ArchiveError",
+    "CacheError",
+    "ConfigError",
+    "HTTPStatusError",
+    "HubError",
+    "InsufficientSpaceError",
+    "IntegrityError",
+    "ManifestError",
+    "ManifestNotFoundError",
+    "MirrorsExhaustedError",
+    "ModelNotFoundError",
+    "OfflineError",
+    "OpsetNotFoundError",
+    "ProtocolError",
+    "StallError",
+    "TransferError",
+    "UntrustedRepoError",
+]
+
+
+class HubError(Exception):
+    """Root of every error asynchub raises on purpose."""
+
+
+class ConfigError(HubError, ValueError):
+    """A setting or argument is invalid."""
+
+
+class ManifestError(HubError, ValueError):
+    """A manifest (or asset card) failed validation; the message names the entry and field."""
+
+
+class ManifestNotFoundError(HubError, AssertionError):
+    """The manifest could not be fetched and none is cached."""
+
+
+class ModelNotFoundError(HubError, AssertionError, LookupError):
+    """No manifest entry has the requested model name."""
+
+
+class OpsetNotFoundError(HubError, AssertionError, LookupError):
+    """The model exists but not at the requested opset."""
+
+
+class UntrustedRepoError(HubError):
+    """The repo is not trusted and the user could not be asked."""
+
+
+class OfflineError(HubError):
+    """Offline mode is on and what was asked for is not cached."""
+
+
+class TransferError(HubError):
+    """A download failed."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class HTTPStatusError(TransferError):
+    """The server answered with an HTTP status we cannot use."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int = 0) -> None:
+        super().__init__(message, url=url)
+        self.status = status
+
+
+class ProtocolError(TransferError):
+    """The server broke the HTTP contract (bad Content-Range, encoding, redirect, length)."""
+
+
+class StallError(TransferError):
+    """No (or too few) bytes arrived for too long."""
+
+
+class MirrorsExhaustedError(TransferError):
+    """Every mirror failed; ``errors`` holds (url, error) for each attempt."""
+
+    def __init__(self, message: str, errors: Sequence[tuple[str, BaseException]]) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+
+
+class IntegrityError(HubError, AssertionError):
+    """Downloaded or cached bytes do not match the manifest's size or SHA-256."""
+
+
+class ArchiveError(HubError):
+    """An archive is broken or tries to write outside its target."""
+
+
+class CacheError(HubError, OSError):
+    """The cache directory could not be used (permissions, links, I/O errors)."""
+
+
+class InsufficientSpaceError(CacheError):
+    """Not enough free disk space for what was asked."""
