@@ -24,6 +24,7 @@ onnx.hub that catches ``AssertionError`` keeps working::
     │   └── MirrorsExhaustedError           every mirror failed (``errors`` lists why)
     ├── IntegrityError (AssertionError)     size or SHA-256 mismatch
     ├── ArchiveError                        unsafe or broken archive
+    ├── CompositeModelError (ValueError)    two models cannot be merged
     └── CacheError (OSError)                the cache directory could not be used
         └── InsufficientSpaceError          not enough free disk space
 """
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 __all__ = [
     "ArchiveError",
     "CacheError",
+    "CompositeModelError",
     "ConfigError",
     "HTTPStatusError",
     "HubError",
@@ -123,6 +125,10 @@ class IntegrityError(HubError, AssertionError):
 
 class ArchiveError(HubError):
     """An archive is broken or tries to write outside its target."""
+
+
+class CompositeModelError(HubError, ValueError):
+    """A preprocessing model and a network cannot be merged (conflicting domain versions)."""
 
 
 class CacheError(HubError, OSError):

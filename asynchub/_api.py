@@ -1,0 +1,226 @@
+"""The module-level API: onnx.hub's functions (sync) and their ``a``-prefixed async twins.
+
+Sync functions use the default :class:`Hub` (its own event loop thread); async functions use
+the default :class:`AsyncHub` of the running process. Both are created on first use from
+``HubConfig.from_env()``. Parameter names and defaults are onnx.hub's; ``trust_repo`` is new and
+keyword-only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from ._client import get_default_async_hub
+from ._manifest import ModelInfo
+from ._sources import DEFAULT_REPO
+from ._sync import get_default_hub
+
+if TYPE_CHECKING:
+    from ._prefetch import PrefetchResult
+
+__all__ = [
+    "adownload",
+    "adownload_model_with_test_data",
+    "aget_model_info",
+    "alist_models",
+    "aload",
+    "aload_composite_model",
+    "aprefetch",
+    "download",
+    "download_model_with_test_data",
+    "get_dir",
+    "get_model_info",
+    "list_models",
+    "load",
+    "load_composite_model",
+    "prefetch",
+    "set_dir",
+]
+
+
+def set_dir(new_dir: str | Path) -> None:
+    """Use ``new_dir`` as the cache directory (for the sync and the async API)."""
+    get_default_hub().set_dir(new_dir)
+    get_default_async_hub().set_dir(new_dir)
+
+
+def get_dir() -> str:
+    """The cache directory: ``set_dir``'s, else ``$ONNX_HOME/hub``, else
+    ``$XDG_CACHE_HOME/onnx/hub``, else ``~/.cache/onnx/hub``."""
+    return get_default_hub().get_dir()
+
+
+def list_models(
+    repo: str = DEFAULT_REPO, model: str | None = None, tags: list[str] | None = None
+) -> list[ModelInfo]:
+    """Models of ``repo`` matching ``model`` (exact, any case) and ANY of ``tags``."""
+    return get_default_hub().list_models(repo, model, tags)
+
+
+def get_model_info(model: str, repo: str = DEFAULT_REPO, opset: int | None = None) -> ModelInfo:
+    """The entry for ``model`` at ``opset`` (default: the largest opset)."""
+    return get_default_hub().get_model_info(model, repo, opset)
+
+
+def download(
+    model: str,
+    repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    trust_repo: bool = False,
+) -> Path:
+    """The verified local path of ``model`` (downloaded if needed), without parsing it."""
+    return get_default_hub().download(
+        model, repo, opset, force_reload, silent, trust_repo=trust_repo
+    )
+
+
+def load(
+    model: str,
+    repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    trust_repo: bool = False,
+) -> onnx.ModelProto:
+    """Download (if needed), verify and parse ``model``, as onnx.hub.load did."""
+    return get_default_hub().load(model, repo, opset, force_reload, silent, trust_repo=trust_repo)
+
+
+def download_model_with_test_data(
+    model: str,
+    repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    trust_repo: bool = False,
+) -> str:
+    """Download and safely extract the test-data archive; return the directory holding
+    ``model.onnx`` and ``test_data_set_*``."""
+    return get_default_hub().download_model_with_test_data(
+        model, repo, opset, force_reload, silent, trust_repo=trust_repo
+    )
+
+
+def load_composite_model(
+    network_model: str,
+    preprocessing_model: str,
+    network_repo: str = DEFAULT_REPO,
+    preprocessing_repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    trust_repo: bool = False,
+) -> onnx.ModelProto:
+    """``preprocessing_model`` merged in front of ``network_model``."""
+    return get_default_hub().load_composite_model(
+        network_model,
+        preprocessing_model,
+        network_repo,
+        preprocessing_repo,
+        opset,
+        force_reload,
+        silent,
+        trust_repo=trust_repo,
+    )
+
+
+def prefetch(**selection: Any) -> PrefetchResult:
+    """Fetch a selection (tags, models, everything) under one connection budget."""
+    return get_default_hub().prefetch(**selection)
+
+
+async def alist_models(
+    repo: str = DEFAULT_REPO, model: str | None = None, tags: list[str] | None = None
+) -> list[ModelInfo]:
+    """Async :func:`list_models`."""
+    return await get_default_async_hub().list_models(repo, model, tags)
+
+
+async def aget_model_info(
+    model: str, repo: str = DEFAULT_REPO, opset: int | None = None
+) -> ModelInfo:
+    """Async :func:`get_model_info`."""
+    return await get_default_async_hub().get_model_info(model, repo, opset)
+
+
+async def adownload(
+    model: str,
+    repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    trust_repo: bool = False,
+) -> Path:
+    """Async :func:`download`."""
+    return await get_default_async_hub().download(
+        model, repo, opset, force_reload, silent, trust_repo=trust_repo
+    )
+
+
+async def aload(
+    model: str,
+    repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    trust_repo: bool = False,
+) -> onnx.ModelProto:
+    """Async :func:`load`: nothing slow runs on the event loop thread."""
+    return await get_default_async_hub().load(
+        model, repo, opset, force_reload, silent, trust_repo=trust_repo
+    )
+
+
+async def adownload_model_with_test_data(
+    model: str,
+    repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    trust_repo: bool = False,
+) -> str:
+    """Async :func:`download_model_with_test_data`."""
+    return await get_default_async_hub().download_model_with_test_data(
+        model, repo, opset, force_reload, silent, trust_repo=trust_repo
+    )
+
+
+async def aload_composite_model(
+    network_model: str,
+    preprocessing_model: str,
+    network_repo: str = DEFAULT_REPO,
+    preprocessing_repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    trust_repo: bool = False,
+) -> onnx.ModelProto:
+    """Async :func:`load_composite_model`."""
+    return await get_default_async_hub().load_composite_model(
+        network_model,
+        preprocessing_model,
+        network_repo,
+        preprocessing_repo,
+        opset,
+        force_reload,
+        silent,
+        trust_repo=trust_repo,
+    )
+
+
+async def aprefetch(**selection: Any) -> PrefetchResult:
+    """Async :func:`prefetch`."""
+    return await get_default_async_hub().prefetch(**selection)
