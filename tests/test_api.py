@@ -349,7 +349,7 @@ def test_composite_domain_conflict_is_detected() -> None:
             ],
         )
 
-    with pytest.raises(asynchub.CompositeModelError, match="com.x"):
+    with pytest.raises(asynchub.CompositeModelError, match=r"com\.x"):
         merge_preprocessing(model(1), model(2))
     assert merge_preprocessing(model(1), model(1)).graph.node
 
