@@ -46,7 +46,9 @@ __all__ = [
     "parse_size",
 ]
 
-DEFAULT_MANIFEST_URL = "https://raw.githubusercontent.com/{owner}/{repo}/{ref}/ONNX_HUB_MANIFEST.json"
+DEFAULT_MANIFEST_URL = (
+    "https://raw.githubusercontent.com/{owner}/{repo}/{ref}/ONNX_HUB_MANIFEST.json"
+)
 HF_ZOO_MIRROR_URL = "https://huggingface.co/onnxmodelzoo/legacy_models/resolve/main/{path}"
 GITHUB_MEDIA_URL = "https://media.githubusercontent.com/media/{owner}/{repo}/{ref}/{path}"
 DEFAULT_MINDSPORE_CARD_URL = (
@@ -194,9 +196,13 @@ class HubConfig:
             if env.get(var):
                 values[key] = _parse_int(env[var], name=var)
         if env.get("ASYNCHUB_CHUNK_SIZE"):
-            values["chunk_size"] = parse_size(env["ASYNCHUB_CHUNK_SIZE"], name="ASYNCHUB_CHUNK_SIZE")
+            values["chunk_size"] = parse_size(
+                env["ASYNCHUB_CHUNK_SIZE"], name="ASYNCHUB_CHUNK_SIZE"
+            )
         if env.get("ASYNCHUB_LIMIT_RATE"):
-            values["limit_rate"] = parse_size(env["ASYNCHUB_LIMIT_RATE"], name="ASYNCHUB_LIMIT_RATE")
+            values["limit_rate"] = parse_size(
+                env["ASYNCHUB_LIMIT_RATE"], name="ASYNCHUB_LIMIT_RATE"
+            )
         if "ASYNCHUB_DISABLE_PROGRESS_BARS" in env:
             values["progress_bars"] = not _parse_bool(
                 env["ASYNCHUB_DISABLE_PROGRESS_BARS"], name="ASYNCHUB_DISABLE_PROGRESS_BARS"

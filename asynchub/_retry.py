@@ -57,4 +57,3 @@ class RetryPolicy:
             return min(max(retry_after, 0.0), self.max_retry_after)
         ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(attempt, 30)))
         return self.rand() * ceiling
-

@@ -43,10 +43,15 @@ class RepoSpec:
         owner_name, _, ref = text.partition(":")
         owner, _, name = owner_name.partition("/")
         ref = ref or "main"
-        if not (_NAME.match(owner) and _NAME.match(name)) or owner in {".", ".."} or name in {
-            ".",
-            "..",
-        }:
+        if (
+            not (_NAME.match(owner) and _NAME.match(name))
+            or owner in {".", ".."}
+            or name
+            in {
+                ".",
+                "..",
+            }
+        ):
             raise ConfigError(
                 f"repo {repo!r} is not of the form 'owner/name[:ref]' (e.g. 'onnx/models:main')"
             )

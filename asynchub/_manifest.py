@@ -1,0 +1,402 @@
+"""Parse and validate the ONNX hub manifest; :class:`ModelInfo`; selection by name/opset/tags.
+
+The manifest (``ONNX_HUB_MANIFEST.json`` at the root of a repo) is a JSON list of entries::
+
+    {"model": str, "model_path": str, "onnx_version": str, "opset_version": int,
+     "metadata": {"model_sha": str, "model_bytes": int, "tags": [str, ...],
+                  "model_with_data_path": str, "model_with_data_sha": str,
+                  "model_with_data_bytes": int, "io_ports": {...}, ...}}
+
+Everything is validated ONCE, in :func:`parse_manifest`; what comes out is safe to use
+without further checks. Every problem raises :class:`~asynchub.ManifestError` naming the entry
+(index and model name when known) and the field. Choices made here:
+
+* Paths (``model_path``, ``model_with_data_path``) must be plain relative POSIX paths: no
+  empty/``.``/``..`` segments, no backslash, control character, ``?``, ``#`` or ``%``, no
+  ``:`` in the first segment (so ``C:``, ``file:`` and ``https:`` cannot sneak in), segments of
+  at most 255 UTF-8 bytes, at most 4096 characters in all. Such a path can neither leave the
+  cache directory nor change the host of a mirror URL.
+* SHA-256 values must be exactly 64 hex digits; they are stored in lower case.
+* Sizes are integers in ``[0, 2**50]`` (1 PiB); floats, booleans and strings are refused.
+* ``opset_version`` is a positive integer (booleans refused).
+* At the JSON level: duplicate keys in any object, ``NaN``/``Infinity`` (and numbers that
+  overflow to infinity), nesting deeper than 32 levels and documents over 64 MiB are refused.
+  The real manifest nests 7 levels deep and weighs ~320 KB.
+* ``metadata`` may be absent (treated as ``{}``); ``model_sha`` may be absent, as onnx.hub
+  allowed, and is then ``None``: the client refuses to download a file it cannot verify. An
+  optional metadata field set to ``null`` counts as absent (onnx.hub read it as ``None`` too).
+
+Matching keeps onnx.hub's contract exactly: model names compare with ``str.lower()`` on both
+sides, tags too, an entry matches a tag filter if ANY of its tags is requested, ``tags=[]``
+matches nothing, and without an opset the entry with the largest ``opset_version`` wins (the
+first in manifest order on ties).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from ._exceptions import ConfigError, ManifestError, ModelNotFoundError, OpsetNotFoundError
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_MANIFEST_BYTES",
+    "MAX_PATH_CHARS",
+    "MAX_SEGMENT_BYTES",
+    "MAX_SIZE",
+    "ModelInfo",
+    "filter_models",
+    "parse_manifest",
+    "select",
+    "validate_path",
+    "validate_sha",
+    "validate_size",
+]
+
+#: Largest manifest accepted (bytes, or characters for ``str`` input).
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
+#: Deepest JSON nesting accepted (the top-level list is level 1).
+MAX_DEPTH = 32
+#: Longest path accepted, in characters (Linux ``PATH_MAX``).
+MAX_PATH_CHARS = 4096
+#: Longest path segment accepted, in UTF-8 bytes (``NAME_MAX`` of common file systems).
+MAX_SEGMENT_BYTES = 255
+#: Largest file size accepted: 1 PiB, far above any model, well inside a float's exact range.
+MAX_SIZE = 2**50
+#: Largest opset accepted (``OperatorSetIdProto.version`` is an int64).
+_MAX_OPSET = 2**63 - 1
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+#: Control characters (Unicode category Cc) and lone surrogates (Cs).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: ... plus backslash, ``?``, ``#`` and ``%``.
+_BAD_PATH_CHAR = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\\?#%]")
+_FIX = "fix the manifest or use another repo"
+
+
+def _fail(where: str, problem: str) -> NoReturn:
+    raise ManifestError(f"{where}: {problem}; {_FIX}")
+
+
+def validate_path(path: Any, *, where: str) -> str:
+    """Return ``path`` if it is a safe relative POSIX path, else raise ``ManifestError``.
+
+    ``where`` names the place the path came from (e.g. ``"manifest entry 3 ('MNIST'),
+    field 'model_path'"``). The rules are listed in the module docstring.
+    """
+    if not isinstance(path, str):
+        _fail(where, f"must be a string, not {type(path).__name__}")
+    if not path:
+        _fail(where, "must not be empty")
+    if len(path) > MAX_PATH_CHARS:
+        _fail(where, f"is {len(path)} characters long (at most {MAX_PATH_CHARS})")
+    bad = _BAD_PATH_CHAR.search(path)
+    if bad is not None:
+        _fail(where, f"{path!r} contains the forbidden character {bad.group()!r}")
+    if path.startswith("/"):
+        _fail(where, f"{path!r} is absolute; it must be relative to the repo root")
+    segments = path.split("/")
+    if ":" in segments[0]:
+        _fail(where, f"{path!r} has ':' in its first segment (drive letter or URL scheme)")
+    for segment in segments:
+        if segment in ("", ".", ".."):
+            _fail(where, f"{path!r} has an empty, '.' or '..' segment")
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            _fail(where, f"{path!r} has a segment longer than {MAX_SEGMENT_BYTES} bytes")
+    return path
+
+
+def validate_sha(value: Any, *, where: str) -> str:
+    """Return ``value`` in lower case if it is exactly 64 hex digits, else ``ManifestError``."""
+    if not isinstance(value, str):
+        _fail(where, f"must be a SHA-256 hex string, not {type(value).__name__}")
+    if len(value) != 64 or not _HEX.issuperset(value):
+        _fail(where, f"{value[:80]!r} is not a SHA-256 (64 hex digits)")
+    return value.lower()
+
+
+def validate_size(value: Any, *, where: str) -> int:
+    """Return ``value`` if it is an ``int`` (not ``bool``) in ``[0, 2**50]``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(where, f"must be an integer number of bytes, not {type(value).__name__}")
+    if not 0 <= value <= MAX_SIZE:
+        _fail(where, f"{value} is outside [0, 2**50]")
+    return value
+
+
+def _validate_opset(value: Any, *, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(where, f"must be a positive integer, not {type(value).__name__}")
+    if not 1 <= value <= _MAX_OPSET:
+        _fail(where, f"{value} is not a positive int64")
+    return value
+
+
+def _validate_name(value: Any, *, where: str) -> str:
+    if not isinstance(value, str):
+        _fail(where, f"must be a string, not {type(value).__name__}")
+    if not value.strip():
+        _fail(where, "must not be empty")
+    if _CONTROL.search(value):
+        _fail(where, f"{value!r} contains a control character")
+    return value
+
+
+def _validate_tags(value: Any, *, where: str) -> set[str]:
+    if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        _fail(where, "must be a list of strings")
+    return set(value)
+
+
+class ModelInfo:
+    """One manifest entry, compatible with ``onnx.hub.ModelInfo``.
+
+    Attributes as onnx.hub: ``model``, ``model_path``, ``metadata``, ``model_sha`` (lower-case
+    hex, or ``None`` when the manifest gives none), ``tags`` (a set, original case), ``opset``,
+    ``raw_model_info``. Added: ``model_bytes``, ``model_with_data_path``,
+    ``model_with_data_sha``, ``model_with_data_bytes`` (each ``None`` when absent).
+
+    The constructor validates ``raw_model_info`` (``ManifestError`` on any problem).
+    """
+
+    model: str
+    model_path: str
+    metadata: dict[str, Any]
+    model_sha: str | None
+    tags: set[str]
+    opset: int
+    raw_model_info: dict[str, Any]
+    model_bytes: int | None
+    model_with_data_path: str | None
+    model_with_data_sha: str | None
+    model_with_data_bytes: int | None
+
+    def __init__(self, raw_model_info: dict[str, Any]) -> None:
+        self._load(raw_model_info, "model info")
+
+    @classmethod
+    def _from_entry(cls, raw: Any, label: str) -> ModelInfo:
+        info = cls.__new__(cls)
+        info._load(raw, label)
+        return info
+
+    def _load(self, raw: Any, label: str) -> None:
+        if not isinstance(raw, dict):
+            _fail(label, f"must be a JSON object, not {type(raw).__name__}")
+        if "model" not in raw:
+            _fail(label, "field 'model' is missing")
+        self.model = _validate_name(raw["model"], where=f"{label}, field 'model'")
+        label = f"{label} ({self.model!r})"
+        if "model_path" not in raw:
+            _fail(label, "field 'model_path' is missing")
+        self.model_path = validate_path(raw["model_path"], where=f"{label}, field 'model_path'")
+        if "opset_version" not in raw:
+            _fail(label, "field 'opset_version' is missing")
+        self.opset = _validate_opset(raw["opset_version"], where=f"{label}, field 'opset_version'")
+        onnx_version = raw.get("onnx_version")
+        if onnx_version is not None and not isinstance(onnx_version, str):
+            _fail(f"{label}, field 'onnx_version'", "must be a string")
+        metadata = raw.get("metadata", {})
+        if not isinstance(metadata, dict):
+            _fail(f"{label}, field 'metadata'", "must be a JSON object")
+        self.metadata = metadata
+        self.raw_model_info = raw
+
+        def opt(key: str, check: Any) -> Any:
+            value = metadata.get(key)
+            return None if value is None else check(value, where=f"{label}, field {key!r}")
+
+        self.model_sha = opt("model_sha", validate_sha)
+        self.model_bytes = opt("model_bytes", validate_size)
+        self.tags = opt("tags", _validate_tags) or set()
+        self.model_with_data_path = opt("model_with_data_path", validate_path)
+        self.model_with_data_sha = opt("model_with_data_sha", validate_sha)
+        self.model_with_data_bytes = opt("model_with_data_bytes", validate_size)
+        _check_entry_tree(raw, label)
+
+    def __str__(self) -> str:
+        return (
+            f"ModelInfo(model={self.model}, opset={self.opset}, path={self.model_path}, "
+            f"metadata={self.metadata})"
+        )
+
+    def __repr__(self) -> str:
+        return self.__str__()
+
+
+# --- JSON level ----------------------------------------------------------------------------
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ManifestError(f"duplicate key {key[:80]!r} in a JSON object")
+            seen.add(key)
+    return result
+
+
+def _no_constant(name: str) -> NoReturn:
+    raise ManifestError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ManifestError(f"number {text[:40]} overflows to infinity")
+    return value
+
+
+_JSON_SCALARS = (str, int, bool, type(None))
+
+
+def _check_tree(root: Any, depth: int, where: str) -> None:
+    """Refuse nesting deeper than ``MAX_DEPTH``, non-string keys and non-JSON values below
+    ``root`` (which sits at nesting level ``depth``; the top-level list is level 1).
+
+    An explicit stack, so even a self-referencing list stops at the depth limit. Parsed JSON
+    only holds JSON types; the type checks matter for already-parsed ``list`` input.
+    """
+    stack: list[tuple[Any, int]] = [(root, depth)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, level = pop()
+        if level > MAX_DEPTH:
+            _fail(where, f"JSON nesting is deeper than {MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not isinstance(key, str):
+                    _fail(where, f"JSON object key {key!r} is not a string")
+                if isinstance(value, (dict, list)):
+                    push((value, level + 1))
+                elif not isinstance(value, _JSON_SCALARS):
+                    _check_scalar(value, where)
+        elif isinstance(node, list):
+            for value in node:
+                if isinstance(value, (dict, list)):
+                    push((value, level + 1))
+                elif not isinstance(value, _JSON_SCALARS):
+                    _check_scalar(value, where)
+        elif not isinstance(node, _JSON_SCALARS):
+            _check_scalar(node, where)
+
+
+def _check_scalar(value: Any, where: str) -> None:
+    if isinstance(value, float) and math.isfinite(value):
+        return
+    _fail(where, f"{value!r} ({type(value).__name__}) is not a JSON value")
+
+
+def _check_entry_tree(raw: dict[str, Any], label: str) -> None:
+    """:func:`_check_tree` for each field of an entry (level 2), naming the field."""
+    for key, value in raw.items():
+        if not isinstance(key, str):
+            _fail(label, f"JSON object key {key!r} is not a string")
+        if key == "metadata" and isinstance(value, dict):
+            for meta_key, meta_value in value.items():
+                if not isinstance(meta_key, str):
+                    _fail(f"{label}, field 'metadata'", f"key {meta_key!r} is not a string")
+                _check_tree(meta_value, 4, f"{label}, field {'metadata.' + meta_key!r}")
+        else:
+            _check_tree(value, 3, f"{label}, field {key!r}")
+
+
+def _load_json(data: bytes | str, source: str) -> Any:
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"{source}: {len(data)} bytes is over the {MAX_MANIFEST_BYTES} byte limit; {_FIX}"
+        )
+    try:
+        return json.loads(
+            data,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
+    except ManifestError as exc:
+        raise ManifestError(f"{source}: {exc}; {_FIX}") from None
+    except RecursionError:
+        raise ManifestError(f"{source}: JSON nesting too deep; {_FIX}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers
+        raise ManifestError(f"{source}: not valid JSON ({exc}); {_FIX}") from None
+
+
+def parse_manifest(data: bytes | str | list[Any], *, source: str = "manifest") -> list[ModelInfo]:
+    """Parse and validate a whole manifest; ``source`` (a URL or file name) prefixes errors.
+
+    ``data`` is the JSON document (``bytes`` in any encoding JSON allows, or ``str``) or an
+    already-parsed list. Returns the entries in manifest order.
+    """
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        document: Any = _load_json(bytes(data), source)
+    elif isinstance(data, str):
+        document = _load_json(data, source)
+    else:
+        document = data
+    if not isinstance(document, list):
+        raise ManifestError(
+            f"{source}: must be a JSON list of model entries, not {type(document).__name__}; "
+            f"{_FIX}"
+        )
+    return [
+        ModelInfo._from_entry(raw, f"{source}: entry {index}") for index, raw in enumerate(document)
+    ]
+
+
+# --- selection -----------------------------------------------------------------------------
+
+
+def filter_models(
+    entries: Sequence[ModelInfo], model: str | None = None, tags: list[str] | None = None
+) -> list[ModelInfo]:
+    """onnx.hub's ``list_models`` filter, in manifest order.
+
+    ``model`` matches names exactly, ignoring case. ``tags`` ignores case; an entry matches if
+    ANY of its tags is requested; ``tags=[]`` matches nothing and ``None`` means no tag filter.
+    A bare string for ``tags`` is refused (``ConfigError``): it would be read letter by letter.
+    """
+    matching = list(entries)
+    if model is not None:
+        wanted = model.lower()
+        matching = [m for m in matching if m.model.lower() == wanted]
+    if tags is None:
+        return matching
+    if isinstance(tags, str):
+        raise ConfigError(f"tags must be a list of strings, e.g. [{tags!r}], not a string")
+    requested = {tag.lower() for tag in tags}
+    return [m for m in matching if any(tag.lower() in requested for tag in m.tags)]
+
+
+def select(entries: Sequence[ModelInfo], model: str, opset: int | None = None) -> ModelInfo:
+    """onnx.hub's ``get_model_info``: the entry named ``model`` (ignoring case).
+
+    Without ``opset`` the largest ``opset_version`` wins, the first in manifest order on ties.
+    Raises ``ModelNotFoundError`` / ``OpsetNotFoundError`` (both ``AssertionError``) with
+    onnx.hub's wording followed by what to do.
+    """
+    matching = filter_models(entries, model)
+    if not matching:
+        names = {m.model.lower(): m.model for m in entries}
+        close = difflib.get_close_matches(model.lower(), list(names), n=3)
+        hint = f" (did you mean {', '.join(names[c] for c in close)}?)" if close else ""
+        raise ModelNotFoundError(
+            f"No models found with name {model}{hint}. "
+            "Call list_models() to see the models this repo offers."
+        )
+    if opset is None:
+        return max(matching, key=lambda m: m.opset)  # max() keeps the first of equal keys
+    for info in matching:
+        if info.opset == opset:
+            return info
+    valid_opsets = [m.opset for m in matching]
+    raise OpsetNotFoundError(
+        f"{model} has no version with opset {opset}. Valid opsets: {valid_opsets}. "
+        "Pass one of them as opset=, or leave opset unset for the newest."
+    )
