@@ -26,6 +26,7 @@ from ._api import (
     prefetch,
     set_dir,
 )
+from ._bars import ProgressBars
 from ._client import AsyncHub
 from ._config import HubConfig
 from ._exceptions import (
@@ -49,6 +50,7 @@ from ._exceptions import (
     UntrustedRepoError,
 )
 from ._manifest import ModelInfo
+from ._prefetch import PrefetchItem, PrefetchResult
 from ._progress import ProgressCallback, ProgressEvent
 from ._retry import RetryPolicy
 from ._sync import Hub
@@ -74,6 +76,9 @@ __all__ = [
     "ModelNotFoundError",
     "OfflineError",
     "OpsetNotFoundError",
+    "PrefetchItem",
+    "PrefetchResult",
+    "ProgressBars",
     "ProgressCallback",
     "ProgressEvent",
     "ProtocolError",

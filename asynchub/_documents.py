@@ -150,7 +150,7 @@ async def _get_with_retries(
                 retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), now=time.time()
                 )
-                error = HTTPStatusError(
+                error: TransferError = HTTPStatusError(
                     f"GET {url} answered HTTP {response.status}", url=url, status=response.status
                 )
                 if response.status not in RETRYABLE_STATUSES:

@@ -55,5 +55,5 @@ class RetryPolicy:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)
-        ceiling = min(self.backoff_cap, self.backoff_base * (2 ** min(attempt, 30)))
+        ceiling = min(self.backoff_cap, self.backoff_base * float(1 << min(attempt, 30)))
         return self.rand() * ceiling

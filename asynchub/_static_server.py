@@ -231,6 +231,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 overflows when a prefetch opens many connections at
+    # once, and the extra clients then wait a full SYN retransmit (~1 s).
+    request_queue_size = 128
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("static mirror: error serving %s", client_address, exc_info=True)

@@ -295,9 +295,11 @@ def test_sync_api_from_env_and_threads(
 
 
 async def test_sync_load_inside_a_running_event_loop(mirror_root: Path, tmp_path: Path) -> None:
-    with MirrorServer(mirror_root).running() as server:
-        with Hub(mirror_config(server.url, tmp_path / "cache")) as hub:
-            model = hub.load("TinyNet", opset=12)  # called while this test's loop runs
+    with (
+        MirrorServer(mirror_root).running() as server,
+        Hub(mirror_config(server.url, tmp_path / "cache")) as hub,
+    ):
+        model = hub.load("TinyNet", opset=12)  # called while this test's loop runs
     assert model.opset_import[0].version == 12
 
 
