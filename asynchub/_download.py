@@ -1,0 +1,562 @@
+"""One file from one mirror into its partial file: probe, parallel Range chunks, strict HTTP,
+retries from the last byte, a stall watchdog, and the resume state.
+
+How a mirror is used (:meth:`FileDownload.run_mirror`):
+
+1. **Probe.** The first request to a mirror is an ordinary chunk request for the first missing
+   chunk (``Range: bytes=0-<chunk_size-1>`` for a fresh file, never ``HEAD``). Its
+   ``Content-Range`` total must equal the expected size, else the mirror serves another file
+   (:class:`WrongMirror`, next mirror). Its strong ``ETag`` and ``Last-Modified`` are recorded,
+   and its final URL (after redirects) is reused by every later request. A probe answered
+   ``200`` switches the file to a single stream: that 200 body is read to the end.
+2. **Chunks.** Then up to ``max_connections`` workers take the lowest unclaimed chunks. Each
+   worker holds one token of the engine's shared ``anyio.CapacityLimiter`` for as long as its
+   file has chunks left (a file that started first keeps its connections, so files finish one
+   after the other instead of all crawling together), including while it backs off.
+3. **Strict HTTP.** Every 206 ``Content-Range`` is checked against what was asked (start, end,
+   total); a ``Content-Length`` longer than the range is refused, a shorter one (a short 206)
+   is accepted and the rest asked again; bytes past the range are never written; a
+   ``multipart/byteranges`` answer is refused. ``If-Range`` carries the recorded strong ETag; a
+   200 to a range request mid-download, 412, 416, or a different ETag means the file changed
+   on the server: the file restarts from scratch (:data:`MAX_RESTARTS` times at most).
+4. **Retries.** Connection and payload errors, stalls, protocol slips, 408/425/429/5xx are
+   retried from the last byte written, after ``config.retry.delay(attempt, retry_after)``; the
+   attempt counter restarts whenever a try wrote bytes, except a try that ended in a stall
+   (so a server that sends a few bytes and stalls, forever, exhausts the budget). 403/410
+   from a redirected (signed) URL resolves the original URL again at once. Other statuses
+   (401, 404, 410, ...) fail the mirror.
+5. **Watchdog.** A per-file task checks every active request every ``min(stall_timeout,
+   rate_window) / 4`` seconds: no byte for ``stall_timeout`` s, or fewer than ``min_rate``
+   bytes/s over ``rate_window`` s, cancels the request, whose remaining range is asked again on
+   a fresh connection. Time spent waiting for the bandwidth cap does not count as slow. The
+   watchdog waits with the engine's injected ``sleep`` and measures with its ``clock``; tests
+   that fake time should set ``min_rate=0``, which turns it off (a dead connection is then
+   still caught by the transport's ``stall_timeout`` read timeout).
+
+Memory is bounded whatever the file size: a connection buffers at most :data:`PIECE` (1 MiB,
+or ``state_interval`` if smaller) before writing it with one ``os.pwritev`` in a worker thread
+(the thread hop costs ~50 µs, a 1 MiB write to the page cache ~100 µs, so larger pieces gain
+nothing and cost memory). A SIGKILL loses at most one piece plus ``state_interval`` bytes per
+connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+
+from ._cache import translate_oserror
+from ._config import HubConfig
+from ._exceptions import HTTPStatusError, HubError, ProtocolError, StallError, TransferError
+from ._hashing import HashCursor
+from ._progress import ProgressEvent
+from ._ratelimit import TokenBucket
+from ._resume import ChunkPlan, ResumeState, save_state
+from ._retry import RETRYABLE_STATUSES, parse_retry_after
+from ._transport import RedirectError, Response, TLSError, Transport, status_error
+
+__all__ = [
+    "MAX_RESTARTS",
+    "PIECE",
+    "Context",
+    "FileDownload",
+    "Restart",
+    "RetryableStatus",
+    "WrongMirror",
+    "collapse_group",
+    "parse_content_range",
+    "pwrite_all",
+    "retryable",
+]
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+log = logging.getLogger("asynchub")
+
+PIECE = 1024 * 1024
+MAX_RESTARTS = 3
+
+
+class Restart(Exception):
+    """The file changed on the server: start it again from scratch."""
+
+
+class WrongMirror(ProtocolError):
+    """The mirror serves a file of another size: try the next mirror."""
+
+
+class _RetryNow(TransferError):
+    """Retry at once (a signed URL expired and the original URL is resolved again)."""
+
+
+class RetryableStatus(HTTPStatusError):
+    """A status worth another try (408, 425, 429, 5xx), with the server's Retry-After."""
+
+    def __init__(self, message: str, *, url: str, status: int, retry_after: float | None):
+        super().__init__(message, url=url, status=status)
+        self.retry_after = retry_after
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether a failed request is worth another try on the same mirror."""
+    if isinstance(exc, RetryableStatus):
+        return True
+    if isinstance(exc, (HTTPStatusError, WrongMirror, RedirectError, TLSError)):
+        return False
+    return isinstance(exc, TransferError)
+
+
+def parse_content_range(value: str | None, url: str) -> tuple[int, int, int]:
+    """``bytes a-b/n`` → ``(a, b, n)``; :class:`ProtocolError` for anything else."""
+    unit, _, rest = (value or "").strip().partition(" ")
+    span, _, total = rest.strip().partition("/")
+    first, _, last = span.partition("-")
+    if unit.lower() != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
+        raise ProtocolError(f"{url} sent an unusable Content-Range {value!r}", url=url)
+    start, end = int(first), int(last)
+    if end < start:
+        raise ProtocolError(f"{url} sent an empty Content-Range {value!r}", url=url)
+    return start, end, int(total)
+
+
+def _strong_etag(response: Response) -> str | None:
+    etag = response.headers.get("ETag")
+    if etag is None or etag.strip().startswith("W/"):
+        return None
+    return etag.strip()
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def collapse_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one exception of a task group's failure that matters most."""
+    leaves = _leaves(group)
+    cancelled = anyio.get_cancelled_exc_class()
+
+    def rank(exc: BaseException) -> int:
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            return 0
+        if isinstance(exc, Restart):
+            return 1
+        if isinstance(exc, HubError):
+            return 3 if retryable(exc) else 2
+        return 5 if isinstance(exc, cancelled) else 4
+
+    return min(leaves, key=rank)
+
+
+def pwrite_all(fd: int, buffers: list[bytes], offset: int) -> None:
+    """Write ``buffers`` contiguously at ``offset`` (blocking; runs in a worker thread)."""
+    if len(buffers) > 256:
+        buffers = [b"".join(buffers)]
+    total = sum(map(len, buffers))
+    try:
+        done = os.pwritev(fd, buffers, offset)
+        if done < total:
+            rest = memoryview(b"".join(buffers))[done:]
+            while rest:
+                n = os.pwrite(fd, rest, offset + done)
+                done += n
+                rest = rest[n:]
+    except OSError as exc:
+        raise translate_oserror(exc, "writing a partial download") from exc
+
+
+@dataclass
+class Context:
+    """What every download of an engine shares."""
+
+    config: HubConfig
+    transport: Transport
+    limiter: anyio.CapacityLimiter
+    bucket: TokenBucket | None
+    sleep: Callable[[float], Awaitable[None]]
+    clock: Callable[[], float]
+    emit: Callable[[ProgressEvent], None]
+
+    @property
+    def min_rate(self) -> float:
+        """The watchdog's floor; never above what the bandwidth cap leaves each connection."""
+        floor = float(self.config.min_rate)
+        if self.config.limit_rate is not None:
+            floor = min(floor, self.config.limit_rate / (2 * self.config.max_connections))
+        return floor
+
+
+class _Active:
+    """One request in flight, as the watchdog sees it."""
+
+    def __init__(self, now: float) -> None:
+        self.started = self.last = now
+        self.total = 0
+        self.unsaved = 0
+        self.samples: collections.deque[tuple[float, int]] = collections.deque([(now, 0)])
+        self.reason: str | None = None
+        self.scope: anyio.CancelScope | None = None
+
+    def check(self, now: float, config: HubConfig, min_rate: float) -> str | None:
+        if now - self.last > config.stall_timeout:
+            return f"no bytes for {now - self.last:.1f} s"
+        self.samples.append((now, self.total))
+        while len(self.samples) > 2 and self.samples[1][0] <= now - config.rate_window:
+            self.samples.popleft()
+        since, base = self.samples[0]
+        if now - since >= config.rate_window and min_rate > 0:
+            rate = (self.total - base) / (now - since)
+            if rate < min_rate:
+                return f"{rate:.0f} B/s over {now - since:.1f} s, below min_rate {min_rate:.0f}"
+        return None
+
+
+class FileDownload:
+    """The bytes of one file, landing in ``partial`` (open as ``fd``), from one mirror at a
+    time. The caller owns the file descriptor and runs :attr:`cursor` beside it."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        name: str,
+        sha256: str,
+        partial: Path,
+        fd: int,
+        plan: ChunkPlan,
+        chunk_size: int,
+        resumed: ResumeState | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.name = name
+        self.sha256 = sha256
+        self.partial = partial
+        self.fd = fd
+        self.plan = plan
+        self.chunk_size = chunk_size
+        self.cursor = HashCursor(fd, on_progress=self._on_hashed)
+        self.cursor.advance(plan.prefix)
+        self._state_of = resumed
+        self.origin = ""
+        self.url = ""
+        self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.validated = False
+        self.single = False
+        self._active: set[_Active] = set()
+        self._saving = False
+        self._dirty = False
+
+    # ------------------------------------------------------------------ progress and state
+    def _on_hashed(self, nbytes: int) -> None:
+        self.ctx.emit(ProgressEvent("verified", self.name, nbytes=nbytes, total=self.plan.size))
+
+    def snapshot(self) -> ResumeState:
+        return ResumeState(
+            sha256=self.sha256,
+            size=self.plan.size,
+            chunk_size=self.plan.chunk_size,
+            written=list(self.plan.written),
+            url=self.origin or None,
+            etag=self.etag,
+            last_modified=self.last_modified,
+        )
+
+    async def save_state(self) -> None:
+        """Write the resume state; concurrent calls coalesce into at most one more write."""
+        self._dirty = True
+        if self._saving:
+            return
+        self._saving = True
+        try:
+            while self._dirty:
+                self._dirty = False
+                await anyio.to_thread.run_sync(save_state, self.partial, self.snapshot())
+        except OSError as exc:
+            log.debug("could not save the resume state of %s: %s", self.partial, exc)
+        finally:
+            self._saving = False
+
+    async def _flush(self, index: int, offset: int, buffers: list[bytes], active: _Active) -> None:
+        nbytes = sum(map(len, buffers))
+        await anyio.to_thread.run_sync(pwrite_all, self.fd, buffers, offset)
+        self.plan.add(index, nbytes)
+        self.cursor.advance(self.plan.prefix)
+        self.ctx.emit(ProgressEvent("transfer", self.name, nbytes=nbytes, total=self.plan.size))
+        active.unsaved += nbytes
+        if active.unsaved >= self.ctx.config.state_interval or self.plan.is_done(index):
+            active.unsaved = 0
+            await self.save_state()
+
+    # ------------------------------------------------------------------ mirror level
+    async def run_mirror(self, url: str) -> None:
+        """Complete the partial file from ``url`` (restarting if the file changes there)."""
+        if self._state_of is not None and self._state_of.url == url:
+            self.etag = self._state_of.etag
+            self.last_modified = self._state_of.last_modified
+        else:
+            self.etag = self.last_modified = None
+        self._state_of = None
+        restarts = 0
+        while True:
+            try:
+                await self._run_once(url)
+                return
+            except Restart as exc:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise ProtocolError(
+                        f"{url} changed {restarts} times during the download ({exc}); "
+                        "try again later or use another mirror",
+                        url=url,
+                    ) from None
+                message = f"{url}: {exc}; starting the file again"
+                log.warning("%s: %s", self.name, message)
+                self.ctx.emit(ProgressEvent("retry", self.name, message=message))
+                self.restart()
+
+    def restart(self) -> None:
+        """Forget every byte written (the partial file keeps its size)."""
+        self.plan.reset(self.chunk_size)
+        self.cursor.reset()
+        self.etag = self.last_modified = None
+        self.single = False
+
+    async def _run_once(self, url: str) -> None:
+        self.origin = self.url = url
+        self.validated = False
+        first = self.plan.claim_next()
+        if first is None:
+            return
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._watchdog)
+                async with anyio.create_task_group() as workers:
+                    ready = anyio.Event()
+                    workers.start_soon(self._worker, first, ready)
+                    await ready.wait()
+                    if not self.single:
+                        extra = min(self.ctx.config.max_connections - 1, self.plan.unclaimed_open())
+                        for _ in range(extra):
+                            workers.start_soon(self._worker, None, None)
+                outer.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise collapse_group(group) from None
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.save_state()
+        if not self.plan.complete:
+            raise TransferError(f"{url}: the download stopped before the end", url=url)
+
+    async def _watchdog(self) -> None:
+        config = self.ctx.config
+        if config.min_rate <= 0:
+            return  # off: the transport's read timeout still catches a dead connection
+        interval = max(0.01, min(config.stall_timeout, config.rate_window) / 4)
+        while True:
+            await self.ctx.sleep(interval)
+            await anyio.lowlevel.checkpoint()  # even a fake sleep that never yields
+            now = self.ctx.clock()
+            for active in list(self._active):
+                if active.reason is None and active.scope is not None:
+                    reason = active.check(now, config, self.ctx.min_rate)
+                    if reason is not None:
+                        active.reason = reason
+                        active.scope.cancel()
+
+    # ------------------------------------------------------------------ chunk level
+    async def _worker(self, index: int | None, ready: anyio.Event | None) -> None:
+        async with self.ctx.limiter:
+            if index is None:
+                index = self.plan.claim_next()
+            while index is not None:
+                try:
+                    await self._fetch_chunk(index, ready)
+                finally:
+                    self.plan.release(index)
+                if self.single:
+                    return
+                ready = None
+                index = self.plan.claim_next()
+
+    async def _fetch_chunk(self, index: int, ready: anyio.Event | None) -> None:
+        policy = self.ctx.config.retry
+        attempt = 0
+        while not self.plan.is_done(index):
+            before = self.plan.written[index]
+            try:
+                await self._request(index, ready)
+                if self.plan.written[index] > before:
+                    attempt = 0
+                    continue
+                raise ProtocolError(f"{self.url} sent no bytes for the range", url=self.url)
+            except HubError as exc:
+                if not retryable(exc):
+                    raise
+                if self.plan.is_done(index):
+                    log.debug("%s: %s (the range was complete)", self.name, exc)
+                    return
+                if self.plan.written[index] > before and not isinstance(exc, StallError):
+                    attempt = 0  # bytes flowed; a stall always counts, however it began
+                if attempt >= policy.attempts:
+                    raise
+                wait = 0.0
+                if not isinstance(exc, _RetryNow):
+                    after = exc.retry_after if isinstance(exc, RetryableStatus) else None
+                    wait = policy.delay(attempt, after)
+                attempt += 1
+                message = f"{exc} (retry {attempt}/{policy.attempts} in {wait:.2f} s)"
+                log.info("%s: %s", self.name, message)
+                self.ctx.emit(ProgressEvent("retry", self.name, message=message))
+                if wait > 0:
+                    await self.ctx.sleep(wait)
+
+    async def _request(self, index: int, ready: anyio.Event | None) -> None:
+        start = self.plan.next_offset(index)
+        last = self.plan.bounds(index)[1] - 1
+        headers = {"Range": f"bytes={start}-{last}"}
+        if self.etag:
+            headers["If-Range"] = self.etag
+        active = _Active(self.ctx.clock())
+        self._active.add(active)
+        try:
+            with anyio.CancelScope() as scope:
+                active.scope = scope
+                sent = self.url
+                async with self.ctx.transport.request(sent, headers=headers) as response:
+                    active.last = self.ctx.clock()
+                    await self._answer(index, response, sent, start, last, ready, active)
+        finally:
+            self._active.discard(active)
+        if scope.cancelled_caught and active.reason is not None:
+            raise StallError(f"{self.url}: {active.reason}", url=self.url)
+
+    async def _answer(
+        self,
+        index: int,
+        response: Response,
+        sent: str,
+        start: int,
+        last: int,
+        ready: anyio.Event | None,
+        active: _Active,
+    ) -> None:
+        status, url, size = response.status, response.url, self.plan.size
+        if status == 206:
+            first, end, total = parse_content_range(response.headers.get("Content-Range"), url)
+            if total != size:
+                if not self.validated:
+                    raise WrongMirror(f"{url} serves {total} bytes, expected {size}", url=url)
+                raise Restart(f"the size changed to {total} bytes")
+            if first != start or end > last:
+                raise ProtocolError(
+                    f"{url} sent bytes {first}-{end} for the range {start}-{last}", url=url
+                )
+            if "multipart/" in response.headers.get("Content-Type", "").lower():
+                raise ProtocolError(f"{url} sent a multipart answer to one range", url=url)
+            self._check_validators(response)
+            length = end - first + 1
+            declared = response.content_length
+            if declared is not None:
+                if declared > length:
+                    raise ProtocolError(
+                        f"{url} announced {declared} bytes for a {length}-byte range", url=url
+                    )
+                length = declared
+        elif status == 200:
+            if self.validated and not self.single:
+                raise Restart("the server answered 200 to a range request")
+            if self.single or self.plan.done_bytes:
+                raise Restart("the whole file was sent (Range ignored, or the file changed)")
+            declared = response.content_length
+            if declared is not None and declared != size:
+                raise WrongMirror(f"{url} serves {declared} bytes, expected {size}", url=url)
+            log.info("%s: %s ignores Range; reading one stream", self.name, url)
+            self.plan.reset(max(size, 1))
+            self.plan.claimed = {0}
+            self.cursor.reset()
+            self.single = True
+            index = 0
+            start, length = 0, size
+            self._check_validators(response)
+        elif status in (412, 416):
+            raise Restart(f"HTTP {status}: the file changed on the server")
+        elif status in (403, 410) and sent != self.origin:
+            if self.url == sent:
+                self.url = self.origin
+            raise _RetryNow(f"{url} answered {status}; resolving {self.origin} again", url=url)
+        elif status in RETRYABLE_STATUSES:
+            after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
+            raise RetryableStatus(
+                f"{url} answered HTTP {status}", url=url, status=status, retry_after=after
+            )
+        else:
+            raise status_error(response, self.name)
+        if not self.validated:
+            self.validated = True
+            log.info("%s: downloading from %s", self.name, url)
+        self.url = url
+        if ready is not None:
+            ready.set()
+        await self._stream(index, response, start, length, active)
+
+    def _check_validators(self, response: Response) -> None:
+        etag = _strong_etag(response)
+        modified = response.headers.get("Last-Modified")
+        if self.etag is not None and etag is not None and etag != self.etag:
+            raise Restart(f"the ETag changed from {self.etag} to {etag}")
+        if self.etag is None and self.last_modified and modified and modified != self.last_modified:
+            raise Restart("Last-Modified changed")
+        if not self.validated:
+            self.etag = etag
+            self.last_modified = modified
+
+    async def _stream(
+        self, index: int, response: Response, offset: int, length: int, active: _Active
+    ) -> None:
+        """Write at most ``length`` body bytes at ``offset``; more is a ProtocolError."""
+        clock, bucket = self.ctx.clock, self.ctx.bucket
+        piece = min(PIECE, max(self.ctx.config.state_interval, 16 * 1024))
+        buffers: list[bytes] = []
+        buffered = 0
+        remaining = length
+        try:
+            async for data in response.iter_chunks(PIECE):
+                n = len(data)
+                active.total += n
+                active.last = clock()
+                if n > remaining:
+                    if remaining:
+                        buffers.append(data[:remaining])
+                        buffered += remaining
+                    raise ProtocolError(
+                        f"{response.url} sent more than the {length} bytes asked", url=response.url
+                    )
+                buffers.append(data)
+                buffered += n
+                remaining -= n
+                if bucket is not None and await bucket.take(n):
+                    active.last = clock()
+                    active.samples.clear()
+                    active.samples.append((active.last, active.total))
+                if buffered >= piece:
+                    await self._flush(index, offset, buffers, active)
+                    offset += buffered
+                    buffers, buffered = [], 0
+        finally:
+            if buffers:
+                with anyio.CancelScope(shield=True):
+                    await self._flush(index, offset, buffers, active)

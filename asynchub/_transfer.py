@@ -1,0 +1,530 @@
+"""The transfer engine: verified files into the cache, in parallel, resumable, shared.
+
+:meth:`Engine.fetch` turns a :class:`FileJob` (mirror URLs, SHA-256, size, cache path) into a
+verified file at ``job.dest``. The per-mirror mechanics (probe, Range chunks, retries,
+watchdog) live in :mod:`asynchub._download`; this module owns what surrounds them:
+
+* **Cache hits.** A ``dest`` that verifies (size + SHA-256, hashed in a worker thread) is
+  returned at once with a ``cached`` event and no request. One that does not is deleted (under
+  the lock) and fetched again. With ``config.offline`` anything else is an
+  :class:`OfflineError`: the engine never touches the network.
+* **Sharing.** In one process, concurrent ``fetch`` calls for the same ``dest`` share one
+  download (an in-flight table per event loop). A waiter that is cancelled only stops waiting.
+  If the task that runs the download is cancelled, the download stops with its resume state
+  saved and the next waiter takes over, continuing from the partial file.
+* **Processes.** A per-file ``filelock`` (``<dest>.lock``) makes N processes download a file
+  once: the others wait, then find the verified file. The lock is polled with
+  ``acquire(timeout=0)`` in a worker thread every 20 ms growing to 0.5 s (a blocking acquire
+  would pin a thread and could not be cancelled), and waiting is logged once at INFO.
+  Correctness never depends on the lock (unique partial names, final hash, atomic rename);
+  ``config.use_locks=False`` turns it off, and with it resume and orphan cleanup, which are only
+  safe for the lock's holder.
+* **Resume.** Under the lock, a partial left by an earlier run (error, cancellation, Ctrl-C,
+  SIGKILL) is adopted when its state matches (:mod:`asynchub._resume`); its finished prefix is
+  hashed again once and only the missing bytes are fetched (with ``If-Range``).
+* **Space.** A new partial is preallocated with ``os.posix_fallocate``, so a full disk fails at
+  the start with :class:`InsufficientSpaceError` instead of after minutes of transfer.
+* **Integrity.** The hash cursor's digest and the size are checked before the atomic rename
+  (``_cache.commit``). A mismatch starts the file over (on the next mirror if there is one);
+  a second mismatch raises :class:`IntegrityError`; the partial is deleted. The same rule holds
+  for files of unknown size.
+* **Leftovers.** A failed or cancelled download keeps its partial (for the next run to resume)
+  only when it holds bytes, resume is possible (locks on) and the failure was not about the
+  bytes themselves (integrity, disk); otherwise nothing is left beside the final name.
+* **Mirrors.** Connection failures, 404/410, a wrong size or a wrong SHA-256 move on to the next
+  URL; when every URL failed, :class:`MirrorsExhaustedError` lists each (url, error).
+* **Budget.** One ``anyio.CapacityLimiter(max_connections)`` and one bandwidth
+  :class:`TokenBucket` per engine (per event loop) bound every connection of every file, so a
+  bulk prefetch runs ``fetch`` for many jobs in one task group (or calls :meth:`fetch_many`).
+
+Chunk size: ``config.chunk_size`` (16 MiB) for files of at least ``config.min_split_size``
+(4 MiB); smaller files are one request with no separate probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import filelock
+
+from ._cache import (
+    commit,
+    ensure_dir,
+    file_matches,
+    lock_path,
+    make_lock,
+    new_partial_path,
+    remove_quietly,
+    state_path,
+    translate_oserror,
+)
+from ._config import HubConfig
+from ._download import Context, FileDownload, collapse_group
+from ._exceptions import (
+    CacheError,
+    HubError,
+    IntegrityError,
+    MirrorsExhaustedError,
+    OfflineError,
+    TransferError,
+)
+from ._progress import ProgressCallback, ProgressEvent
+from ._ratelimit import TokenBucket
+from ._resume import ChunkPlan, ResumeState, find_resumable
+from ._transport import Transport
+from ._whole import stream_whole
+
+__all__ = ["Engine", "FileJob"]
+
+if sys.version_info < (3, 11):  # pragma: no cover
+    from exceptiongroup import BaseExceptionGroup
+
+log = logging.getLogger("asynchub")
+
+LOCK_POLL_FIRST = 0.02
+LOCK_POLL_MAX = 0.5
+
+
+@dataclass(frozen=True)
+class FileJob:
+    """One file to fetch."""
+
+    #: Manifest path: the label in progress events and logs.
+    name: str
+    #: Ordered mirror URLs.
+    urls: tuple[str, ...]
+    #: Expected SHA-256, lower-case hex.
+    sha256: str
+    #: Expected size in bytes (``None``: unknown, fetched as one stream, still SHA-verified).
+    size: int | None
+    #: Final cache path; its parent is inside ``config.cache_dir``.
+    dest: Path
+
+
+@dataclass
+class _Shared:
+    """A fetch in flight, as the coroutines waiting for it see it."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Path | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _LoopResources:
+    loop: asyncio.AbstractEventLoop
+    limiter: anyio.CapacityLimiter
+    bucket: TokenBucket | None
+    inflight: dict[Path, _Shared] = field(default_factory=dict)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve ``size`` bytes so a full disk fails now (blocking)."""
+    try:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+        else:  # pragma: no cover - platforms without posix_fallocate
+            os.ftruncate(fd, size)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            os.ftruncate(fd, size)
+            return
+        raise translate_oserror(exc, f"reserving {size} bytes for a download") from exc
+
+
+def _open_partial(partial: Path, size: int | None, fresh: bool) -> int:
+    flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0) | (os.O_CREAT | os.O_EXCL if fresh else 0)
+    try:
+        fd = os.open(partial, flags, 0o644)
+    except OSError as exc:
+        raise translate_oserror(exc, f"creating {partial}") from exc
+    if fresh and size:
+        try:
+            _preallocate(fd, size)
+        except BaseException:
+            os.close(fd)
+            remove_quietly(partial)
+            raise
+    return fd
+
+
+def _not_a_file(path: Path) -> bool:
+    """Something other than a regular file or a symlink (which is replaced, never followed)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISLNK(mode))
+
+
+def _try_lock(lock: filelock.FileLock) -> bool:
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return False
+    except OSError as exc:
+        raise translate_oserror(exc, f"locking {lock.lock_file}") from exc
+    return True
+
+
+def _finish(fd: int, partial: Path, dest: Path, size: int) -> None:
+    """Check the size, close ``fd``, then publish (blocking)."""
+    try:
+        actual = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    if actual != size:
+        raise IntegrityError(f"{partial} holds {actual} bytes, expected {size}")
+    commit(partial, dest)
+    remove_quietly(state_path(partial))
+
+
+class Engine:
+    """Fetches :class:`FileJob` s under one connection budget (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: HubConfig,
+        transport: Transport,
+        *,
+        progress: ProgressCallback | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.transport = transport
+        self._progress = progress
+        self._sleep = sleep
+        self._clock = clock
+        self._resources_: _LoopResources | None = None
+        self._callback_failed = False
+
+    # ------------------------------------------------------------------ shared resources
+    def _resources(self) -> _LoopResources:
+        loop = asyncio.get_running_loop()
+        res = self._resources_
+        if res is None or res.loop is not loop:
+            bucket = None
+            if self.config.limit_rate is not None:
+                bucket = TokenBucket(self.config.limit_rate, clock=self._clock, sleep=self._sleep)
+            res = _LoopResources(loop, anyio.CapacityLimiter(self.config.max_connections), bucket)
+            self._resources_ = res
+        return res
+
+    def _emit(self, event: ProgressEvent) -> None:
+        if self._progress is None:
+            return
+        try:
+            self._progress(event)
+        except Exception:
+            if not self._callback_failed:
+                self._callback_failed = True
+                log.exception("the progress callback failed; its later errors are not logged")
+
+    def _context(self, res: _LoopResources) -> Context:
+        return Context(
+            config=self.config,
+            transport=self.transport,
+            limiter=res.limiter,
+            bucket=res.bucket,
+            sleep=self._sleep,
+            clock=self._clock,
+            emit=self._emit,
+        )
+
+    # ------------------------------------------------------------------ public API
+    async def fetch(self, job: FileJob, *, force: bool = False) -> Path:
+        """``job.dest`` holding verified bytes (fetched now, or found in the cache).
+
+        Safe to call concurrently from many tasks: calls for the same ``dest`` share one
+        download, and every call shares the engine's connection budget. ``force`` downloads
+        again even if ``dest`` verifies (joining a download already in flight).
+        """
+        res = self._resources()
+        while True:
+            shared = res.inflight.get(job.dest)
+            if shared is None:
+                break
+            await shared.done.wait()
+            if shared.result is not None:
+                return shared.result
+            if shared.error is not None:
+                raise shared.error
+            # the coroutine running it was cancelled: take over (resuming its partial)
+        shared = _Shared()
+        res.inflight[job.dest] = shared
+        try:
+            shared.result = await self._fetch_owned(job, force, res)
+            return shared.result
+        except Exception as exc:
+            shared.error = exc
+            raise
+        finally:
+            del res.inflight[job.dest]
+            shared.done.set()
+
+    async def fetch_many(
+        self, jobs: Iterable[FileJob], *, force: bool = False
+    ) -> list[Path | HubError]:
+        """Fetch every job concurrently under the engine's budget; one result per job, in
+        order: its path, or the :class:`HubError` it failed with."""
+        job_list = list(jobs)
+        results: list[Path | HubError] = [
+            TransferError(f"{job.name} was not fetched") for job in job_list
+        ]
+
+        async def one(position: int, job: FileJob) -> None:
+            try:
+                results[position] = await self.fetch(job, force=force)
+            except HubError as exc:
+                results[position] = exc
+
+        try:
+            async with anyio.create_task_group() as group:
+                for position, job in enumerate(job_list):
+                    group.start_soon(one, position, job)
+        except BaseExceptionGroup as exc_group:
+            raise collapse_group(exc_group) from None
+        return results
+
+    # ------------------------------------------------------------------ one file
+    async def _fetch_owned(self, job: FileJob, force: bool, res: _LoopResources) -> Path:
+        try:
+            return await self._fetch_locked(job, force, res)
+        except Exception as exc:
+            self._emit(ProgressEvent("failed", job.name, message=str(exc)))
+            raise
+
+    async def _cached(self, job: FileJob) -> bool:
+        return await anyio.to_thread.run_sync(file_matches, job.dest, job.sha256, job.size)
+
+    async def _fetch_locked(self, job: FileJob, force: bool, res: _LoopResources) -> Path:
+        config = self.config
+        await anyio.to_thread.run_sync(ensure_dir, config.cache_dir, job.dest.parent)
+        if not force and await self._cached(job):
+            self._emit(ProgressEvent("cached", job.name, total=job.size, path=job.dest))
+            return job.dest
+        if config.offline:
+            raise OfflineError(
+                f"{job.name} is not in the cache ({job.dest}) and offline mode is on; "
+                "fetch it once online, or turn offline mode off (ASYNCHUB_OFFLINE=0)"
+            )
+        async with self._lock(job) as waited:
+            if waited and not force and await self._cached(job):
+                self._emit(ProgressEvent("cached", job.name, total=job.size, path=job.dest))
+                return job.dest
+            if await anyio.to_thread.run_sync(_not_a_file, job.dest):
+                raise CacheError(
+                    errno.EISDIR,
+                    f"{job.dest} exists and is not a regular file; asynchub will not replace it."
+                    " Move or delete it, then try again",
+                )
+            if not force and await anyio.to_thread.run_sync(os.path.lexists, job.dest):
+                log.warning("%s: %s fails verification; fetching it again", job.name, job.dest)
+                await anyio.to_thread.run_sync(remove_quietly, job.dest)
+            if job.size is None or job.size == 0:
+                return await self._download_unsized(job, res)
+            return await self._download(job, res, clean=config.use_locks)
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, job: FileJob) -> AsyncIterator[bool]:
+        """Hold the file's inter-process lock; yields whether we had to wait for it."""
+        if not self.config.use_locks:
+            yield False
+            return
+        lock = await anyio.to_thread.run_sync(make_lock, job.dest)
+        waited = False
+        delay = LOCK_POLL_FIRST
+        while not await anyio.to_thread.run_sync(_try_lock, lock):
+            if not waited:
+                log.info(
+                    "%s: another process is downloading it (it holds %s); waiting",
+                    job.name,
+                    lock_path(job.dest),
+                )
+                waited = True
+            await anyio.sleep(delay)
+            delay = min(delay * 1.5, LOCK_POLL_MAX)
+        try:
+            yield waited
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(lock.release)
+
+    async def _download(self, job: FileJob, res: _LoopResources, *, clean: bool) -> Path:
+        config, size = self.config, job.size
+        assert size is not None and size > 0
+        chunk = size if size < config.min_split_size else config.chunk_size
+        found: tuple[Path, ResumeState] | None = None
+        if clean:
+            found = await anyio.to_thread.run_sync(
+                lambda: find_resumable(
+                    job.dest, sha256=job.sha256, size=size, chunk_size=chunk, clean=True
+                )
+            )
+        partial = found[0] if found else new_partial_path(job.dest)
+        state = found[1] if found else None
+        fd = await anyio.to_thread.run_sync(_open_partial, partial, size, found is None)
+        plan = ChunkPlan(size, chunk, state.written if state else None)
+        self._emit(ProgressEvent("planned", job.name, total=size))
+        if state is not None and plan.done_bytes:
+            log.info("%s: resuming %s (%d of %d bytes)", job.name, partial, plan.done_bytes, size)
+            self._emit(ProgressEvent("resumed", job.name, nbytes=plan.done_bytes, total=size))
+        download = FileDownload(
+            self._context(res),
+            name=job.name,
+            sha256=job.sha256,
+            partial=partial,
+            fd=fd,
+            plan=plan,
+            chunk_size=chunk,
+            resumed=state,
+        )
+        try:
+            mirror = await self._run_mirrors(job, download)
+            owned, fd = fd, -1
+            await anyio.to_thread.run_sync(_finish, owned, partial, job.dest, size)
+        except BaseException as exc:
+            keep = (
+                clean and plan.done_bytes > 0 and not isinstance(exc, (IntegrityError, CacheError))
+            )
+            with anyio.CancelScope(shield=True):
+                if fd >= 0:
+                    await anyio.to_thread.run_sync(os.close, fd)
+                if not keep:
+                    await anyio.to_thread.run_sync(remove_quietly, partial, state_path(partial))
+            raise
+        log.info("%s: verified and cached at %s (served by %s)", job.name, job.dest, mirror)
+        self._emit(ProgressEvent("done", job.name, total=size, path=job.dest, mirror=mirror))
+        return job.dest
+
+    async def _run_mirrors(self, job: FileJob, download: FileDownload) -> str:
+        """Complete and verify the partial, trying the mirrors in order; the serving URL."""
+        outcome: list[str] = []
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(download.cursor.run)
+                outcome.append(await self._try_mirrors(job, download))
+                group.cancel_scope.cancel()
+        except BaseExceptionGroup as exc_group:
+            raise collapse_group(exc_group) from None
+        return outcome[0]
+
+    async def _try_mirrors(self, job: FileJob, download: FileDownload) -> str:
+        assert job.size is not None
+        errors: list[tuple[str, BaseException]] = []
+        mismatches = 0
+        position = 0
+        while position < len(job.urls):
+            url = job.urls[position]
+            try:
+                await download.run_mirror(url)
+            except CacheError:
+                raise
+            except HubError as exc:
+                errors.append((url, exc))
+                self._mirror_failed(job, url, exc, position)
+                position += 1
+                continue
+            digest = await download.cursor.hexdigest(job.size)
+            if digest == job.sha256:
+                return download.url or url
+            mismatches += 1
+            error = self._mismatch(job, download.url or url, digest, final=mismatches >= 2)
+            errors.append((url, error))
+            if mismatches >= 2:
+                raise error
+            log.warning("%s: %s; starting the file again", job.name, error)
+            self._emit(ProgressEvent("retry", job.name, message=str(error)))
+            download.restart()
+            await download.save_state()
+            if position + 1 < len(job.urls):
+                position += 1
+        raise self._exhausted(job, errors)
+
+    def _mirror_failed(self, job: FileJob, url: str, exc: BaseException, position: int) -> None:
+        more = position + 1 < len(job.urls)
+        message = f"{url} failed: {exc}" + ("; trying the next mirror" if more else "")
+        log.warning("%s: %s", job.name, message)
+        if more:
+            self._emit(ProgressEvent("retry", job.name, message=message))
+
+    @staticmethod
+    def _mismatch(job: FileJob, url: str, digest: str, *, final: bool) -> IntegrityError:
+        what = (
+            "the partial download was deleted; try again later, add another mirror "
+            "(file_urls), or tell the repo's owner that the file and its manifest disagree"
+            if final
+            else "retrying from scratch"
+        )
+        return IntegrityError(
+            f"SHA-256 mismatch for {job.name} from {url}: expected {job.sha256}, got {digest}; "
+            + what
+        )
+
+    @staticmethod
+    def _exhausted(job: FileJob, errors: list[tuple[str, BaseException]]) -> HubError:
+        lines = "; ".join(f"{url}: {exc}" for url, exc in errors)
+        return MirrorsExhaustedError(
+            f"every mirror failed for {job.name} ({lines}); check the network or the mirror "
+            "URLs (ASYNCHUB_FILE_URLS), then try again: what was fetched is kept and resumed",
+            errors,
+        )
+
+    async def _download_unsized(self, job: FileJob, res: _LoopResources) -> Path:
+        """A file of unknown (or zero) size: one stream per try, hashed as it is written."""
+        partial = new_partial_path(job.dest)
+        fd = await anyio.to_thread.run_sync(_open_partial, partial, None, True)
+        ctx = self._context(res)
+        self._emit(ProgressEvent("planned", job.name, total=job.size))
+        errors: list[tuple[str, BaseException]] = []
+        mismatches = 0
+        position = 0
+        try:
+            while position < len(job.urls):
+                url = job.urls[position]
+                try:
+                    size, digest, served = await stream_whole(ctx, job.name, url, fd)
+                except CacheError:
+                    raise
+                except HubError as exc:
+                    errors.append((url, exc))
+                    self._mirror_failed(job, url, exc, position)
+                    position += 1
+                    continue
+                if digest == job.sha256 and (job.size is None or size == job.size):
+                    owned, fd = fd, -1
+                    await anyio.to_thread.run_sync(_finish, owned, partial, job.dest, size)
+                    log.info("%s: verified and cached at %s (served by %s)", job.name,
+                             job.dest, served)  # fmt: skip
+                    self._emit(ProgressEvent("done", job.name, total=size, path=job.dest,
+                                             mirror=served))  # fmt: skip
+                    return job.dest
+                mismatches += 1
+                error = self._mismatch(job, served, digest, final=mismatches >= 2)
+                errors.append((url, error))
+                if mismatches >= 2:
+                    raise error
+                log.warning("%s: %s; starting the file again", job.name, error)
+                self._emit(ProgressEvent("retry", job.name, message=str(error)))
+                if position + 1 < len(job.urls):
+                    position += 1
+            raise self._exhausted(job, errors)
+        finally:
+            if fd >= 0:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(os.close, fd)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(remove_quietly, partial, state_path(partial))

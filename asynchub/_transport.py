@@ -1,0 +1,361 @@
+"""HTTP transport: the one module of asynchub that uses aiohttp.
+
+Every aiohttp, ``OSError`` and timeout exception is translated here into the asynchub error
+tree (:class:`TransferError`, :class:`HTTPStatusError`, :class:`ProtocolError`,
+:class:`StallError`), so the rest of the package never sees a lower-layer exception.
+
+Choices:
+
+* **Sessions per event loop.** A :class:`Transport` creates its ``aiohttp.ClientSession``
+  lazily, on the loop that first uses it. Used later from another loop (a second
+  ``asyncio.run``, a background-thread loop), it silently drops the old session and creates a
+  new one; a session is never used on a loop it does not belong to. The old session is closed
+  on its own loop: an async generator parked on that loop closes it when ``asyncio.run`` (or
+  ``anyio.run``) finalizes the loop's async generators, so no socket leaks.
+* **Bytes as served.** ``Accept-Encoding: identity`` and ``auto_decompress=False``: the bytes we
+  hash are the bytes the server stores. A ``Content-Encoding`` other than ``identity`` is a
+  :class:`ProtocolError` (the SHA-256 of a compressed body would never match).
+* **Redirects by hand.** At most :data:`MAX_REDIRECTS` hops, only to ``http``/``https``, never
+  from ``https`` down to ``http``; ``Authorization`` and ``Cookie`` are dropped when the origin
+  (scheme, host, port) changes. A refused redirect raises :class:`RedirectError`.
+* **Timeouts.** ``sock_connect = config.connect_timeout`` bounds each TCP (and TLS) connect,
+  ``sock_read = config.stall_timeout`` bounds the wait for any byte (headers or body). There is
+  no total timeout (it would kill a legitimate multi-GB download) and no pool-wait timeout:
+  waiting for a free connection is bounded by the caller's own limiter, not by a clock.
+* **Connections.** One ``TCPConnector(limit=max_connections,
+  limit_per_host=max_connections_per_host)`` per session. TLS is always verified; a
+  ``config.ca_bundle`` is *added* to the system's trust store.
+* **Read buffer.** ``read_bufsize`` is 1 MiB and :meth:`Response.iter_chunks` raises the
+  stream's watermarks to the caller's chunk size, so a fast connection is read in large
+  pieces (few Python-level iterations per byte) while memory per connection stays a few MiB.
+* **Lengths.** A body shorter than its ``Content-Length`` raises :class:`TransferError`
+  (retryable). A close-delimited body (no length, not chunked) cannot be told apart from a
+  truncated one here; callers that accept it must check the size they expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import NoReturn
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+from ._config import HubConfig
+from ._exceptions import HTTPStatusError, ProtocolError, StallError, TransferError
+
+__all__ = [
+    "MAX_REDIRECTS",
+    "REDIRECT_STATUSES",
+    "RedirectError",
+    "Response",
+    "TLSError",
+    "Transport",
+    "status_error",
+]
+
+log = logging.getLogger("asynchub")
+
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+READ_BUFSIZE = 1024 * 1024
+USER_AGENT = "asynchub/0.1"
+_SENSITIVE = ("Authorization", "Cookie", "Proxy-Authorization")
+
+
+class RedirectError(ProtocolError):
+    """A redirect was refused (too many hops, bad target, or a downgrade to plain http)."""
+
+
+class TLSError(TransferError):
+    """The TLS handshake or certificate verification failed (retrying will not help)."""
+
+
+def _origin(url: URL) -> tuple[str, str, int | None]:
+    return (url.scheme.lower(), (url.host or "").lower(), url.port)
+
+
+def _translate(exc: BaseException, url: str) -> NoReturn:
+    """Raise the asynchub error for a lower-layer exception met while talking to ``url``."""
+    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
+        raise TLSError(
+            f"TLS failed for {url}: {exc}; check the server certificate or set ca_bundle",
+            url=url,
+        ) from exc
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        raise TransferError(f"connecting to {url} timed out", url=url) from exc
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        raise StallError(f"no bytes from {url} within the stall timeout", url=url) from exc
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        raise TransferError(f"the body from {url} was cut short: {exc}", url=url) from exc
+    if isinstance(exc, aiohttp.InvalidURL):
+        raise RedirectError(f"invalid URL {url}: {exc}", url=url) from exc
+    if isinstance(exc, aiohttp.ClientResponseError):
+        raise ProtocolError(f"malformed HTTP response from {url}: {exc}", url=url) from exc
+    if isinstance(exc, (aiohttp.ClientError, OSError)):
+        raise TransferError(f"connection to {url} failed: {exc!r}", url=url) from exc
+    raise exc
+
+
+_TRANSLATED = (aiohttp.ClientError, OSError, asyncio.TimeoutError, TimeoutError)
+
+
+class Response:
+    """A response with translated errors: ``status``, case-insensitive ``headers`` and the final
+    ``url`` after redirects."""
+
+    def __init__(self, raw: aiohttp.ClientResponse) -> None:
+        self._raw = raw
+        self.status: int = raw.status
+        self.headers: Mapping[str, str] = raw.headers
+        self.url: str = str(raw.url)
+
+    @property
+    def content_length(self) -> int | None:
+        """``Content-Length`` as an int (``None`` when absent); :class:`ProtocolError` if
+        malformed."""
+        value = self.headers.get("Content-Length")
+        if value is None:
+            return None
+        text = value.strip()
+        if not text.isdigit():
+            raise ProtocolError(f"{self.url} sent Content-Length {value!r}", url=self.url)
+        return int(text)
+
+    async def iter_chunks(self, size: int) -> AsyncIterator[bytes]:
+        """The body in pieces of at most ``size`` bytes, as they arrive."""
+        content = self._raw.content
+        content.set_read_chunk_size(size)
+        try:
+            while True:
+                data = await content.read(size)
+                if not data:
+                    if content.at_eof():
+                        return
+                    continue
+                if len(data) <= size:
+                    yield data
+                else:
+                    for start in range(0, len(data), size):
+                        yield data[start : start + size]
+        except _TRANSLATED as exc:
+            _translate(exc, self.url)
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body; :class:`ProtocolError` if it is longer than ``limit`` bytes."""
+        declared = self.content_length
+        if declared is not None and declared > limit:
+            raise ProtocolError(
+                f"{self.url} announced {declared} bytes, more than the {limit} allowed",
+                url=self.url,
+            )
+        parts: list[bytes] = []
+        total = 0
+        async for data in self.iter_chunks(min(limit + 1, READ_BUFSIZE)):
+            total += len(data)
+            if total > limit:
+                raise ProtocolError(
+                    f"{self.url} sent more than the {limit} bytes allowed", url=self.url
+                )
+            parts.append(data)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        """Drop the connection (used when the body is abandoned)."""
+        self._raw.close()
+
+
+class Transport:
+    """GET requests over a per-loop ``aiohttp.ClientSession`` (see the module docstring)."""
+
+    def __init__(self, config: HubConfig) -> None:
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._guard: AsyncGenerator[None, None] | None = None
+        self._ssl: ssl.SSLContext | None = None
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            context = ssl.create_default_context()
+            if self._config.ca_bundle is not None:
+                try:
+                    context.load_verify_locations(cafile=str(self._config.ca_bundle))
+                except (OSError, ssl.SSLError) as exc:
+                    raise TLSError(
+                        f"cannot load the CA bundle {self._config.ca_bundle}: {exc}; "
+                        "point ca_bundle (ASYNCHUB_CA_BUNDLE) at a PEM file"
+                    ) from exc
+            self._ssl = context
+        return self._ssl
+
+    def _drop_session(self) -> None:
+        """Forget a session that belongs to another loop, closing its sockets on that loop."""
+        session, loop = self._session, self._loop
+        self._session = self._loop = None
+        self._guard = None
+        if session is None or loop is None or session.closed:
+            return
+        connector = session.connector
+        session.detach()
+        if connector is None:
+            return
+        if loop.is_running() and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(connector._close)
+        else:
+            connector._close()
+
+    @staticmethod
+    async def _close_at_loop_end(session: aiohttp.ClientSession) -> AsyncGenerator[None, None]:
+        """Parked on the session's loop; ``asyncio.run`` (and anyio) close pending async
+        generators before closing the loop, which closes the session there, cleanly."""
+        try:
+            yield
+        finally:
+            if not session.closed:
+                await session.close()
+
+    async def _get_session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is not None and self._loop is loop and not self._session.closed:
+            return self._session
+        self._drop_session()
+        config = self._config
+        connector = aiohttp.TCPConnector(
+            limit=config.max_connections,
+            limit_per_host=config.max_connections_per_host,
+            ssl=self._ssl_context(),
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=None,
+            sock_connect=config.connect_timeout,
+            sock_read=config.stall_timeout,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            read_bufsize=READ_BUFSIZE,
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT},
+        )
+        guard = self._close_at_loop_end(session)
+        await guard.__anext__()
+        self._session, self._loop, self._guard = session, loop, guard
+        return session
+
+    def request(
+        self, url: str, *, headers: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[Response]:
+        """``GET url`` following redirects; the response's body is read by the caller.
+
+        HTTP error statuses are returned, not raised (the caller owns the retry policy);
+        a refused redirect raises :class:`RedirectError`, a compressed body
+        :class:`ProtocolError`, a network failure :class:`TransferError`.
+        """
+        return self._request(url, headers)
+
+    @contextlib.asynccontextmanager
+    async def _request(
+        self, url: str, headers: Mapping[str, str] | None
+    ) -> AsyncIterator[Response]:
+        raw = await self._open(url, headers)
+        response = Response(raw)
+        try:
+            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise ProtocolError(
+                    f"{response.url} sent a {encoding!r}-encoded body although identity was"
+                    " asked; the bytes would not match the published SHA-256",
+                    url=response.url,
+                )
+            yield response
+        except BaseException:
+            raw.close()
+            raise
+        else:
+            raw.release()
+
+    async def _open(self, url: str, headers: Mapping[str, str] | None) -> aiohttp.ClientResponse:
+        session = await self._get_session()
+        send: CIMultiDict[str] = CIMultiDict(headers or {})
+        send["Accept-Encoding"] = "identity"
+        try:
+            current = URL(url, encoded=True)
+        except (ValueError, TypeError) as exc:
+            raise RedirectError(f"invalid URL {url!r}: {exc}", url=url) from exc
+        if current.scheme not in ("http", "https") or not current.host:
+            raise RedirectError(f"{url!r} is not an http(s) URL", url=url)
+        for hop in range(MAX_REDIRECTS + 1):
+            try:
+                raw = await session.get(current, headers=send, allow_redirects=False)
+            except _TRANSLATED as exc:
+                _translate(exc, str(current))
+            if raw.status not in REDIRECT_STATUSES:
+                return raw
+            location = raw.headers.get("Location")
+            raw.close()
+            if not location:
+                raise RedirectError(
+                    f"{current} answered {raw.status} without a Location", url=str(current)
+                )
+            if hop == MAX_REDIRECTS:
+                raise RedirectError(
+                    f"{url} redirected more than {MAX_REDIRECTS} times", url=str(current)
+                )
+            try:
+                target = current.join(URL(location))
+            except (ValueError, TypeError) as exc:
+                raise RedirectError(
+                    f"{current} redirected to an invalid URL {location!r}", url=str(current)
+                ) from exc
+            if target.scheme not in ("http", "https") or not target.host:
+                raise RedirectError(
+                    f"{current} redirected to {location!r}, which is not an http(s) URL",
+                    url=str(current),
+                )
+            if current.scheme == "https" and target.scheme == "http":
+                raise RedirectError(
+                    f"{current} redirected from https down to plain http ({target}); refused",
+                    url=str(current),
+                )
+            if _origin(target) != _origin(current):
+                for name in _SENSITIVE:
+                    send.popall(name, None)
+            log.debug("redirect %s -> %s", current, target)
+            current = target
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        """Close the session of the running loop (a session of another loop is dropped)."""
+        session, guard = self._session, self._guard
+        if session is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if self._loop is loop:
+            self._session = self._loop = self._guard = None
+            await session.close()
+            if guard is not None:
+                await guard.aclose()
+        else:
+            self._drop_session()
+
+
+def status_error(response: Response, what: str) -> HTTPStatusError:
+    """An :class:`HTTPStatusError` for an unusable status of ``response``."""
+    return HTTPStatusError(
+        f"{what}: {response.url} answered HTTP {response.status}",
+        url=response.url,
+        status=response.status,
+    )

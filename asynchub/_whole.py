@@ -1,0 +1,95 @@
+"""Files of unknown (or zero) size: one plain ``GET`` per try, hashed as it is written.
+
+Without a size there is no chunk plan and no resume: each try truncates the partial file and
+reads the whole body again (such files are small in practice: every manifest entry the engine
+fetches in bulk has a size). Writes go through the same bounded pieces as chunked downloads,
+and each piece is hashed in the same worker-thread call that writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ._download import PIECE, Context, RetryableStatus, pwrite_all, retryable
+from ._exceptions import HubError, TransferError
+from ._progress import ProgressEvent
+from ._retry import RETRYABLE_STATUSES, parse_retry_after
+from ._transport import status_error
+
+__all__ = ["stream_whole"]
+
+log = logging.getLogger("asynchub")
+
+
+def _write_and_hash(fd: int, buffers: list[bytes], offset: int, digest: Any) -> None:
+    pwrite_all(fd, buffers, offset)
+    for data in buffers:
+        digest.update(data)
+
+
+async def stream_whole(ctx: Context, name: str, url: str, fd: int) -> tuple[int, str, str]:
+    """Fetch ``url`` as one plain stream into ``fd`` from offset 0, hashing as it is written
+    (for files of unknown size; a failed try starts over). Returns (size, sha256, final URL)."""
+    policy = ctx.config.retry
+    attempt = 0
+    while True:
+        try:
+            return await _stream_whole_once(ctx, name, url, fd)
+        except HubError as exc:
+            if not retryable(exc) or attempt >= policy.attempts:
+                raise
+            after = exc.retry_after if isinstance(exc, RetryableStatus) else None
+            wait = policy.delay(attempt, after)
+            attempt += 1
+            message = f"{exc} (retry {attempt}/{policy.attempts} in {wait:.2f} s)"
+            log.info("%s: %s", name, message)
+            ctx.emit(ProgressEvent("retry", name, message=message))
+            await ctx.sleep(wait)
+
+
+async def _stream_whole_once(ctx: Context, name: str, url: str, fd: int) -> tuple[int, str, str]:
+    await anyio.to_thread.run_sync(os.ftruncate, fd, 0)
+    digest = hashlib.sha256()
+    offset = 0
+    async with ctx.limiter, ctx.transport.request(url) as response:
+        final = response.url
+        if response.status in RETRYABLE_STATUSES:
+            after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
+            raise RetryableStatus(
+                f"{final} answered HTTP {response.status}",
+                url=final,
+                status=response.status,
+                retry_after=after,
+            )
+        if response.status != 200:
+            raise status_error(response, name)
+        declared = response.content_length
+        buffers: list[bytes] = []
+        buffered = 0
+        async for data in response.iter_chunks(PIECE):
+            buffers.append(data)
+            buffered += len(data)
+            if ctx.bucket is not None:
+                await ctx.bucket.take(len(data))
+            if buffered >= PIECE:
+                await anyio.to_thread.run_sync(_write_and_hash, fd, buffers, offset, digest)
+                offset += buffered
+                ctx.emit(ProgressEvent("transfer", name, nbytes=buffered))
+                ctx.emit(ProgressEvent("verified", name, nbytes=buffered))
+                buffers, buffered = [], 0
+        if buffers:
+            await anyio.to_thread.run_sync(_write_and_hash, fd, buffers, offset, digest)
+            offset += buffered
+            ctx.emit(ProgressEvent("transfer", name, nbytes=buffered))
+            ctx.emit(ProgressEvent("verified", name, nbytes=buffered))
+        if declared is not None and offset != declared:
+            raise TransferError(f"{final} sent {offset} of {declared} bytes", url=final)
+    log.info("%s: downloaded from %s", name, final)
+    return offset, digest.hexdigest(), final

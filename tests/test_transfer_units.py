@@ -1,0 +1,131 @@
+"""Pieces of the engine on their own: the hash cursor, the token bucket, Content-Range parsing,
+retry classification."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asynchub._download import WrongMirror, parse_content_range, retryable
+from asynchub._exceptions import HTTPStatusError, ProtocolError, StallError, TransferError
+from asynchub._hashing import STEP, HashCursor, hash_range
+from asynchub._ratelimit import TokenBucket
+from asynchub._transport import RedirectError
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_hash_cursor_follows_the_prefix(tmp_path: Path) -> None:
+    data = os.urandom(STEP + 3 * 1024 * 1024 + 17)
+    path = tmp_path / "f"
+    path.write_bytes(bytes(len(data)))
+    progress: list[int] = []
+    fd = os.open(path, os.O_RDWR)
+    try:
+        cursor = HashCursor(fd, on_progress=progress.append)
+        async with anyio.create_task_group() as group:
+            group.start_soon(cursor.run)
+            cut = len(data) // 3
+            os.pwrite(fd, data[:cut], 0)
+            cursor.advance(cut)
+            assert await cursor.hexdigest(cut) == hashlib.sha256(data[:cut]).hexdigest()
+            await anyio.wait_all_tasks_blocked()
+            assert cursor.hashed == cut  # never beyond what was declared written
+            os.pwrite(fd, data[cut:], cut)
+            digest = await cursor.hexdigest(len(data))
+            group.cancel_scope.cancel()
+    finally:
+        os.close(fd)
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert sum(progress) == len(data) and max(progress) <= STEP
+
+
+async def test_hash_cursor_reset_discards_old_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"old!" * 1000)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        cursor = HashCursor(fd)
+        async with anyio.create_task_group() as group:
+            group.start_soon(cursor.run)
+            cursor.advance(4000)
+            await cursor.hexdigest(4000)
+            cursor.reset()
+            os.pwrite(fd, b"new!" * 1000, 0)
+            digest = await cursor.hexdigest(4000)
+            group.cancel_scope.cancel()
+    finally:
+        os.close(fd)
+    assert digest == hashlib.sha256(b"new!" * 1000).hexdigest()
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+async def test_token_bucket_caps_the_total_on_a_fake_clock() -> None:
+    fake = FakeTime()
+    bucket = TokenBucket(1000, clock=fake.clock, sleep=fake.sleep, burst=0.25)
+    start = fake.now
+
+    async def reader() -> None:
+        for _ in range(20):
+            await bucket.take(100)
+
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(reader)
+    # 6000 bytes at 1000 B/s: 6 s, less the 0.25 s burst allowance
+    assert fake.now - start == pytest.approx(5.75, abs=0.01)
+    assert await bucket.take(0) == 0.0
+
+
+async def test_token_bucket_lets_a_small_burst_through() -> None:
+    fake = FakeTime()
+    bucket = TokenBucket(1000, clock=fake.clock, sleep=fake.sleep, burst=0.25)
+    assert await bucket.take(200) == 0.0
+    assert await bucket.take(100) == pytest.approx(0.05)
+
+
+def test_content_range_parsing() -> None:
+    assert parse_content_range("bytes 0-9/100", "u") == (0, 9, 100)
+    for bad in (None, "bytes */100", "bytes 9-0/100", "items 0-9/100", "bytes 0-9/*", "bytes x"):
+        with pytest.raises(ProtocolError):
+            parse_content_range(bad, "u")
+
+
+def test_retry_classification() -> None:
+    assert retryable(TransferError("reset")) and retryable(StallError("slow"))
+    assert retryable(ProtocolError("bad range"))
+    assert not retryable(HTTPStatusError("404", status=404))
+    assert not retryable(WrongMirror("size")) and not retryable(RedirectError("loop"))
+    assert not retryable(ValueError("x"))
+
+
+def test_hash_range_mapped_and_short_file(tmp_path: Path) -> None:
+    data = os.urandom(9 * 1024 * 1024 + 5)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        digest = hashlib.sha256()
+        assert hash_range(fd, digest, 4097, len(data), bytearray(1024)) == len(data) - 4097
+        assert digest.hexdigest() == hashlib.sha256(data[4097:]).hexdigest()
+        short = hashlib.sha256()  # asked past the end: read what there is, say how much
+        assert hash_range(fd, short, 10, len(data) + 100, bytearray(1024)) == len(data) - 10
+        assert short.hexdigest() == hashlib.sha256(data[10:]).hexdigest()
+    finally:
+        os.close(fd)
