@@ -1,0 +1,158 @@
+"""Drive asynchub's public API once, in a fresh process, and print timings as JSON.
+
+Usage: ``python _drive_asynchub.py '<json>'`` with keys
+
+* ``op``: ``download`` | ``load`` | ``prefetch``
+* ``manifest_url``, ``file_urls`` (list of templates), ``cache_dir``, ``repo`` (``owner/name:ref``)
+* ``model`` (download/load), ``tags`` or ``models`` (prefetch)
+* optional ``max_connections``, ``chunk_size``, ``force_reload``, ``repeat`` (extra warm calls
+  of ``load`` whose median is reported as ``repeat_median``)
+* optional ``api``: ``"hub"`` (default, ``asynchub.Hub(HubConfig(...))``) or ``"module"``
+  (``asynchub.load`` configured by ``ASYNCHUB_*`` environment variables, as a user script would)
+
+The last stdout line is ``{"seconds": ..., "import_seconds": ..., ...}``: ``seconds`` is the
+in-process time of building the hub plus the operation (what a user's first call costs once
+Python is running and asynchub is imported); ``import_seconds`` is ``import asynchub`` (and the
+``HubConfig``). The process wall time, CPU and
+peak RSS are measured by the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _public(name: str, private_module: str) -> Any:
+    """``asynchub.<name>``; until the package exports it, the module that defines it."""
+    import importlib
+
+    import asynchub
+
+    found = getattr(asynchub, name, None)
+    if found is None:
+        found = getattr(importlib.import_module(f"asynchub.{private_module}"), name)
+    return found
+
+
+def _config(asynchub: Any, params: dict[str, Any]) -> Any:
+    repo = str(params["repo"]).split(":", 1)[0].lower()
+    values: dict[str, Any] = {
+        "cache_dir": Path(params["cache_dir"]),
+        "manifest_url": params["manifest_url"],
+        "file_urls": tuple(params["file_urls"]),
+        "trusted_repos": frozenset({repo}),
+        "progress_bars": False,
+    }
+    if params.get("max_connections"):
+        values["max_connections"] = int(params["max_connections"])
+        values["max_connections_per_host"] = int(params["max_connections"])
+    if params.get("chunk_size"):
+        values["chunk_size"] = int(params["chunk_size"])
+    config_cls = _public("HubConfig", "_config")
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    return config_cls(**{k: v for k, v in values.items() if k in known})
+
+
+def _module_env(params: dict[str, Any]) -> None:
+    """The environment a user of the module-level API would set (read when asynchub builds its
+    default hub)."""
+    os.environ.update({
+        "ASYNCHUB_CACHE_DIR": str(params["cache_dir"]),
+        "ASYNCHUB_MANIFEST_URL": params["manifest_url"],
+        "ASYNCHUB_FILE_URLS": ",".join(params["file_urls"]),
+        "ASYNCHUB_TRUSTED_REPOS": str(params["repo"]).split(":", 1)[0],
+        "ASYNCHUB_DISABLE_PROGRESS_BARS": "1",
+    })
+
+
+def _run_module(params: dict[str, Any]) -> dict[str, Any]:
+    """``asynchub.load(model, repo=...)`` as a user script calls it."""
+    _module_env(params)
+    t0 = time.perf_counter()
+    load = _public("load", "_api")  # imports asynchub
+    t1 = time.perf_counter()
+    result: dict[str, Any] = {"import_seconds": t1 - t0}
+    start = time.perf_counter()
+    proto = load(params["model"], repo=params["repo"])
+    result["seconds"] = time.perf_counter() - start
+    result["bytes"] = proto.ByteSize()
+    if params.get("repeat"):
+        times = []
+        for _ in range(int(params["repeat"])):
+            s = time.perf_counter()
+            load(params["model"], repo=params["repo"])
+            times.append(time.perf_counter() - s)
+        result["repeat_median"] = statistics.median(times)
+    return result
+
+
+def _run(params: dict[str, Any]) -> dict[str, Any]:
+    if params.get("api") == "module":
+        if params["op"] != "load":
+            raise SystemExit("api=module supports op=load only")
+        return _run_module(params)
+    t0 = time.perf_counter()
+    import asynchub
+
+    hub_cls = _public("Hub", "_sync")
+    config = _config(asynchub, params)
+    t1 = time.perf_counter()
+    op = params["op"]
+    repo = params["repo"]
+    force = bool(params.get("force_reload", False))
+    result: dict[str, Any] = {"import_seconds": t1 - t0}
+    start = time.perf_counter()
+    hub = hub_cls(config)
+    try:
+        if op == "download":
+            path = hub.download(params["model"], repo=repo, force_reload=force)
+            result["bytes"] = Path(path).stat().st_size
+            result["path"] = str(path)
+        elif op == "load":
+            proto = hub.load(params["model"], repo=repo, force_reload=force)
+            result["bytes"] = proto.ByteSize()
+        elif op == "prefetch":
+            selection: dict[str, Any] = {"repo": repo}
+            if params.get("tags"):
+                selection["tags"] = list(params["tags"])
+            if params.get("models"):
+                selection["models"] = list(params["models"])
+            outcome = hub.prefetch(**selection)
+            result["outcome"] = repr(outcome)[:300]
+        else:
+            raise SystemExit(f"unknown op {op!r}")
+        result["seconds"] = time.perf_counter() - start
+        if op == "load" and params.get("repeat"):
+            times = []
+            for _ in range(int(params["repeat"])):
+                s = time.perf_counter()
+                hub.load(params["model"], repo=repo)
+                times.append(time.perf_counter() - s)
+            result["repeat_median"] = statistics.median(times)
+    finally:
+        c = time.perf_counter()
+        hub.close()
+        result["close_seconds"] = time.perf_counter() - c
+    return result
+
+
+def main() -> int:
+    params = json.loads(sys.argv[1])
+    try:
+        result = _run(params)
+    except Exception as exc:  # reported to the harness, which marks the run failed
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:500]}))
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,363 @@
+"""Scenarios A-E on the local mirror. Each returns a plain dict that ``_report`` renders.
+
+* A -- one big model, no cap: ``download`` vs onnx.hub, curl, aria2c, hf_transfer.
+* B -- the same with every connection capped (a CDN edge).
+* C -- bulk prefetch of a tag (cap + per-request latency) vs onnx.hub one by one and aria2c -j.
+* D -- cold load of a small model (manifest included) and warm load from cache vs onnx.hub and a
+  bare ``onnx.load`` of the same file.
+* E -- sweep of connections x chunk size on B's mirror (and aria2c -xN -sN).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import _peers
+from _bench import REPO, Limit, Profile, Row, clean, fresh, log, run_series, sizes_match
+from _mirror import Endpoint, MirrorSet
+from _peers import Run
+
+MiB = 1024 * 1024
+ARIA2C_MAX_SPLIT = 16  # aria2c refuses -x above 16
+
+
+@dataclass
+class Ctx:
+    profile: Profile
+    work: Path
+    zoo: Path
+    manifest: list[dict[str, Any]]
+    mirror: MirrorSet
+    limits: dict[str, Limit] = field(default_factory=dict)
+    repo: str = REPO
+
+    def entry(self, name: str) -> dict[str, Any]:
+        return next(e for e in self.manifest if e["model"] == name)
+
+    def select(self, tags: list[str] | None, models: list[str] | None) -> list[dict[str, Any]]:
+        """Entries matching any tag (ignoring case), plus each named model at its largest
+        opset -- the selection rules of onnx.hub."""
+        wanted = {t.lower() for t in tags or []}
+        chosen = [e for e in self.manifest
+                  if wanted & {t.lower() for t in e["metadata"].get("tags", [])}]
+        for name in models or []:
+            same = [e for e in self.manifest if e["model"].lower() == name.lower()]
+            if not same:
+                raise SystemExit(f"no model named {name!r} in the manifest")
+            best = max(same, key=lambda e: e["opset_version"])
+            if best not in chosen:
+                chosen.append(best)
+        return chosen
+
+    def cached_path(self, cache: Path, entry: dict[str, Any]) -> Path:
+        """The onnx.hub cache layout: ``<dir of model_path>/<sha>_<basename>``."""
+        rel = Path(entry["model_path"])
+        return cache / rel.parent / f"{entry['metadata']['model_sha']}_{rel.name}"
+
+
+def _url(endpoint: Endpoint, entry: dict[str, Any]) -> str:
+    return endpoint.url_for(entry["model_path"])
+
+
+def _conditions(ctx: Ctx, endpoint: Endpoint) -> str:
+    """What the mirror port imposes, for table headers."""
+    p = ctx.profile
+    cap = f"{p.rate_limit / 1e6:g} MB/s per connection"
+    return {"plain": "no cap", "capped": cap,
+            "slow": f"{cap}, {p.latency * 1000:g} ms per request"}.get(
+        endpoint.name, "as the mirror serves it")
+
+
+def _counter(endpoint: Endpoint) -> Callable[[], int] | None:
+    return endpoint.requests if endpoint.counts else None
+
+
+def _hub_params(ctx: Ctx, endpoint: Endpoint, cache: Path, **more: Any) -> dict[str, Any]:
+    return {"manifest_url": endpoint.manifest_url,
+            "file_urls": list(getattr(endpoint, "file_urls", [endpoint.file_url])),
+            "file_url": endpoint.file_url, "cache_dir": str(cache), "repo": ctx.repo, **more}
+
+
+def _check_cached(ctx: Ctx, cache: Path,
+                  entries: list[dict[str, Any]]) -> Callable[[Run], str | None]:
+    files = [(ctx.cached_path(cache, e), e["metadata"]["model_bytes"]) for e in entries]
+    return lambda _run: sizes_match(files)
+
+
+def _missing(tool: str) -> Row:
+    return Row(tool, error=f"{tool} is not installed (run benchmarks/setup.sh)")
+
+
+def _scenario(sid: str, title: str, header: str, nbytes: int, rows: list[Row],
+              limit: Limit | None, targets: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": sid, "title": title, "header": header, "bytes": nbytes,
+            "limit_name": limit.name if limit else None,
+            "limit_seconds": (limit.median * nbytes / limit.nbytes) if limit else None,
+            "rows": [r.to_dict() for r in rows], "targets": targets}
+
+
+def _target(text: str, ok: bool | None, detail: str) -> dict[str, Any]:
+    return {"text": text, "ok": ok, "detail": detail}
+
+
+def _find(rows: list[Row], tool: str) -> Row | None:
+    row = next((r for r in rows if r.tool == tool), None)
+    return row if row and row.n and not row.error else None
+
+
+# ---------------------------------------------------------------------- A and B
+def single_file(ctx: Ctx, sid: str, endpoint: Endpoint, capped: bool,
+                model: str = "BenchBig") -> dict[str, Any]:
+    p = ctx.profile
+    entry = ctx.entry(model)
+    size, sha = entry["metadata"]["model_bytes"], entry["metadata"]["model_sha"]
+    url = _url(endpoint, entry)
+    out = ctx.work / "out"
+    rows: list[Row] = []
+    kw: dict[str, Any] = {"profile": p, "counter": _counter(endpoint)}
+
+    cache = ctx.work / "cache-asynchub"
+    log(f"{sid}: asynchub download")
+    rows += run_series("asynchub download", lambda _i: _peers.asynchub_cmd(
+        "download", model=model, **_hub_params(ctx, endpoint, cache)),
+        before=lambda: clean(cache), after=_check_cached(ctx, cache, [entry]), **kw)
+    if _peers.have("onnxhub"):
+        hub_cache = ctx.work / "cache-onnxhub"
+        log(f"{sid}: onnx.hub")
+        rows += run_series("onnx.hub 1.20.1 (download + SHA-256, no parse)",
+                           lambda _i: _peers.onnxhub_cmd(
+                               "download", model=model,
+                               **_hub_params(ctx, endpoint, hub_cache)),
+                           before=lambda: clean(hub_cache), **kw)
+    else:
+        rows.append(_missing("onnx.hub 1.20.1"))
+    target = out / "model.onnx"
+    peers: list[tuple[str, Callable[[int], list[str]]]] = [
+        ("curl", lambda _i: _peers.curl_cmd(url, target)),
+        ("aria2c -x16 -s16", lambda _i: _peers.aria2c_cmd([(url, target)])),
+        ("hf_transfer", lambda _i: _peers.hf_transfer_cmd(url, target)),
+    ]
+    for tool, make in peers:
+        if not _peers.have(tool.split()[0]):
+            rows.append(_missing(tool))
+            continue
+        log(f"{sid}: {tool}")
+        rows += run_series(tool, make, before=lambda: fresh(out),
+                           after=lambda _r: sizes_match([(target, size)]),
+                           sha_pass=lambda: [(target, sha)], **kw)
+    clean(out, cache)
+
+    limit = ctx.limits.get("sha1")
+    targets = _single_targets(rows, limit, size, capped)
+    header = (f"{model}: {size / MiB:.0f} MiB, {_conditions(ctx, endpoint)}, {ctx.mirror.kind}; "
+              f"{p.describe()}")
+    title = "B: one big model, capped connections" if capped else "A: one big model, no cap"
+    return _scenario(sid, title, header, size, rows, limit, targets)
+
+
+def _single_targets(rows: list[Row], limit: Limit | None, size: int,
+                    capped: bool) -> list[dict[str, Any]]:
+    ours = _find(rows, "asynchub download")
+    if ours is None:
+        return [_target("asynchub download measured", False, "no successful asynchub run")]
+    targets = []
+    if limit is not None:
+        bound = 1.15 * limit.median * size / limit.nbytes
+        t = ours.med("seconds") or ours.med("wall") or 0.0
+        targets.append(_target("verified download <= 1.15 x single-core SHA-256 time (in-process)",
+                               t <= bound, f"{t:.2f} s vs {bound:.2f} s"))
+    rss = max(ours.rss)
+    targets.append(_target("peak RSS <= 200 MB", rss <= 200, f"{rss:.0f} MB"))
+    if capped:
+        for tool in ("aria2c -x16 -s16", "hf_transfer"):
+            peer = _find(rows, tool)
+            if peer:
+                a, b = ours.med() or 0.0, peer.med() or 0.0
+                targets.append(_target(f"beats {tool} (wall)", a < b, f"{a:.2f} s vs {b:.2f} s"))
+        hub = next((r for r in rows if r.tool.startswith("onnx.hub") and r.n), None)
+        if hub:
+            ratio = (hub.med() or 0.0) / (ours.med() or 1.0)
+            targets.append(_target(">= 15 x faster than onnx.hub (wall)", ratio >= 15,
+                                   f"{ratio:.1f} x"))
+    return targets
+
+
+# ---------------------------------------------------------------------- C
+def bulk(ctx: Ctx, *, endpoint: Endpoint | None = None, tags: list[str] | None = None,
+         models: list[str] | None = None) -> dict[str, Any]:
+    p, endpoint = ctx.profile, endpoint or ctx.mirror.slow
+    if tags is None and models is None:
+        tags = ["bench-bulk"]
+    selection: dict[str, Any] = {k: v for k, v in (("tags", tags), ("models", models)) if v}
+    entries = ctx.select(tags, models)
+    total = sum(e["metadata"]["model_bytes"] for e in entries)
+    kw: dict[str, Any] = {"profile": p, "counter": _counter(endpoint)}
+    rows: list[Row] = []
+    cache = ctx.work / "cache-asynchub"
+    log(f"C: asynchub prefetch of {len(entries)} models")
+    rows += run_series("asynchub prefetch", lambda _i: _peers.asynchub_cmd(
+        "prefetch", **selection, **_hub_params(ctx, endpoint, cache)),
+        before=lambda: clean(cache), after=_check_cached(ctx, cache, entries), **kw)
+    if _peers.have("onnxhub"):
+        hub_cache = ctx.work / "cache-onnxhub"
+        log("C: onnx.hub load one by one")
+        rows += run_series("onnx.hub 1.20.1 load, one by one", lambda _i: _peers.onnxhub_cmd(
+            "load_many", **selection, **_hub_params(ctx, endpoint, hub_cache)),
+            before=lambda: clean(hub_cache), after=_check_cached(ctx, hub_cache, entries), **kw)
+    else:
+        rows.append(_missing("onnx.hub 1.20.1"))
+    if _peers.have("aria2c"):
+        out = ctx.work / "out"
+        files = [(_url(endpoint, e), out / Path(e["model_path"]).name) for e in entries]
+        tool = f"aria2c -j{p.bulk_jobs} -x16 -s16"
+        log(f"C: {tool}")
+        rows += run_series(
+            tool, lambda _i: _peers.aria2c_cmd(files, jobs=p.bulk_jobs,
+                                               list_file=ctx.work / "aria2c-list.txt"),
+            before=lambda: fresh(out),
+            after=lambda _r: sizes_match([(f, e["metadata"]["model_bytes"])
+                                          for (_, f), e in zip(files, entries, strict=True)]),
+            sha_pass=lambda: [(f, e["metadata"]["model_sha"])
+                              for (_, f), e in zip(files, entries, strict=True)], **kw)
+        clean(out)
+    else:
+        rows.append(_missing("aria2c"))
+    clean(cache)
+    ours = _find(rows, "asynchub prefetch")
+    targets = []
+    if ours is None:
+        targets.append(_target("asynchub prefetch measured", False, "no successful run"))
+    else:
+        for prefix, factor in (("aria2c", 2.0), ("onnx.hub", 20.0)):
+            peer = next((r for r in rows if r.tool.startswith(prefix) and r.n and not r.error
+                         and "sha256sum" not in r.tool), None)
+            if peer:
+                ratio = (peer.med() or 0.0) / (ours.med() or 1.0)
+                targets.append(_target(f">= {factor:g} x faster than {peer.tool} (wall)",
+                                       ratio >= factor, f"{ratio:.1f} x"))
+    header = (f"{len(entries)} models, {total / MiB:.0f} MiB, {_conditions(ctx, endpoint)}, "
+              f"{ctx.mirror.kind}; {p.describe()}")
+    return _scenario("C", "C: bulk prefetch of a tag", header, total, rows,
+                     ctx.limits.get("sha1"), targets)
+
+
+# ---------------------------------------------------------------------- D
+def small(ctx: Ctx) -> dict[str, Any]:
+    endpoint = ctx.mirror.slow
+    entry = ctx.entry("BenchSmall")
+    size = entry["metadata"]["model_bytes"]
+    repeats = max(ctx.profile.repeats, 5)
+    kw: dict[str, Any] = {"profile": ctx.profile, "counter": _counter(endpoint),
+                          "repeats": repeats}
+    rows: list[Row] = []
+    cache, hub_cache = ctx.work / "cache-asynchub", ctx.work / "cache-onnxhub"
+    ours = _peers.asynchub_cmd("load", model="BenchSmall", api="module",
+                               **_hub_params(ctx, endpoint, cache))
+    warm = _peers.asynchub_cmd("load", model="BenchSmall", repeat=20, api="module",
+                               **_hub_params(ctx, endpoint, cache))
+    log("D: asynchub cold / warm load")
+    rows += run_series("asynchub load, cold", lambda _i: ours, before=lambda: clean(cache), **kw)
+    rows += run_series("asynchub load, warm", lambda _i: warm, **kw)
+    if _peers.have("onnxhub"):
+        theirs = _peers.onnxhub_cmd("load", model="BenchSmall",
+                                    **_hub_params(ctx, endpoint, hub_cache))
+        log("D: onnx.hub cold / warm load")
+        rows += run_series("onnx.hub 1.20.1 load, cold", lambda _i: theirs,
+                           before=lambda: clean(hub_cache), **kw)
+        rows += run_series("onnx.hub 1.20.1 load, warm", lambda _i: theirs, **kw)
+    else:
+        rows.append(_missing("onnx.hub 1.20.1"))
+    cached = ctx.cached_path(cache, entry)
+    local = cached if cached.exists() else ctx.zoo / entry["model_path"]
+    log("D: bare onnx.load")
+    rows += run_series("bare onnx.load of the cached file",
+                       lambda _i: _peers.bare_onnx_load_cmd(local), **kw)
+    clean(cache, hub_cache)
+
+    def get(tool: str) -> Row | None:
+        return _find(rows, tool)
+
+    targets = []
+    warm_row, bare, cold = get("asynchub load, warm"), get("bare onnx.load of the cached file"), \
+        get("asynchub load, cold")
+    hub_cold = get("onnx.hub 1.20.1 load, cold")
+    if warm_row:
+        sent = max(warm_row.requests) if warm_row.requests else 0
+        targets.append(_target("warm load sends no request", sent == 0, f"{sent} request(s)"))
+        if bare:
+            a, b = warm_row.med() or 0.0, bare.med() or 0.0
+            targets.append(_target("warm load <= 1.1 x bare onnx.load (wall of the script)",
+                                   a <= 1.1 * b, f"{a * 1000:.0f} ms vs {b * 1000:.0f} ms"))
+            a, b = warm_row.med("seconds") or 0.0, bare.med("seconds") or 0.0
+            targets.append(_target("warm load vs bare onnx.load, in-process first call (info)",
+                                   None, f"{a * 1000:.2f} ms vs {b * 1000:.2f} ms"))
+    if cold and hub_cold:
+        a, b = cold.med("seconds") or 0.0, hub_cold.med("seconds") or 0.0
+        targets.append(_target("cold load <= onnx.hub cold load (in-process)", a <= b,
+                               f"{a * 1000:.1f} ms vs {b * 1000:.1f} ms"))
+    if not targets:
+        targets.append(_target("asynchub load measured", False, "no successful asynchub run"))
+    header = (f"{size / 1000:.0f} KB model, manifest of {len(ctx.manifest)} entries, "
+              f"{ctx.profile.latency * 1000:g} ms per request, {ctx.mirror.kind}; "
+              f"module-level `asynchub.load` configured by ASYNCHUB_* variables; in-process = the "
+              f"first call in a fresh process, repeat calls = median of 20 more")
+    return _scenario("D", "D: small model, cold and warm load", header, size, rows, None,
+                     targets)
+
+
+# ---------------------------------------------------------------------- E
+def sweep(ctx: Ctx, *, endpoint: Endpoint | None = None, model: str = "BenchBig",
+          with_aria2c: bool = True) -> dict[str, Any]:
+    p = ctx.profile
+    endpoint = endpoint or ctx.mirror.capped
+    entry = ctx.entry(model)
+    size = entry["metadata"]["model_bytes"]
+    cache = ctx.work / "cache-asynchub"
+    points: list[dict[str, Any]] = []
+    for chunk in p.sweep_chunks:
+        for conns in p.sweep_connections:
+            log(f"E: asynchub {conns} connections, chunk {chunk // MiB} MiB")
+            params = _hub_params(ctx, endpoint, cache, max_connections=conns, chunk_size=chunk)
+            (row,) = run_series(f"asynchub c={conns} k={chunk // MiB}M",
+                                lambda _i, params=params: _peers.asynchub_cmd(
+                                    "download", model=model, **params),
+                                profile=p, repeats=p.sweep_repeats, before=lambda: clean(cache),
+                                after=_check_cached(ctx, cache, [entry]),
+                                counter=_counter(endpoint))
+            points.append(_point("asynchub", conns, chunk, row, size))
+    if with_aria2c and _peers.have("aria2c"):
+        out = ctx.work / "out"
+        target = out / "model.onnx"
+        url = _url(endpoint, entry)
+        for conns in [c for c in p.sweep_connections if c <= ARIA2C_MAX_SPLIT]:
+            log(f"E: aria2c -x{conns} -s{conns}")
+            (row,) = run_series(f"aria2c -x{conns}",
+                                lambda _i, c=conns: _peers.aria2c_cmd([(url, target)], split=c),
+                                profile=p, repeats=p.sweep_repeats, before=lambda: fresh(out),
+                                after=lambda _r: sizes_match([(target, size)]))
+            points.append(_point("aria2c", conns, None, row, size))
+        clean(out)
+    clean(cache)
+    good = [pt for pt in points if pt["tool"] == "asynchub" and pt["wall"]]
+    best = min(good, key=lambda pt: statistics.median(pt["wall"])) if good else None
+    knee = None
+    if best:
+        limit = statistics.median(best["wall"]) * 1.05
+        knee = min((pt for pt in good if statistics.median(pt["wall"]) <= limit),
+                   key=lambda pt: (pt["connections"], -pt["chunk"]))
+    return {"bytes": size, "rate_limit": p.rate_limit if endpoint.name in ("capped", "slow")
+            else None, "points": points, "best": best,
+            "knee": knee, "sha_rate": ctx.limits["sha1"].rate if "sha1" in ctx.limits else None,
+            "header": (f"{model}: {size / MiB:.0f} MiB, {_conditions(ctx, endpoint)}, "
+                       f"{ctx.mirror.kind}; {p.sweep_repeats} run(s) per point")}
+
+
+def _point(tool: str, conns: int, chunk: int | None, row: Row, size: int) -> dict[str, Any]:
+    wall = statistics.median(row.wall) if row.wall else None
+    return {"tool": tool, "connections": conns, "chunk": chunk, "wall": row.wall,
+            "seconds": row.seconds, "rss": row.rss, "requests": row.requests,
+            "mbps": (size / wall / 1e6) if wall else None, "error": row.error}
