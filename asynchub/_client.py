@@ -7,12 +7,19 @@ these same coroutines on a background event loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import functools
 import logging
 import shutil
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 import onnx
@@ -24,12 +31,17 @@ from ._config import HubConfig
 from ._documents import fetch_document
 from ._exceptions import (
     HTTPStatusError,
+    HubClosedError,
     IntegrityError,
+    ManifestError,
     ManifestNotFoundError,
+    ModelNotFoundError,
     OfflineError,
+    OpsetNotFoundError,
     TransferError,
 )
 from ._manifest import ModelInfo, filter_models, parse_manifest, select
+from ._parse import load_model
 from ._progress import ProgressCallback
 from ._sources import DEFAULT_REPO, RepoSpec, file_urls, is_commit_ref, manifest_url
 from ._transfer import Engine, FileJob
@@ -45,6 +57,39 @@ log = logging.getLogger("asynchub")
 #: Blocking work (parsing, extraction, merging) runs in at most this many threads at once.
 BLOCKING_THREADS = 4
 MANIFEST_NAME = "ONNX_HUB_MANIFEST.json"
+#: How long :meth:`AsyncHub.aclose` waits for cancelled operations to wind down (they only
+#: close files, save resume state and release locks, which takes milliseconds).
+CLOSE_GRACE = 5.0
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: The hub whose operation the current task is inside (nested calls are not tracked twice).
+_inside: contextvars.ContextVar[AsyncHub | None] = contextvars.ContextVar(
+    "asynchub_inside", default=None
+)
+
+
+@dataclass
+class _Flight:
+    """A manifest fetch in flight, shared by every coroutine that asks for it meanwhile."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: BaseException | None = None
+
+
+def _operation(
+    method: Callable[Concatenate[AsyncHub, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[AsyncHub, P], Coroutine[Any, Any, T]]:
+    """Run a public coroutine method as a tracked operation (see :meth:`AsyncHub.aclose`)."""
+
+    @functools.wraps(method)
+    async def tracked(self: AsyncHub, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        async with self._track(method.__name__):
+            result = await method(self, *args, **kwargs)
+        return result
+
+    return tracked
 
 
 class AsyncHub:
@@ -54,20 +99,39 @@ class AsyncHub:
     ``HubConfig.from_env()``. Use it as ``async with AsyncHub(...) as hub:`` or call
     :meth:`aclose` when done. One instance shares one HTTP session per event loop and one
     connection budget across everything it downloads.
+
+    ``sleep`` and ``clock`` (keyword-only, default ``anyio.sleep`` and ``time.monotonic``) are
+    handed to the transfer engine, which uses them for retry back-off, ``Retry-After`` waits,
+    the stall watchdog and the bandwidth cap; tests inject a fake clock through them.
     """
 
     def __init__(
-        self, config: HubConfig | None = None, *, progress: ProgressCallback | None = None
+        self,
+        config: HubConfig | None = None,
+        *,
+        progress: ProgressCallback | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config if config is not None else HubConfig.from_env()
         self.progress = progress
+        self.sleep = sleep
+        self.clock = clock
         self.transport = Transport(self.config)
-        self.engine = Engine(self.config, self.transport, progress=progress)
+        self.engine = self._make_engine()
         self._manifests: dict[tuple[str, str], list[ModelInfo]] = {}
         self._blocking = anyio.CapacityLimiter(BLOCKING_THREADS)
+        self._closed = False
+        self._ops: dict[anyio.CancelScope, asyncio.AbstractEventLoop] = {}
+        self._idle: anyio.Event | None = None
+        self._flights: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, str], _Flight]
+        ] = weakref.WeakKeyDictionary()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> AsyncHub:
+        if self._closed:
+            raise HubClosedError("this AsyncHub is closed; create a new one")
         return self
 
     async def __aexit__(
@@ -79,14 +143,74 @@ class AsyncHub:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP session(s). In-flight work should be awaited or cancelled first."""
-        await self.transport.aclose()
+        """Cancel the operations still in flight, wait for them to wind down, close the HTTP
+        session. Idempotent.
+
+        Choice: cancel rather than wait. Cancelled downloads keep their resumable partial
+        files, so nothing fetched is lost and a service shuts down in milliseconds instead of
+        after its largest download. Callers still awaiting an operation get
+        :class:`HubClosedError`; new operations on a closed hub raise it at once. Operations
+        running on another event loop (e.g. the sync façade's thread) are cancelled there but
+        not waited for. Cancelled work winds down within :data:`CLOSE_GRACE` seconds.
+        """
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        for scope, owner in list(self._ops.items()):
+            if owner is loop:
+                scope.cancel()
+            elif not owner.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    owner.call_soon_threadsafe(scope.cancel)
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(CLOSE_GRACE):
+                while any(owner is loop for owner in self._ops.values()):
+                    self._idle = anyio.Event()
+                    await self._idle.wait()
+            await self.transport.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    @contextlib.asynccontextmanager
+    async def _track(self, what: str) -> AsyncIterator[None]:
+        """Register the running operation so :meth:`aclose` can cancel it."""
+        if self._closed:
+            raise HubClosedError(f"this AsyncHub is closed; {what}() needs a new one")
+        if _inside.get() is self:
+            yield
+            return
+        scope = anyio.CancelScope()
+        loop = asyncio.get_running_loop()
+        self._ops[scope] = loop
+        token = _inside.set(self)
+        try:
+            with scope:
+                yield
+        finally:
+            _inside.reset(token)
+            del self._ops[scope]
+            idle = self._idle
+            if idle is not None and not any(owner is loop for owner in self._ops.values()):
+                idle.set()
+        if scope.cancelled_caught:
+            raise HubClosedError(f"the AsyncHub was closed while {what}() was running")
 
     # -- cache directory -----------------------------------------------------------------
     def set_dir(self, new_dir: str | Path) -> None:
         """Use ``new_dir`` as the cache directory from now on."""
         self.config = self.config.replace(cache_dir=Path(new_dir))
-        self.engine = Engine(self.config, self.transport, progress=self.progress)
+        self.engine = self._make_engine()
+
+    def _make_engine(self) -> Engine:
+        return Engine(
+            self.config,
+            self.transport,
+            progress=self.progress,
+            sleep=self.sleep,
+            clock=self.clock,
+        )
 
     def get_dir(self) -> str:
         """The cache directory, as a string (as onnx.hub returned it)."""
@@ -98,6 +222,7 @@ class AsyncHub:
         return await anyio.to_thread.run_sync(func, *args, limiter=self._blocking)
 
     # -- documents and manifests ---------------------------------------------------------
+    @_operation
     async def fetch_document(
         self, url: str, cache_file: Path, *, what: str, immutable: bool = False
     ) -> bytes:
@@ -111,14 +236,41 @@ class AsyncHub:
             "_manifests", spec.owner, spec.name, *spec.ref.split("/"), MANIFEST_NAME
         )
 
+    @_operation
     async def manifest(self, repo: str = DEFAULT_REPO) -> list[ModelInfo]:
-        """The parsed manifest of ``repo`` (fetched once per hub, then revalidated on disk)."""
+        """The parsed manifest of ``repo`` (fetched once per hub, then revalidated on disk).
+
+        Concurrent calls share one fetch: a burst of ``aload`` calls on a fresh hub asks the
+        server for the manifest once, and they all get its result or its error.
+        """
         spec = RepoSpec.parse(repo)
         url = manifest_url(self.config, spec)
         key = (str(spec), url)
-        cached = self._manifests.get(key)
-        if cached is not None:
-            return cached
+        flights = self._flights.setdefault(asyncio.get_running_loop(), {})
+        while True:
+            cached = self._manifests.get(key)
+            if cached is not None:
+                return list(cached)
+            flight = flights.get(key)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            # the fetching call was cancelled (or succeeded): look again
+        flight = flights[key] = _Flight()
+        try:
+            entries = await self._fetch_manifest(spec, url)
+            self._manifests[key] = entries
+            return list(entries)
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            del flights[key]
+            flight.done.set()
+
+    async def _fetch_manifest(self, spec: RepoSpec, url: str) -> list[ModelInfo]:
         try:
             data = await self.fetch_document(
                 url,
@@ -133,10 +285,12 @@ class AsyncHub:
                 f"Manifest not found at {url} ({exc}). Check the repo name and ref, or set "
                 "ASYNCHUB_MANIFEST_URL to a mirror that serves it"
             ) from exc
-        entries = await self.run_blocking(functools.partial(parse_manifest, data, source=url))
-        self._manifests[key] = entries
-        return list(entries)
+        entries: list[ModelInfo] = await self.run_blocking(
+            functools.partial(parse_manifest, data, source=url)
+        )
+        return entries
 
+    @_operation
     async def list_models(
         self,
         repo: str = DEFAULT_REPO,
@@ -147,6 +301,7 @@ class AsyncHub:
         ``tags`` (any case); ``tags=[]`` matches nothing."""
         return filter_models(await self.manifest(repo), model=model, tags=tags)
 
+    @_operation
     async def get_model_info(
         self, model: str, repo: str = DEFAULT_REPO, opset: int | None = None
     ) -> ModelInfo:
@@ -177,6 +332,7 @@ class AsyncHub:
     async def check_trust(self, repo: str, *, silent: bool, trust_repo: bool) -> None:
         await _trust.check(RepoSpec.parse(repo), self.config, silent=silent, trust_repo=trust_repo)
 
+    @_operation
     async def download(
         self,
         model: str,
@@ -188,10 +344,55 @@ class AsyncHub:
         trust_repo: bool = False,
     ) -> Path:
         """Fetch the model file into the cache (verified) and return its path; no parsing."""
-        info = await self.get_model_info(model, repo, opset)
+        info = await self._resolve(model, repo, opset, force_reload, test_data=False)
         await self.check_trust(repo, silent=silent, trust_repo=trust_repo)
         return await self.engine.fetch(self.model_job(info, repo), force=force_reload)
 
+    async def _resolve(
+        self, model: str, repo: str, opset: int | None, force_reload: bool, *, test_data: bool
+    ) -> ModelInfo:
+        """The manifest entry to fetch.
+
+        Warm path: when the manifest cached on disk names a file that is already in the cache,
+        that entry is used without asking the server, so a warm ``load`` makes no request at all
+        (the file itself is still SHA-verified). Whenever a download is needed — or with
+        ``force_reload`` — the manifest is revalidated first, as :meth:`manifest` does.
+        """
+        if not force_reload:
+            info: ModelInfo | None = await self.run_blocking(
+                self._warm_info, model, repo, opset, test_data
+            )
+            if info is not None:
+                return info
+        return await self.get_model_info(model, repo, opset)
+
+    def _warm_info(
+        self, model: str, repo: str, opset: int | None, test_data: bool
+    ) -> ModelInfo | None:
+        spec = RepoSpec.parse(repo)
+        entries = self._manifests.get((str(spec), manifest_url(self.config, spec)))
+        if entries is None:
+            try:
+                data = self.manifest_cache_file(spec).read_bytes()
+                entries = parse_manifest(data, source=str(self.manifest_cache_file(spec)))
+            except (OSError, ManifestError):
+                return None
+        try:
+            info = select(entries, model, opset)
+        except (ModelNotFoundError, OpsetNotFoundError):
+            return None
+        path, sha = (
+            (info.model_with_data_path, info.model_with_data_sha)
+            if test_data
+            else (info.model_path, info.model_sha)
+        )
+        if not path or not sha:
+            return None
+        if not cache_path(self.config.cache_dir, path, sha).is_file():
+            return None
+        return info
+
+    @_operation
     async def load(
         self,
         model: str,
@@ -207,6 +408,7 @@ class AsyncHub:
         proto: onnx.ModelProto = await self.run_blocking(_load_model, path)
         return proto
 
+    @_operation
     async def download_model_with_test_data(
         self,
         model: str,
@@ -219,7 +421,7 @@ class AsyncHub:
     ) -> str:
         """Fetch the model's test-data archive, extract it safely next to it, and return the
         directory holding ``model.onnx`` and ``test_data_set_*``."""
-        info = await self.get_model_info(model, repo, opset)
+        info = await self._resolve(model, repo, opset, force_reload, test_data=True)
         if not info.model_with_data_path or not info.model_with_data_sha:
             raise ManifestNotFoundError(
                 f"{info.model} (opset {info.opset}) has no test data in the manifest "
@@ -237,6 +439,7 @@ class AsyncHub:
         extracted: Path = await self.run_blocking(_extract, archive, target, force_reload)
         return str(extracted)
 
+    @_operation
     async def load_composite_model(
         self,
         network_model: str,
@@ -271,7 +474,8 @@ class AsyncHub:
         )
         return merged
 
-    async def prefetch(self, **selection: Any) -> PrefetchResult:
+    @_operation
+    async def prefetch(self, /, **selection: Any) -> PrefetchResult:
         """Fetch a selection of models under one connection budget (see :mod:`._prefetch`)."""
         from ._prefetch import prefetch
 
@@ -279,7 +483,9 @@ class AsyncHub:
 
 
 def _load_model(path: Path) -> onnx.ModelProto:
-    return onnx.load(str(path))
+    # onnx.load, but releasing the GIL between tensors (see _parse: one long GIL hold froze
+    # the event loop for ~0.4 ms per MB even from a worker thread)
+    return load_model(path)
 
 
 def _strip_archive_suffix(name: str) -> str:

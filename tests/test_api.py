@@ -384,3 +384,23 @@ def test_hub_config_is_frozen_and_validated(tmp_path: Path) -> None:
     env = {"ASYNCHUB_CHUNK_SIZE": "8M", "ASYNCHUB_OFFLINE": "1", "ONNX_HOME": str(tmp_path)}
     cfg = HubConfig.from_env(env, offline=False)
     assert (cfg.chunk_size, cfg.offline, cfg.cache_dir) == (8 << 20, False, tmp_path / "hub")
+
+
+async def test_warm_load_in_a_new_hub_sends_no_request_at_all(
+    mirror: MirrorServer, tmp_path: Path
+) -> None:
+    config = mirror_config(mirror.url, tmp_path / "cache")
+    async with AsyncHub(config) as hub:
+        await hub.load("TinyNet")
+        await hub.download_model_with_test_data("NanoText")
+    before = len(mirror.requests)
+    async with AsyncHub(config) as hub:
+        assert (await hub.load("TinyNet")).graph.node
+        assert Path(await hub.download_model_with_test_data("NanoText")).is_dir()
+    assert len(mirror.requests) == before
+    # something not cached yet: the manifest is revalidated before the download
+    async with AsyncHub(config) as hub:
+        await hub.load("LegacyNet")
+    manifest_requests = mirror.requests_for("*/ONNX_HUB_MANIFEST.json")
+    assert len(manifest_requests) == 2
+    assert "If-None-Match" in manifest_requests[-1].headers
