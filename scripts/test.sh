@@ -10,7 +10,7 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 echo "== ruff"
-.venv/bin/ruff check asynchub tests benchmarks examples
+.venv/bin/ruff check .
 echo "== mypy --strict asynchub"
 .venv/bin/mypy asynchub
 echo "== pytest"

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
-
-import sys
 
 import pytest
 
