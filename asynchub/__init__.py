@@ -8,6 +8,9 @@ and keep calling ``hub.load("resnet50")``. Every function has an ``a``-prefixed 
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._api import (
     adownload,
     adownload_model_with_test_data,
@@ -26,8 +29,6 @@ from ._api import (
     prefetch,
     set_dir,
 )
-from ._bars import ProgressBars
-from ._client import AsyncHub
 from ._config import HubConfig
 from ._exceptions import (
     ArchiveError,
@@ -50,12 +51,46 @@ from ._exceptions import (
     UntrustedRepoError,
 )
 from ._manifest import ModelInfo
-from ._prefetch import PrefetchItem, PrefetchResult
 from ._progress import ProgressCallback, ProgressEvent
 from ._retry import RetryPolicy
 from ._sync import Hub
 
+if TYPE_CHECKING:
+    from . import hub
+    from ._bars import ProgressBars
+    from ._client import AsyncHub
+    from ._prefetch import PrefetchItem, PrefetchResult
+
 __version__ = "0.1.0"
+
+#: Public names whose modules are imported on first access, not by ``import asynchub``
+#: (``None``: the name is the module itself). The async core pulls in asyncio, anyio and the
+#: transfer engine, progress bars pull in tqdm, prefetch results are only needed by
+#: ``prefetch``; a script whose models are cached needs none of them (the sync API serves a
+#: cached model without starting its event loop), so ``import asynchub`` costs little more
+#: than ``import onnx``.
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "AsyncHub": ("._client", "AsyncHub"),
+    "PrefetchItem": ("._prefetch", "PrefetchItem"),
+    "PrefetchResult": ("._prefetch", "PrefetchResult"),
+    "ProgressBars": ("._bars", "ProgressBars"),
+    "hub": (".hub", None),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'asynchub' has no attribute {name!r}")
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(module_name, __name__)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "ArchiveError",
@@ -105,5 +140,3 @@ __all__ = [
     "prefetch",
     "set_dir",
 ]
-
-from . import hub

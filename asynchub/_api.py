@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from ._client import get_default_async_hub
 from ._manifest import ModelInfo
 from ._sources import DEFAULT_REPO
 from ._sync import get_default_hub
 
 if TYPE_CHECKING:
+    from ._client import AsyncHub
     from ._prefetch import PrefetchResult
 
 __all__ = [
@@ -39,6 +39,14 @@ __all__ = [
     "prefetch",
     "set_dir",
 ]
+
+
+def get_default_async_hub() -> AsyncHub:
+    """The default :class:`AsyncHub` (its module, with asyncio, anyio and the transfer
+    engine, is imported on first use: a script that only loads cached models never needs it)."""
+    from ._client import get_default_async_hub as default_async_hub
+
+    return default_async_hub()
 
 
 def set_dir(new_dir: str | Path) -> None:

@@ -36,6 +36,12 @@ Choices:
   same archive at once, the second to publish finds the first one's complete target, removes
   its own staging directory and uses the target. On any error the staging directory is
   removed; nothing outside it is ever written.
+* **Interrupted extractions** (SIGKILL, power loss) leave their staging directory behind. A
+  staging directory is ``flock``-ed by its extractor for as long as it works (the kernel drops
+  the lock when the process dies), and it gets its ``.staging-`` name only once locked; so
+  every call first removes the staging directories whose lock is free (and the
+  ``.<target>.old-*`` directories a killed publisher set aside). A live extraction's directory
+  is never touched.
 * The stream is read to its very end after the last member, so the gzip trailer (CRC-32 and
   length) is always checked.
 * Read errors (a truncated or corrupt gzip or tar) become ``ArchiveError``; write errors
@@ -56,6 +62,7 @@ import re
 import secrets
 import shutil
 import stat
+import sys
 import tarfile
 import tempfile
 import zlib
@@ -67,6 +74,9 @@ import filelock
 
 from ._cache import make_lock, translate_oserror
 from ._exceptions import ArchiveError, CacheError, ConfigError
+
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = ["COMPLETE_MARKER", "ExtractLimits", "extract_archive", "find_model_dir"]
 
@@ -391,11 +401,78 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _publish_lock(target: Path) -> filelock.FileLock:
+    return make_lock(target.with_name(f".{target.name}"))
+
+
+def _lock_dir(path: Path) -> int | None:
+    """Open ``path`` and take its ``flock`` without waiting; the fd, or None if it is held
+    (or cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    if sys.platform != "win32":
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+    return fd
+
+
+def _clean_abandoned(target: Path) -> None:
+    """Remove the staging directories of dead extractors beside ``target`` (their ``flock`` is
+    free) and the ``.old-*`` directories a killed publisher set aside. No lock file needed: a
+    staging directory is locked before it gets its ``.staging-`` name, a dead one never comes
+    back to life, and two cleaners removing the same tree is harmless."""
+    if sys.platform == "win32":  # pragma: no cover - no flock: leave them
+        return
+    staging_prefix, old_prefix = f".{target.name}.staging-", f".{target.name}.old-"
+    with contextlib.suppress(OSError), os.scandir(target.parent) as entries:
+        found = [
+            Path(entry.path)
+            for entry in entries
+            if entry.name.startswith((staging_prefix, old_prefix))
+            and entry.is_dir(follow_symlinks=False)
+        ]
+    for path in found:
+        if path.name.startswith(staging_prefix):
+            fd = _lock_dir(path)
+            if fd is None:
+                continue  # its extractor is alive
+            os.close(fd)
+        log.info("removing %s, left by an interrupted extraction", path)
+        _remove_tree(path)
+
+
+def _new_staging(target: Path) -> tuple[Path, int]:
+    """A fresh staging directory beside ``target``, ``flock``-ed by this process before it is
+    renamed to its ``.staging-`` name. Returns (directory, the fd holding its lock)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
+        fd = _lock_dir(fresh)
+        if fd is None:
+            _remove_tree(fresh)
+            raise OSError(errno.EAGAIN, f"cannot lock the new directory {fresh}")
+        staging = fresh.with_name(fresh.name.replace(".new-", ".staging-", 1))
+        try:
+            os.rename(fresh, staging)
+        except OSError:
+            os.close(fd)
+            _remove_tree(fresh)
+            raise
+        return staging, fd
+    except OSError as exc:
+        raise translate_oserror(exc, f"creating a staging directory beside {target}") from exc
+
+
 def _publish(staging: Path, target: Path) -> Path:
     """Rename a finished staging directory to ``target`` (see the module docstring)."""
     aside: Path | None = None
     try:
-        with make_lock(target.with_name(f".{target.name}")).acquire(timeout=_LOCK_TIMEOUT):
+        with _publish_lock(target).acquire(timeout=_LOCK_TIMEOUT):
             if _is_complete(target):
                 log.debug("%s was completed by another extraction; using it", target)
                 return target
@@ -434,13 +511,17 @@ def extract_archive(
     """
     archive = Path(archive)
     target = Path(target)
+    _clean_abandoned(target)
     if _is_complete(target):
         return target
+    staging, held = _new_staging(target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
-    except OSError as exc:
-        raise translate_oserror(exc, f"creating a staging directory beside {target}") from exc
+        return _extract_and_publish(archive, staging, target, limits)
+    finally:
+        os.close(held)  # drops the staging directory's lock
+
+
+def _extract_and_publish(archive: Path, staging: Path, target: Path, limits: ExtractLimits) -> Path:
     try:
         _extract_into(archive, staging, limits)
         marker = staging / COMPLETE_MARKER

@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TextIO
 
-from tqdm.auto import tqdm
-
 from ._config import HubConfig
 from ._progress import ProgressEvent
 
@@ -147,6 +145,8 @@ class ProgressBars:
         }
         options.update(self._tqdm_kwargs)
         options.update(kwargs)
+        from tqdm.auto import tqdm  # imported when the first bar is drawn (~30 ms)
+
         return tqdm(**options)
 
     def snapshot(self) -> dict[str, int]:

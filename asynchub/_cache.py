@@ -26,12 +26,14 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-
-import filelock
+from typing import TYPE_CHECKING
 
 from ._exceptions import CacheError, InsufficientSpaceError
+
+if TYPE_CHECKING:
+    import filelock
 
 __all__ = [
     "HASH_BLOCK",
@@ -138,12 +140,15 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def commit(verified: Path, final: Path) -> None:
-    """Atomically publish a verified file: fsync it, ``os.replace`` it, fsync the directory."""
+def commit(verified: Path, final: Path, *, fsync: Callable[[int], None] = os.fsync) -> None:
+    """Atomically publish a verified file: fsync it, ``os.replace`` it, fsync the directory.
+
+    ``fsync`` flushes the file's descriptor (``os.fsync``; injectable so tests can make the
+    disk fail). If it fails, nothing is renamed: the error is a :class:`CacheError`."""
     try:
         fd = os.open(verified, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            fsync(fd)
         finally:
             os.close(fd)
         os.replace(verified, final)
@@ -198,4 +203,6 @@ def make_lock(final: Path) -> filelock.FileLock:
             raise CacheError(
                 errno.ELOOP, f"lock path {path} is not a regular file; remove it and try again"
             )
+    import filelock  # imported when a lock is first needed: a warm load takes none (~4 ms)
+
     return filelock.FileLock(str(path), thread_local=False, is_singleton=False)

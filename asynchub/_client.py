@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import os
 import shutil
 import time
 import weakref
@@ -33,11 +34,8 @@ from ._exceptions import (
     HTTPStatusError,
     HubClosedError,
     IntegrityError,
-    ManifestError,
     ManifestNotFoundError,
-    ModelNotFoundError,
     OfflineError,
-    OpsetNotFoundError,
     TransferError,
 )
 from ._manifest import ModelInfo, filter_models, parse_manifest, select
@@ -46,6 +44,7 @@ from ._progress import ProgressCallback
 from ._sources import DEFAULT_REPO, RepoSpec, file_urls, is_commit_ref, manifest_url
 from ._transfer import Engine, FileJob
 from ._transport import Transport
+from ._warm import ManifestMemo, cached_entry, manifest_cache_file
 
 if TYPE_CHECKING:
     from ._prefetch import PrefetchResult
@@ -56,7 +55,6 @@ log = logging.getLogger("asynchub")
 
 #: Blocking work (parsing, extraction, merging) runs in at most this many threads at once.
 BLOCKING_THREADS = 4
-MANIFEST_NAME = "ONNX_HUB_MANIFEST.json"
 #: How long :meth:`AsyncHub.aclose` waits for cancelled operations to wind down (they only
 #: close files, save resume state and release locks, which takes milliseconds).
 CLOSE_GRACE = 5.0
@@ -102,7 +100,9 @@ class AsyncHub:
 
     ``sleep`` and ``clock`` (keyword-only, default ``anyio.sleep`` and ``time.monotonic``) are
     handed to the transfer engine, which uses them for retry back-off, ``Retry-After`` waits,
-    the stall watchdog and the bandwidth cap; tests inject a fake clock through them.
+    the stall watchdog and the bandwidth cap; tests inject a fake clock through them. ``fsync``
+    (default ``os.fsync``) is the engine's file-writing seam: it flushes each verified file
+    before the atomic rename, and tests inject a failing one (EIO).
     """
 
     def __init__(
@@ -112,14 +112,17 @@ class AsyncHub:
         progress: ProgressCallback | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        fsync: Callable[[int], None] = os.fsync,
     ) -> None:
         self.config = config if config is not None else HubConfig.from_env()
         self.progress = progress
         self.sleep = sleep
         self.clock = clock
+        self.fsync = fsync
         self.transport = Transport(self.config)
         self.engine = self._make_engine()
         self._manifests: dict[tuple[str, str], list[ModelInfo]] = {}
+        self._warm_memo = ManifestMemo()
         self._blocking = anyio.CapacityLimiter(BLOCKING_THREADS)
         self._closed = False
         self._ops: dict[anyio.CancelScope, asyncio.AbstractEventLoop] = {}
@@ -210,6 +213,7 @@ class AsyncHub:
             progress=self.progress,
             sleep=self.sleep,
             clock=self.clock,
+            fsync=self.fsync,
         )
 
     def get_dir(self) -> str:
@@ -232,9 +236,7 @@ class AsyncHub:
         )
 
     def manifest_cache_file(self, spec: RepoSpec) -> Path:
-        return self.config.cache_dir.joinpath(
-            "_manifests", spec.owner, spec.name, *spec.ref.split("/"), MANIFEST_NAME
-        )
+        return manifest_cache_file(self.config, spec)
 
     @_operation
     async def manifest(self, repo: str = DEFAULT_REPO) -> list[ModelInfo]:
@@ -371,26 +373,9 @@ class AsyncHub:
     ) -> ModelInfo | None:
         spec = RepoSpec.parse(repo)
         entries = self._manifests.get((str(spec), manifest_url(self.config, spec)))
-        if entries is None:
-            try:
-                data = self.manifest_cache_file(spec).read_bytes()
-                entries = parse_manifest(data, source=str(self.manifest_cache_file(spec)))
-            except (OSError, ManifestError):
-                return None
-        try:
-            info = select(entries, model, opset)
-        except (ModelNotFoundError, OpsetNotFoundError):
-            return None
-        path, sha = (
-            (info.model_with_data_path, info.model_with_data_sha)
-            if test_data
-            else (info.model_path, info.model_sha)
+        return cached_entry(
+            self.config, self._warm_memo, model, repo, opset, test_data=test_data, entries=entries
         )
-        if not path or not sha:
-            return None
-        if not cache_path(self.config.cache_dir, path, sha).is_file():
-            return None
-        return info
 
     @_operation
     async def load(

@@ -10,6 +10,8 @@ it came from, its ``ETag`` and ``Last-Modified``. Rules:
 * the network fails (connection, 5xx after retries) and a copy exists: the copy is used and a
   warning is logged, so a flaky network never breaks a warm cache.
 * ``404``/``410``: :class:`HTTPStatusError` (a missing document is not papered over).
+* a cache directory on the way that is a symbolic link (or not a directory) is refused, as
+  everywhere in the cache: the document is used but not cached, and a warning says why.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 import anyio
 
+from ._cache import ensure_dir
 from ._config import HubConfig
 from ._exceptions import CacheError, HTTPStatusError, OfflineError, ProtocolError, TransferError
 from ._retry import RETRYABLE_STATUSES, parse_retry_after
@@ -76,8 +79,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _store(cache_file: Path, body: bytes, meta: dict[str, Any]) -> None:
+def _store(cache_file: Path, body: bytes, meta: dict[str, Any], root: Path) -> None:
     try:
+        if cache_file.parent.is_relative_to(root):
+            ensure_dir(root, cache_file.parent)  # refuses planted links on the way
         _atomic_write(cache_file, body)
         _atomic_write(_meta_path(cache_file), json.dumps(meta).encode())
     except OSError as exc:
@@ -125,7 +130,7 @@ async def fetch_document(
             raise ProtocolError(f"GET {url} answered 304 to an unconditional request", url=url)
         log.debug("%s not modified: %s", what, url)
         return cached.body
-    await anyio.to_thread.run_sync(_store, cache_file, body, meta)
+    await anyio.to_thread.run_sync(_store, cache_file, body, meta, config.cache_dir)
     return body
 
 

@@ -8,11 +8,19 @@ How a mirror is used (:meth:`FileDownload.run_mirror`):
    ``Content-Range`` total must equal the expected size, else the mirror serves another file
    (:class:`WrongMirror`, next mirror). Its strong ``ETag`` and ``Last-Modified`` are recorded,
    and its final URL (after redirects) is reused by every later request. A probe answered
-   ``200`` switches the file to a single stream: that 200 body is read to the end.
-2. **Chunks.** Then up to ``max_connections`` workers take the lowest unclaimed chunks. Each
-   worker holds one token of the engine's shared ``anyio.CapacityLimiter`` for as long as its
-   file has chunks left (a file that started first keeps its connections, so files finish one
-   after the other instead of all crawling together), including while it backs off.
+   ``200`` switches the file to a single stream: that 200 body is read to the end. For a file
+   of unknown size the probe is the same request: a ``206`` sets the size from its
+   ``Content-Range`` total (the partial is then preallocated and the file chunked like any
+   other); a ``200`` with a ``Content-Length`` is read as a single stream; a ``200`` without
+   one, or a ``416`` (an empty file), raises :class:`Unranged` and the engine streams the
+   file with a plain ``GET`` instead.
+2. **Chunks.** Then up to ``max_connections`` workers take ranges from the
+   :class:`~asynchub._schedule.Scheduler`: lowest offset first, smaller pieces near the end,
+   and, when nothing is left to start, the second part of the range in flight that will
+   finish last (work stealing; its holder stops at the split point). Each worker holds one
+   token of the engine's shared ``anyio.CapacityLimiter`` for as long as its file has work
+   left (a file that started first keeps its connections, so files finish one after the
+   other instead of all crawling together), including while it backs off.
 3. **Strict HTTP.** Every 206 ``Content-Range`` is checked against what was asked (start, end,
    total); a ``Content-Length`` longer than the range is refused, a shorter one (a short 206)
    is accepted and the rest asked again; bytes past the range are never written; a
@@ -63,6 +71,7 @@ from ._progress import ProgressEvent
 from ._ratelimit import TokenBucket
 from ._resume import ChunkPlan, ResumeState, save_state
 from ._retry import RETRYABLE_STATUSES, parse_retry_after
+from ._schedule import Scheduler
 from ._transport import RedirectError, Response, TLSError, Transport, status_error
 
 __all__ = [
@@ -72,6 +81,7 @@ __all__ = [
     "FileDownload",
     "Restart",
     "RetryableStatus",
+    "Unranged",
     "WrongMirror",
     "collapse_group",
     "parse_content_range",
@@ -90,6 +100,11 @@ MAX_RESTARTS = 3
 
 class Restart(Exception):
     """The file changed on the server: start it again from scratch."""
+
+
+class Unranged(Exception):
+    """A file of unknown size whose server gives no size for a range (a ``200`` without
+    ``Content-Length``, or a ``416``): it must be fetched as one plain stream."""
 
 
 class WrongMirror(ProtocolError):
@@ -239,6 +254,8 @@ class FileDownload:
         plan: ChunkPlan,
         chunk_size: int,
         resumed: ResumeState | None = None,
+        size_known: bool = True,
+        on_size: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.ctx = ctx
         self.name = name
@@ -247,6 +264,11 @@ class FileDownload:
         self.fd = fd
         self.plan = plan
         self.chunk_size = chunk_size
+        #: ``False`` until the probe tells the size of a file of unknown size; until then
+        #: ``plan`` is one provisional range of ``chunk_size`` bytes.
+        self.size_known = size_known
+        self._on_size = on_size
+        self.schedule = Scheduler(plan, connections=ctx.config.max_connections, clock=ctx.clock)
         self.cursor = HashCursor(fd, on_progress=self._on_hashed)
         self.cursor.advance(plan.prefix)
         self._state_of = resumed
@@ -273,6 +295,7 @@ class FileDownload:
             url=self.origin or None,
             etag=self.etag,
             last_modified=self.last_modified,
+            ranges=self.plan.layout(),
         )
 
     async def save_state(self) -> None:
@@ -291,8 +314,22 @@ class FileDownload:
             self._saving = False
 
     async def _flush(self, index: int, offset: int, buffers: list[bytes], active: _Active) -> None:
+        """Write ``buffers`` (the bytes from ``offset`` on) into range ``index``: only from its
+        first unwritten byte (a flush cancelled after it counted its bytes is not counted
+        again) up to its end (bytes past a split point belong to another connection)."""
         nbytes = sum(map(len, buffers))
+        first, end = self.plan.next_offset(index), self.plan.ends[index]
+        if offset < first or offset + nbytes > end:
+            buffers = [b"".join(buffers)[max(first - offset, 0) : max(end - offset, 0)]]
+            offset, nbytes = max(offset, first), len(buffers[0])
+        if nbytes <= 0:
+            return
         await anyio.to_thread.run_sync(pwrite_all, self.fd, buffers, offset)
+        # a split while writing may have moved the end back: count only what is still ours
+        # (the other connection writes the same bytes of the same validated file)
+        nbytes = min(nbytes, self.plan.ends[index] - offset)
+        if nbytes <= 0:
+            return
         self.plan.add(index, nbytes)
         self.cursor.advance(self.plan.prefix)
         self.ctx.emit(ProgressEvent("transfer", self.name, nbytes=nbytes, total=self.plan.size))
@@ -338,7 +375,7 @@ class FileDownload:
     async def _run_once(self, url: str) -> None:
         self.origin = self.url = url
         self.validated = False
-        first = self.plan.claim_next()
+        first = self.schedule.claim_first()
         if first is None:
             return
         try:
@@ -349,7 +386,7 @@ class FileDownload:
                     workers.start_soon(self._worker, first, ready)
                     await ready.wait()
                     if not self.single:
-                        extra = min(self.ctx.config.max_connections - 1, self.plan.unclaimed_open())
+                        extra = min(self.ctx.config.max_connections - 1, self.schedule.wanted())
                         for _ in range(extra):
                             workers.start_soon(self._worker, None, None)
                 outer.cancel_scope.cancel()
@@ -381,16 +418,16 @@ class FileDownload:
     async def _worker(self, index: int | None, ready: anyio.Event | None) -> None:
         async with self.ctx.limiter:
             if index is None:
-                index = self.plan.claim_next()
+                index = self.schedule.take()
             while index is not None:
                 try:
                     await self._fetch_chunk(index, ready)
                 finally:
-                    self.plan.release(index)
+                    self.schedule.release(index)
                 if self.single:
                     return
                 ready = None
-                index = self.plan.claim_next()
+                index = self.schedule.take()
 
     async def _fetch_chunk(self, index: int, ready: anyio.Event | None) -> None:
         policy = self.ctx.config.retry
@@ -457,6 +494,8 @@ class FileDownload:
         status, url, size = response.status, response.url, self.plan.size
         if status == 206:
             first, end, total = parse_content_range(response.headers.get("Content-Range"), url)
+            if not self.size_known:
+                size = await self._learn_size(total, url)
             if total != size:
                 if not self.validated:
                     raise WrongMirror(f"{url} serves {total} bytes, expected {size}", url=url)
@@ -477,6 +516,11 @@ class FileDownload:
                     )
                 length = declared
         elif status == 200:
+            if not self.size_known:
+                declared = response.content_length
+                if not declared:
+                    raise Unranged(f"{url} ignores Range and sends no Content-Length")
+                size = await self._learn_size(declared, url)
             if self.validated and not self.single:
                 raise Restart("the server answered 200 to a range request")
             if self.single or self.plan.done_bytes:
@@ -492,6 +536,8 @@ class FileDownload:
             index = 0
             start, length = 0, size
             self._check_validators(response)
+        elif status == 416 and not self.size_known:
+            raise Unranged(f"{url} answered 416 to the first range: the file is empty")
         elif status in (412, 416):
             raise Restart(f"HTTP {status}: the file changed on the server")
         elif status in (403, 410) and sent != self.origin:
@@ -513,6 +559,16 @@ class FileDownload:
             ready.set()
         await self._stream(index, response, start, length, active)
 
+    async def _learn_size(self, size: int, url: str) -> int:
+        """The size of a file of unknown size, from the probe's answer: plan its chunks."""
+        log.info("%s: %s serves %d bytes", self.name, url, size)
+        self.plan.resize(size)
+        self.plan.claimed = {0}  # the probe's range, which the caller holds
+        self.size_known = True
+        if self._on_size is not None:
+            await self._on_size(size)
+        return size
+
     def _check_validators(self, response: Response) -> None:
         etag = _strong_etag(response)
         modified = response.headers.get("Last-Modified")
@@ -527,17 +583,21 @@ class FileDownload:
     async def _stream(
         self, index: int, response: Response, offset: int, length: int, active: _Active
     ) -> None:
-        """Write at most ``length`` body bytes at ``offset``; more is a ProtocolError."""
+        """Write at most ``length`` body bytes at ``offset``; more is a ProtocolError. Stops
+        early (dropping the connection) when the range was split before its end."""
         clock, bucket = self.ctx.clock, self.ctx.bucket
         piece = min(PIECE, max(self.ctx.config.state_interval, 16 * 1024))
         buffers: list[bytes] = []
         buffered = 0
         remaining = length
+        received = self.schedule.received
+        received[index] = offset
         try:
             async for data in response.iter_chunks(PIECE):
                 n = len(data)
                 active.total += n
                 active.last = clock()
+                received[index] = offset + buffered + n
                 if n > remaining:
                     if remaining:
                         buffers.append(data[:remaining])
@@ -552,11 +612,17 @@ class FileDownload:
                     active.last = clock()
                     active.samples.clear()
                     active.samples.append((active.last, active.total))
-                if buffered >= piece:
+                end = self.plan.ends[index]
+                if buffered >= piece or offset + buffered >= end:
                     await self._flush(index, offset, buffers, active)
                     offset += buffered
                     buffers, buffered = [], 0
+                    if offset >= self.plan.ends[index]:
+                        if remaining:
+                            response.close()  # the rest was handed to another connection
+                        return
         finally:
             if buffers:
                 with anyio.CancelScope(shield=True):
                     await self._flush(index, offset, buffers, active)
+            received.pop(index, None)

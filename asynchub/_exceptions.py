@@ -16,6 +16,7 @@ onnx.hub that catches ``AssertionError`` keeps working::
     ├── OpsetNotFoundError (AssertionError, LookupError)
     ├── UntrustedRepoError                  repo not trusted and no way to ask
     ├── OfflineError                        offline mode and nothing cached
+    ├── HubClosedError                      the AsyncHub was closed before or during the call
     ├── TransferError                       the network failed us
     │   ├── HTTPStatusError                 a non-retryable or exhausted HTTP status
     │   ├── ProtocolError                   a server broke the HTTP contract (range, encoding,
@@ -39,6 +40,7 @@ __all__ = [
     "CompositeModelError",
     "ConfigError",
     "HTTPStatusError",
+    "HubClosedError",
     "HubError",
     "InsufficientSpaceError",
     "IntegrityError",
@@ -85,6 +87,11 @@ class UntrustedRepoError(HubError):
 
 class OfflineError(HubError):
     """Offline mode is on and what was asked for is not cached."""
+
+
+class HubClosedError(HubError):
+    """The hub was closed (``aclose``) before or while the operation ran; its downloads were
+    cancelled and left resumable partial files."""
 
 
 class TransferError(HubError):

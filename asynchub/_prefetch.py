@@ -399,7 +399,9 @@ async def prefetch(
         except Exception:
             log.exception("the progress callback failed on a 'planned' event")
 
-    engine = Engine(hub.config, hub.transport, progress=tee, sleep=hub.sleep, clock=hub.clock)
+    engine = Engine(
+        hub.config, hub.transport, progress=tee, sleep=hub.sleep, clock=hub.clock, fsync=hub.fsync
+    )
     order = sorted(missing, key=lambda g: (g.resumed_bytes == 0, -(g.size or 0)))
     files_at_once = anyio.CapacityLimiter(max(1, hub.config.max_connections))
     results: dict[int, tuple[ItemStatus, Path | None, BaseException | None]] = {}

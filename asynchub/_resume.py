@@ -4,7 +4,9 @@ A file of ``size`` bytes is cut into chunks of ``chunk_size`` bytes (the last on
 :class:`ChunkPlan` records, per chunk, how many bytes from its start are written to the partial
 file (``os.pwrite`` returned: the bytes are in the page cache and survive the death of the
 process). A chunk is finished when that count reaches its length; the *prefix* is every byte
-from 0 up to the first gap, which is what the hash cursor may read.
+from 0 up to the first gap, which is what the hash cursor may read. A chunk in flight can be
+*split* (work stealing, :mod:`asynchub._schedule`): its end moves back and the rest becomes a
+new range of its own, so a range is a chunk or a part of one.
 
 The plan is saved beside the partial file as JSON (``<partial>.json``), written to a temporary
 name and ``os.replace``-d, so a reader sees either the old or the new state, never half of one.
@@ -13,7 +15,9 @@ few MiB per connection are fetched twice after a SIGKILL, and at 1 GB/s that is 
 small writes per second at worst, coalesced so only one is in flight), whenever a chunk
 finishes, and in a shielded ``finally`` when a download stops for any reason. The state never
 claims a byte before its ``pwrite`` returned. It is not fsync-ed: it only has to survive the
-process, not the machine (and a wrong claim is caught by the final SHA-256 anyway).
+process, not the machine (and a wrong claim is caught by the final SHA-256 anyway). Once a
+range was split, the state (version 2) also lists every range's bounds; each snapshot is taken
+at one instant on the event loop, so the bounds and the written counts always agree.
 
 A later run adopts a partial only if its state names the same SHA-256, size and chunk size and
 the partial has the full preallocated size; anything else beside the final file is an orphan
@@ -33,72 +37,159 @@ from typing import Any
 
 from ._cache import PARTIAL_SUFFIX, partials_for, remove_quietly, state_path
 
-__all__ = ["STATE_VERSION", "ChunkPlan", "ResumeState", "find_resumable", "save_state"]
+__all__ = [
+    "SPLIT_STATE_VERSION",
+    "STATE_VERSION",
+    "ChunkPlan",
+    "ResumeState",
+    "find_resumable",
+    "save_state",
+]
 
 log = logging.getLogger("asynchub")
 
 STATE_VERSION = 1
+#: A state with split ranges: ``ranges`` lists every range, and ``finished``/``partial`` name
+#: ranges by their index in it. A reader that knows only version 1 rejects it (and starts over)
+#: instead of misreading it.
+SPLIT_STATE_VERSION = 2
 
 
 class ChunkPlan:
-    """Per-chunk written counts, claims by workers, and the contiguous finished prefix."""
+    """The ranges of one file, what is written of each, which workers hold them, and the
+    contiguous finished prefix.
 
-    def __init__(self, size: int, chunk_size: int, written: list[int] | None = None) -> None:
+    A fresh plan has one range per chunk. A range can be :meth:`split`: its end moves to the
+    split point and the cut-off part becomes a new range *appended* to the lists, so the index
+    a worker holds never changes meaning; :attr:`order` lists the indices by offset. The ranges
+    always tile ``[0, size)`` exactly.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        chunk_size: int,
+        written: list[int] | None = None,
+        ranges: list[tuple[int, int]] | None = None,
+    ) -> None:
         if size < 0 or chunk_size < 1:
             raise ValueError("size must be >= 0 and chunk_size >= 1")
         self.size = size
         self.chunk_size = chunk_size
-        self.count = -(-size // chunk_size)
+        self._layout(ranges)
         self.written = list(written) if written is not None else [0] * self.count
         if len(self.written) != self.count:
             raise ValueError("written has the wrong number of chunks")
         for index, n in enumerate(self.written):
-            if not 0 <= n <= self.length(index):
+            if not isinstance(n, int) or not 0 <= n <= self.length(index):
                 raise ValueError(f"chunk {index} claims {n} bytes written")
         self.claimed: set[int] = set()
-        self._first_open = 0
+
+    def _layout(self, ranges: list[tuple[int, int]] | None) -> None:
+        if ranges is None:
+            count = -(-self.size // self.chunk_size)
+            self.starts = [i * self.chunk_size for i in range(count)]
+            self.ends = [min(self.size, start + self.chunk_size) for start in self.starts]
+            self.uniform = True
+        else:
+            self.starts = [int(start) for start, _ in ranges]
+            self.ends = [int(end) for _, end in ranges]
+            self.uniform = False
+            edge = 0
+            for index in sorted(range(len(self.starts)), key=self.starts.__getitem__):
+                if self.starts[index] != edge or self.ends[index] <= edge:
+                    raise ValueError("the ranges do not tile the file")
+                edge = self.ends[index]
+            if edge != self.size:
+                raise ValueError("the ranges do not cover the file")
+        self.order = sorted(range(len(self.starts)), key=self.starts.__getitem__)
+        self._first_open = 0  # position in ``order``
+
+    @property
+    def count(self) -> int:
+        return len(self.starts)
 
     def bounds(self, index: int) -> tuple[int, int]:
-        """``(start, end)`` of chunk ``index``, end exclusive."""
-        start = index * self.chunk_size
-        return start, min(self.size, start + self.chunk_size)
+        """``(start, end)`` of range ``index``, end exclusive."""
+        return self.starts[index], self.ends[index]
 
     def length(self, index: int) -> int:
-        start, end = self.bounds(index)
-        return end - start
+        return self.ends[index] - self.starts[index]
 
     def is_done(self, index: int) -> bool:
         return self.written[index] >= self.length(index)
 
     def next_offset(self, index: int) -> int:
-        """The first byte of chunk ``index`` not yet written."""
-        return index * self.chunk_size + self.written[index]
+        """The first byte of range ``index`` not yet written."""
+        return self.starts[index] + self.written[index]
+
+    def remaining(self, index: int) -> int:
+        return self.ends[index] - self.next_offset(index)
+
+    def open_unclaimed(self) -> list[int]:
+        """Unfinished ranges no worker holds, lowest offset first."""
+        self._advance()
+        return [
+            index
+            for index in self.order[self._first_open :]
+            if index not in self.claimed and not self.is_done(index)
+        ]
+
+    def claim(self, index: int) -> int:
+        self.claimed.add(index)
+        return index
 
     def claim_next(self) -> int | None:
-        """The lowest unfinished chunk no worker holds, now held by the caller."""
-        for index in range(self._first_open, self.count):
-            if index not in self.claimed and not self.is_done(index):
-                self.claimed.add(index)
-                return index
+        """The lowest unfinished range no worker holds, now held by the caller."""
+        for index in self.open_unclaimed():
+            return self.claim(index)
         return None
 
     def release(self, index: int) -> None:
         self.claimed.discard(index)
 
+    def split(self, index: int, at: int) -> int:
+        """Cut range ``index`` at byte ``at`` (past what is written, before its end); the part
+        from ``at`` on is a new, unclaimed range whose index is returned."""
+        if not self.next_offset(index) < at < self.ends[index]:
+            raise ValueError(f"cannot split chunk {index} at {at}")
+        new = self.count
+        self.starts.append(at)
+        self.ends.append(self.ends[index])
+        self.written.append(0)
+        self.ends[index] = at
+        self.order.insert(self.order.index(index) + 1, new)
+        self.uniform = False
+        return new
+
+    def layout(self) -> list[tuple[int, int]] | None:
+        """Every range's ``(start, end)`` by index; ``None`` while it is one range per chunk."""
+        return None if self.uniform else list(zip(self.starts, self.ends, strict=True))
+
     def add(self, index: int, nbytes: int) -> None:
-        """``nbytes`` more bytes of chunk ``index`` are written."""
+        """``nbytes`` more bytes of range ``index`` are written."""
         if self.written[index] + nbytes > self.length(index):
             raise ValueError(f"chunk {index} would overflow")
         self.written[index] += nbytes
 
+    def _advance(self) -> None:
+        order = self.order
+        while self._first_open < len(order) and self.is_done(order[self._first_open]):
+            self._first_open += 1
+
     @property
     def prefix(self) -> int:
         """Bytes from offset 0 up to the first byte not yet written."""
-        while self._first_open < self.count and self.is_done(self._first_open):
-            self._first_open += 1
-        if self._first_open >= self.count:
+        self._advance()
+        if self._first_open >= len(self.order):
             return self.size
-        return self.next_offset(self._first_open)
+        return self.next_offset(self.order[self._first_open])
+
+    @property
+    def cursor_index(self) -> int | None:
+        """The range the prefix ends in (the one the hash cursor waits for)."""
+        self._advance()
+        return self.order[self._first_open] if self._first_open < len(self.order) else None
 
     @property
     def done_bytes(self) -> int:
@@ -109,19 +200,22 @@ class ChunkPlan:
         return self.prefix >= self.size
 
     def unclaimed_open(self) -> int:
-        """How many unfinished chunks no worker holds."""
-        return sum(
-            1
-            for index in range(self._first_open, self.count)
-            if index not in self.claimed and not self.is_done(index)
-        )
+        """How many unfinished ranges no worker holds."""
+        return len(self.open_unclaimed())
 
     def reset(self, chunk_size: int) -> None:
-        """Start over with nothing written (claims are kept by their holders)."""
+        """Start over with nothing written, one range per chunk (claims are kept by their
+        holders)."""
         self.chunk_size = chunk_size
-        self.count = -(-self.size // chunk_size)
+        self._layout(None)
         self.written = [0] * self.count
-        self._first_open = 0
+
+    def resize(self, size: int) -> None:
+        """The size became known (nothing may be written yet): one range per chunk of it."""
+        if self.done_bytes:
+            raise ValueError("cannot resize a plan with bytes written")
+        self.size = size
+        self.reset(self.chunk_size)
 
 
 @dataclass
@@ -136,14 +230,20 @@ class ResumeState:
     etag: str | None = None
     last_modified: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``(start, end)`` of every range by index once a range was split (``None``: one range
+    #: per chunk).
+    ranges: list[tuple[int, int]] | None = None
 
     def to_json(self) -> str:
-        lengths = ChunkPlan(self.size, self.chunk_size)
+        lengths = ChunkPlan(self.size, self.chunk_size, ranges=self.ranges)
         finished = [i for i, n in enumerate(self.written) if n >= lengths.length(i)]
         partial = {str(i): n for i, n in enumerate(self.written) if 0 < n < lengths.length(i)}
+        extra: dict[str, Any] = {}
+        if self.ranges is not None:
+            extra["ranges"] = [[start, end] for start, end in self.ranges]
         return json.dumps(
             {
-                "version": STATE_VERSION,
+                "version": STATE_VERSION if self.ranges is None else SPLIT_STATE_VERSION,
                 "sha256": self.sha256,
                 "size": self.size,
                 "chunk_size": self.chunk_size,
@@ -152,6 +252,7 @@ class ResumeState:
                 "last_modified": self.last_modified,
                 "finished": finished,
                 "partial": partial,
+                **extra,
             },
             separators=(",", ":"),
         )
@@ -160,12 +261,18 @@ class ResumeState:
     def from_json(cls, text: str) -> ResumeState:
         """Parse a state file; ``ValueError`` (or ``KeyError``/``TypeError``) if malformed."""
         data = json.loads(text)
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+        if not isinstance(data, dict) or data.get("version") not in (
+            STATE_VERSION,
+            SPLIT_STATE_VERSION,
+        ):
             raise ValueError("unknown resume state version")
         size, chunk_size = data["size"], data["chunk_size"]
         if not (isinstance(size, int) and isinstance(chunk_size, int)):
             raise ValueError("size and chunk_size must be integers")
-        plan = ChunkPlan(size, chunk_size)
+        ranges: list[tuple[int, int]] | None = None
+        if data["version"] == SPLIT_STATE_VERSION:
+            ranges = [(int(start), int(end)) for start, end in data["ranges"]]
+        plan = ChunkPlan(size, chunk_size, ranges=ranges)
         written = [0] * plan.count
         for index in data["finished"]:
             written[int(index)] = plan.length(int(index))
@@ -173,7 +280,7 @@ class ResumeState:
             if not isinstance(n, int):
                 raise ValueError("partial counts must be integers")
             written[int(key)] = n
-        ChunkPlan(size, chunk_size, written)  # validates every count
+        ChunkPlan(size, chunk_size, written, ranges)  # validates every count
         return cls(
             sha256=str(data["sha256"]),
             size=size,
@@ -182,6 +289,7 @@ class ResumeState:
             url=data.get("url"),
             etag=data.get("etag"),
             last_modified=data.get("last_modified"),
+            ranges=ranges,
         )
 
 
@@ -206,9 +314,10 @@ def _load(partial: Path) -> ResumeState | None:
 
 
 def find_resumable(
-    final: Path, *, sha256: str, size: int, chunk_size: int, clean: bool
+    final: Path, *, sha256: str, size: int | None, chunk_size: int, clean: bool
 ) -> tuple[Path, ResumeState] | None:
-    """The best partial of ``final`` to continue (most bytes written), if any.
+    """The best partial of ``final`` to continue (most bytes written), if any. ``size=None``
+    (a file of unknown size) accepts the size its state recorded.
 
     With ``clean`` (the caller holds the file's lock) every other partial, orphan state file
     and stale temporary state beside ``final`` is deleted. Blocking.
@@ -220,11 +329,11 @@ def find_resumable(
         usable = (
             state is not None
             and state.sha256 == sha256.lower()
-            and state.size == size
+            and state.size == (state.size if size is None else size)
             and state.chunk_size == chunk_size
         )
         with contextlib.suppress(OSError):
-            usable = usable and partial.stat().st_size == size
+            usable = usable and state is not None and partial.stat().st_size == state.size
         if not usable or state is None:
             rejected.append(partial)
             continue

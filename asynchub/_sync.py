@@ -6,13 +6,19 @@ threads at once, and from inside a running event loop such as Jupyter's (the cal
 simply waits; the caller's loop is never re-entered or nested). Ctrl-C while waiting cancels
 the work on the hub's loop, which leaves resumable partial files, and re-raises. Hubs are closed
 at interpreter exit.
+
+A ``load`` or ``download`` whose model is already in the cache is served in the caller's thread,
+without the event loop (see :mod:`._warm`): the cached manifest names the file, the file is
+verified (size and SHA-256) and parsed, and no request is sent. The loop thread, the async core
+(:class:`AsyncHub`, with asyncio, anyio, the engine and aiohttp) and the HTTP session are only
+created when something has to be fetched: a warm ``load`` in a fresh process costs a hash and a
+parse, not ~40 ms of start-up. Calls with ``force_reload``, a progress callback or an untrusted
+repo always take the full path.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import concurrent.futures
 import threading
 import weakref
 from collections.abc import Coroutine
@@ -22,14 +28,20 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import onnx
 
-from ._client import AsyncHub
+from ._cache import cache_path, ensure_dir, file_matches
 from ._config import HubConfig
-from ._exceptions import HubError
+from ._exceptions import HubClosedError, HubError
 from ._manifest import ModelInfo
+from ._parse import load_model
 from ._progress import ProgressCallback
-from ._sources import DEFAULT_REPO
+from ._sources import DEFAULT_REPO, RepoSpec
+from ._trust import is_trusted
+from ._warm import ManifestMemo, cached_entry
 
 if TYPE_CHECKING:
+    import asyncio
+
+    from ._client import AsyncHub
     from ._prefetch import PrefetchResult
 
 __all__ = ["Hub", "get_default_hub", "reset_default_hub", "run"]
@@ -50,6 +62,8 @@ class _LoopThread:
         self._thread: threading.Thread | None = None
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
+        import asyncio
+
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
@@ -67,6 +81,9 @@ class _LoopThread:
             return self._loop
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        import asyncio
+        import concurrent.futures
+
         loop = self._ensure()
         if threading.current_thread() is self._thread:
             coro.close()
@@ -90,6 +107,9 @@ class _LoopThread:
             if final is not None:
                 final.close()
             return
+        import asyncio
+        import concurrent.futures
+
         if final is not None and thread.is_alive():
             future = asyncio.run_coroutine_threadsafe(final, loop)
             concurrent.futures.wait([future], timeout=CANCEL_GRACE)
@@ -112,17 +132,58 @@ class Hub:
     def __init__(
         self, config: HubConfig | None = None, *, progress: ProgressCallback | None = None
     ) -> None:
-        self.async_hub = AsyncHub(config, progress=progress)
+        self._config = config if config is not None else HubConfig.from_env()
+        self._progress = progress
+        self._async_hub: AsyncHub | None = None
+        self._create_lock = threading.Lock()
+        self._closed = False
+        self._memo = ManifestMemo()
         self._runner = _LoopThread()
         _live.add(self)
 
     @property
+    def async_hub(self) -> AsyncHub:
+        """The async core this hub runs (created on first use)."""
+        with self._create_lock:
+            if self._async_hub is None:
+                from ._client import AsyncHub
+
+                self._async_hub = AsyncHub(self._config, progress=self._progress)
+            return self._async_hub
+
+    @property
     def config(self) -> HubConfig:
-        return self.async_hub.config
+        hub = self._async_hub
+        return hub.config if hub is not None else self._config
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine of this hub's ``async_hub`` on the hub's loop and return its value."""
+        if self._closed:
+            coro.close()
+            raise HubClosedError("this Hub is closed; create a new one")
         return self._runner.run(coro)
+
+    def _cached_file(
+        self, model: str, repo: str, opset: int | None, force_reload: bool, trust_repo: bool
+    ) -> Path | None:
+        """The verified cached file of ``model``, found in the caller's thread; ``None`` when
+        the hub's loop must run (not cached, fails verification, untrusted repo, force_reload,
+        or a progress callback, whose events come from the engine)."""
+        if self._closed:
+            raise HubClosedError("this Hub is closed; create a new one")
+        if force_reload or self._progress is not None:
+            return None
+        config = self.config
+        if not (trust_repo or is_trusted(RepoSpec.parse(repo), config)):
+            return None
+        info = cached_entry(config, self._memo, model, repo, opset)
+        if info is None or not info.model_sha:
+            return None
+        dest = cache_path(config.cache_dir, info.model_path, info.model_sha.lower())
+        ensure_dir(config.cache_dir, dest.parent)
+        if not file_matches(dest, info.model_sha, info.model_bytes):
+            return None
+        return dest
 
     def __enter__(self) -> Hub:
         return self
@@ -137,13 +198,18 @@ class Hub:
 
     def close(self) -> None:
         """Close the HTTP session and stop the hub's loop thread."""
-        self._runner.close(self.async_hub.aclose())
+        self._closed = True
+        hub = self._async_hub
+        self._runner.close(hub.aclose() if hub is not None else None)
 
     def set_dir(self, new_dir: str | Path) -> None:
-        self.async_hub.set_dir(new_dir)
+        with self._create_lock:
+            self._config = self._config.replace(cache_dir=Path(new_dir))
+            if self._async_hub is not None:
+                self._async_hub.set_dir(new_dir)
 
     def get_dir(self) -> str:
-        return self.async_hub.get_dir()
+        return str(self.config.cache_dir)
 
     def list_models(
         self, repo: str = DEFAULT_REPO, model: str | None = None, tags: list[str] | None = None
@@ -165,6 +231,9 @@ class Hub:
         *,
         trust_repo: bool = False,
     ) -> Path:
+        cached = self._cached_file(model, repo, opset, force_reload, trust_repo)
+        if cached is not None:
+            return cached
         return self.run(
             self.async_hub.download(model, repo, opset, force_reload, silent, trust_repo=trust_repo)
         )
@@ -179,6 +248,9 @@ class Hub:
         *,
         trust_repo: bool = False,
     ) -> onnx.ModelProto:
+        cached = self._cached_file(model, repo, opset, force_reload, trust_repo)
+        if cached is not None:
+            return load_model(cached)
         return self.run(
             self.async_hub.load(model, repo, opset, force_reload, silent, trust_repo=trust_repo)
         )

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat
@@ -71,7 +72,7 @@ from ._cache import (
     translate_oserror,
 )
 from ._config import HubConfig
-from ._download import Context, FileDownload, collapse_group
+from ._download import Context, FileDownload, Unranged, collapse_group
 from ._exceptions import (
     CacheError,
     HubError,
@@ -179,7 +180,9 @@ def _try_lock(lock: filelock.FileLock) -> bool:
     return True
 
 
-def _finish(fd: int, partial: Path, dest: Path, size: int) -> None:
+def _finish(
+    fd: int, partial: Path, dest: Path, size: int, fsync: Callable[[int], None] = os.fsync
+) -> None:
     """Check the size, close ``fd``, then publish (blocking)."""
     try:
         actual = os.fstat(fd).st_size
@@ -187,7 +190,7 @@ def _finish(fd: int, partial: Path, dest: Path, size: int) -> None:
         os.close(fd)
     if actual != size:
         raise IntegrityError(f"{partial} holds {actual} bytes, expected {size}")
-    commit(partial, dest)
+    commit(partial, dest, fsync=fsync)
     remove_quietly(state_path(partial))
 
 
@@ -202,12 +205,16 @@ class Engine:
         progress: ProgressCallback | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
+        fsync: Callable[[int], None] = os.fsync,
     ) -> None:
         self.config = config
         self.transport = transport
         self._progress = progress
         self._sleep = sleep
         self._clock = clock
+        #: The file-writing seam: flushes a verified partial before its atomic rename (run in
+        #: a worker thread). Injectable so tests can make the disk fail (EIO).
+        self._fsync = fsync
         self._resources_: _LoopResources | None = None
         self._callback_failed = False
 
@@ -321,8 +328,10 @@ class Engine:
                 f"{job.name} is not in the cache ({job.dest}) and offline mode is on; "
                 "fetch it once online, or turn offline mode off (ASYNCHUB_OFFLINE=0)"
             )
-        async with self._lock(job) as waited:
-            if waited and not force and await self._cached(job):
+        async with self._lock(job):
+            # Check again even if the lock was free: another process may have published the
+            # file (and released its lock) since the check above.
+            if not force and await self._cached(job):
                 self._emit(ProgressEvent("cached", job.name, total=job.size, path=job.dest))
                 return job.dest
             if await anyio.to_thread.run_sync(_not_a_file, job.dest):
@@ -333,10 +342,18 @@ class Engine:
                 )
             if not force and await anyio.to_thread.run_sync(os.path.lexists, job.dest):
                 log.warning("%s: %s fails verification; fetching it again", job.name, job.dest)
-                await anyio.to_thread.run_sync(remove_quietly, job.dest)
-            if job.size is None or job.size == 0:
+                if config.use_locks:
+                    # Only the lock's holder may delete it; without locks another process may
+                    # have just replaced it with good bytes. The atomic rename of the new
+                    # verified file replaces it either way.
+                    await anyio.to_thread.run_sync(remove_quietly, job.dest)
+            if job.size == 0:
                 return await self._download_unsized(job, res)
-            return await self._download(job, res, clean=config.use_locks)
+            try:
+                return await self._download(job, res, clean=config.use_locks)
+            except Unranged as exc:
+                log.info("%s: %s; fetching it as one stream", job.name, exc)
+                return await self._download_unsized(job, res)
 
     @contextlib.asynccontextmanager
     async def _lock(self, job: FileJob) -> AsyncIterator[bool]:
@@ -364,9 +381,12 @@ class Engine:
                 await anyio.to_thread.run_sync(lock.release)
 
     async def _download(self, job: FileJob, res: _LoopResources, *, clean: bool) -> Path:
+        """A file of known size, or of unknown size whose size the probe tells (a partial of
+        an earlier run tells it too: the size its state recorded)."""
         config, size = self.config, job.size
-        assert size is not None and size > 0
-        chunk = size if size < config.min_split_size else config.chunk_size
+        chunk = config.chunk_size
+        if size is not None and size < config.min_split_size:
+            chunk = size
         found: tuple[Path, ResumeState] | None = None
         if clean:
             found = await anyio.to_thread.run_sync(
@@ -376,8 +396,12 @@ class Engine:
             )
         partial = found[0] if found else new_partial_path(job.dest)
         state = found[1] if found else None
+        size = state.size if state is not None else size
         fd = await anyio.to_thread.run_sync(_open_partial, partial, size, found is None)
-        plan = ChunkPlan(size, chunk, state.written if state else None)
+        if state is not None:
+            plan = ChunkPlan(state.size, chunk, state.written, state.ranges)
+        else:  # unknown size: one provisional range, the probe's, until the probe answers
+            plan = ChunkPlan(chunk if size is None else size, chunk)
         self._emit(ProgressEvent("planned", job.name, total=size))
         if state is not None and plan.done_bytes:
             log.info("%s: resuming %s (%d of %d bytes)", job.name, partial, plan.done_bytes, size)
@@ -391,11 +415,13 @@ class Engine:
             plan=plan,
             chunk_size=chunk,
             resumed=state,
+            size_known=size is not None,
+            on_size=functools.partial(self._sized, job, fd),
         )
         try:
             mirror = await self._run_mirrors(job, download)
-            owned, fd = fd, -1
-            await anyio.to_thread.run_sync(_finish, owned, partial, job.dest, size)
+            owned, fd, size = fd, -1, plan.size
+            await anyio.to_thread.run_sync(_finish, owned, partial, job.dest, size, self._fsync)
         except BaseException as exc:
             keep = (
                 clean and plan.done_bytes > 0 and not isinstance(exc, (IntegrityError, CacheError))
@@ -410,6 +436,11 @@ class Engine:
         self._emit(ProgressEvent("done", job.name, total=size, path=job.dest, mirror=mirror))
         return job.dest
 
+    async def _sized(self, job: FileJob, fd: int, size: int) -> None:
+        """The probe told the size of a file of unknown size: reserve the space now."""
+        await anyio.to_thread.run_sync(_preallocate, fd, size)
+        self._emit(ProgressEvent("planned", job.name, total=size))
+
     async def _run_mirrors(self, job: FileJob, download: FileDownload) -> str:
         """Complete and verify the partial, trying the mirrors in order; the serving URL."""
         outcome: list[str] = []
@@ -423,7 +454,6 @@ class Engine:
         return outcome[0]
 
     async def _try_mirrors(self, job: FileJob, download: FileDownload) -> str:
-        assert job.size is not None
         errors: list[tuple[str, BaseException]] = []
         mismatches = 0
         position = 0
@@ -438,7 +468,7 @@ class Engine:
                 self._mirror_failed(job, url, exc, position)
                 position += 1
                 continue
-            digest = await download.cursor.hexdigest(job.size)
+            digest = await download.cursor.hexdigest(download.plan.size)
             if digest == job.sha256:
                 return download.url or url
             mismatches += 1
@@ -506,7 +536,9 @@ class Engine:
                     continue
                 if digest == job.sha256 and (job.size is None or size == job.size):
                     owned, fd = fd, -1
-                    await anyio.to_thread.run_sync(_finish, owned, partial, job.dest, size)
+                    await anyio.to_thread.run_sync(
+                        _finish, owned, partial, job.dest, size, self._fsync
+                    )
                     log.info("%s: verified and cached at %s (served by %s)", job.name,
                              job.dest, served)  # fmt: skip
                     self._emit(ProgressEvent("done", job.name, total=size, path=job.dest,

@@ -186,11 +186,12 @@ async def test_small_file_is_one_request(rig: Rig) -> None:
     assert len(rig.server.requests) == 1
 
 
-async def test_unknown_size_single_stream(rig: Rig) -> None:
+async def test_unknown_size_is_probed_with_a_range(rig: Rig) -> None:
     blob = put(rig.root, "nosize.bin", 700 * KIB)
     job = job_for(rig.url(blob), blob, rig.cache, size=None)
     assert (await fetch(rig, job)).read_bytes() == blob.data
-    assert [r.range for r in rig.server.requests] == [None]
+    ranges = [r.range for r in rig.server.requests]
+    assert ranges[0] == (0, 256 * KIB - 1) and len(ranges) == 3 and None not in ranges
 
 
 async def test_cached_file_needs_no_request(rig: Rig) -> None:

@@ -400,3 +400,68 @@ def test_accepted_paths_keep_mirror_origin(cache_root: Path, path: str) -> None:
         assert parts.path.startswith("/onnx/models/main/")
         assert parts.query == "" and parts.fragment == ""
         assert parts.path.count("/") == 4 + accepted.count("/")
+
+
+hosts = st.sampled_from(
+    ["127.0.0.1", "localhost", "mirror.example.org", "[::1]", "xn--bcher-kva.de"]
+)
+ports = st.one_of(st.none(), st.integers(min_value=1, max_value=65535))
+
+
+@FAST
+@given(path=paths, scheme=st.sampled_from(["http", "https"]), host=hosts, port=ports,
+       prefix=st.sampled_from(["", "/resolve/main", "/{owner}/{repo}/{ref}"]))  # fmt: skip
+def test_accepted_paths_keep_any_configured_origin(
+    cache_root: Path, path: str, scheme: str, host: str, port: int | None, prefix: str
+) -> None:
+    accepted = _accepted(path)
+    netloc = host if port is None else f"{host}:{port}"
+    config = HubConfig(cache_dir=cache_root, file_urls=(f"{scheme}://{netloc}{prefix}/{{path}}",))
+    (url,) = file_urls(config, RepoSpec.parse("someone/zoo:v1"), accepted)
+    parts = urlsplit(url)
+    assert parts.scheme == scheme
+    assert parts.hostname == host.strip("[]").lower()
+    assert parts.port == port
+    assert parts.query == "" and parts.fragment == "" and "@" not in parts.netloc
+
+
+# --- end to end: a hostile manifest served by the mirror ------------------------------------
+
+SERVED_CASES: dict[str, Callable[[list[dict[str, Any]]], bytes]] = {
+    "dotdot-path": lambda m: json.dumps([{**m[0], "model_path": "../../../etc/passwd"}]).encode(),
+    "sha-traversal": lambda m: json.dumps(
+        [{**m[0], "metadata": {**m[0]["metadata"], "model_sha": "../../x"}}]
+    ).encode(),
+    "negative-size": lambda m: json.dumps(
+        [{**m[0], "metadata": {**m[0]["metadata"], "model_bytes": -1}}]
+    ).encode(),
+    "duplicate-key": lambda m: json.dumps(m).encode().replace(
+        b'"model":', b'"model": "Evil", "model":', 1
+    ),
+    "deep-nesting": lambda m: b"[" * 5000 + b"]" * 5000,
+    "nan-size": lambda m: json.dumps(
+        [{**m[0], "metadata": {**m[0]["metadata"], "model_bytes": float("nan")}}]
+    ).encode(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SERVED_CASES))
+async def test_served_hostile_manifest_causes_no_file_io(
+    case: str, mirror: Any, zoo_manifest: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    """Through the public API: ``ManifestError``, no request for any file the manifest names,
+    nothing written in the cache besides the cached manifest document itself."""
+    from asynchub import AsyncHub
+    from tests.conftest import REPO_PREFIX, mirror_config
+
+    mirror.set_file(f"{REPO_PREFIX}/ONNX_HUB_MANIFEST.json", SERVED_CASES[case](zoo_manifest))
+    config = mirror_config(mirror.url, tmp_path / "cache")
+    async with AsyncHub(config) as hub:
+        with pytest.raises(ManifestError):
+            await hub.load("TinyNet")
+        with pytest.raises(ManifestError):
+            await hub.download_model_with_test_data("TinyNet")
+    assert {r.path for r in mirror.requests} == {f"/{REPO_PREFIX}/ONNX_HUB_MANIFEST.json"}
+    written = [p for p in config.cache_dir.rglob("*") if "_manifests" not in p.parts]
+    assert written == [], f"the cache was written to: {written}"
+    assert not (tmp_path / "etc").exists()

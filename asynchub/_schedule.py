@@ -1,0 +1,218 @@
+"""Which bytes an idle connection fetches next: lowest offset first, smaller pieces near the
+end, and work stealing from connections that are behind.
+
+A :class:`Scheduler` hands out ranges of a :class:`~asynchub._resume.ChunkPlan` to the
+connections of one download (:meth:`Scheduler.take`). Three rules, in this order:
+
+1. **The hash cursor first.** If the range the hash cursor waits for is held by a connection
+   whose expected time to finish is more than :data:`LAG` times what the next piece (rule 2)
+   takes at the other connections' rate, the idle connection steals the second part of that
+   range instead of starting a new one: hashing cannot pass a hole, so one slow early chunk
+   would otherwise leave much of the file to hash after the last byte. Near the end, where
+   pieces shrink, this also splits full-size ranges taken just before the taper began, so the
+   low offsets finish first and the hash cursor stays close behind the last byte.
+2. **Lowest offset first, tapering.** Otherwise it takes the unclaimed range with the lowest
+   offset, so the contiguous prefix (and the hash cursor behind it) grows steadily. Near the
+   end the piece taken shrinks to ``unclaimed bytes / connections`` (guided self-scheduling,
+   never below :data:`MIN_PART`): the last pieces are small, so connections finish together
+   and little is left to hash after the last byte.
+3. **Stealing.** With nothing unclaimed left, it splits the range in flight with the longest
+   expected time to finish (the most bytes left when no rate is known yet): the holder keeps
+   the part before the split point and stops there, the idle connection fetches the rest.
+   The split point shares the remaining bytes in proportion to the two connections' rates, so
+   a crawling connection keeps almost nothing (:data:`KEEP` bytes past what it has received).
+
+Choices:
+
+* :data:`MIN_PART` (2 MiB): the smallest part split off or tapered to. A new request costs a
+  round trip (often a new connection, 50-100 ms on a real link, when the holder's answer is
+  cut short), which is worth ~2 MB at the 25 MB/s a CDN gives one connection; smaller parts
+  would cost more than they save. Files with chunks under 2 MiB are never split.
+* Rates are measured per range since it was taken (bytes received / seconds), and only after
+  :data:`MIN_AGE` (0.1 s) so the connection set-up does not count as slowness.
+* Stealing only ever moves the *end* of a range back; the holder's request is not cancelled
+  but stops at the new end (bytes already received past it are dropped unwritten), so nothing
+  is written twice and the resume state stays a set of disjoint ranges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ._resume import ChunkPlan
+
+__all__ = ["KEEP", "LAG", "MIN_AGE", "MIN_PART", "Scheduler"]
+
+MIN_PART = 2 * 1024 * 1024
+KEEP = 64 * 1024
+MIN_AGE = 0.1
+LAG = 2.0
+_ALIGN = 64 * 1024
+
+
+class Scheduler:
+    """Hands out the ranges of ``plan`` to ``connections`` workers (see the module docstring).
+
+    The downloader keeps :attr:`received` up to date: for each range being streamed, the
+    offset of the next byte not yet received (written or still buffered).
+    """
+
+    def __init__(
+        self,
+        plan: ChunkPlan,
+        *,
+        connections: int,
+        clock: Callable[[], float],
+        min_part: int = MIN_PART,
+    ) -> None:
+        self.plan = plan
+        self.connections = max(1, connections)
+        self.clock = clock
+        self.min_part = min_part
+        self.received: dict[int, int] = {}
+        self.steals = 0
+        self._since: dict[int, tuple[float, int]] = {}
+        self._finished_rate: float | None = None  # moving average over finished ranges
+
+    # ------------------------------------------------------------------ claims
+    def claim_first(self) -> int | None:
+        """The lowest open range as it is (the probe asks for a whole first chunk)."""
+        index = self.plan.claim_next()
+        if index is not None:
+            self._mark(index)
+        return index
+
+    def take(self) -> int | None:
+        """A range for an idle worker, now held by it; ``None`` when there is nothing worth
+        taking (the worker then ends)."""
+        plan = self.plan
+        unclaimed = plan.open_unclaimed()
+        if unclaimed:
+            piece = self._piece(unclaimed)
+            lagging = self._lagging_cursor(piece)
+            if lagging is not None:
+                stolen = self._split_off(lagging)
+                if stolen is not None:
+                    return stolen
+            index = unclaimed[0]
+            if plan.remaining(index) >= piece + self.min_part:
+                start = plan.next_offset(index)
+                plan.split(index, _align(start + piece, start + 1))
+            plan.claim(index)
+            self._mark(index)
+            return index
+        victim = self._slowest()
+        return None if victim is None else self._split_off(victim)
+
+    def release(self, index: int) -> None:
+        """The worker holding ``index`` let it go (finished, or failed)."""
+        rate = self._rate(index, self.clock()) if self.plan.is_done(index) else None
+        if rate:
+            last = self._finished_rate
+            self._finished_rate = rate if last is None else (last + rate) / 2
+        self.plan.release(index)
+        self._since.pop(index, None)
+        self.received.pop(index, None)
+
+    def wanted(self) -> int:
+        """How many more workers this plan can keep busy: its unclaimed ranges, or the parts
+        of ``min_part`` bytes of what is left beyond one per claimed range, if more."""
+        plan = self.plan
+        left = plan.size - plan.done_bytes
+        return max(plan.unclaimed_open(), -(-left // self.min_part) - len(plan.claimed))
+
+    # ------------------------------------------------------------------ rates
+    def _mark(self, index: int) -> None:
+        self._since[index] = (self.clock(), self.plan.next_offset(index))
+
+    def _position(self, index: int) -> int:
+        return max(self.received.get(index, 0), self.plan.next_offset(index))
+
+    def _rate(self, index: int, now: float) -> float | None:
+        since = self._since.get(index)
+        if since is None or now - since[0] < MIN_AGE:
+            return None
+        return (self._position(index) - since[1]) / (now - since[0])
+
+    def _reference_rate(self, now: float, exclude: int | None = None) -> float | None:
+        """What a connection achieves here: the mean rate of the other ranges in flight and
+        of recently finished ones (``None`` while nothing is known)."""
+        rates = [
+            r for i in self.plan.claimed if i != exclude and (r := self._rate(i, now)) is not None
+        ]
+        if self._finished_rate is not None:
+            rates.append(self._finished_rate)
+        return sum(rates) / len(rates) if rates else None
+
+    def _eta(self, index: int, now: float, reference: float | None) -> float:
+        left = self.plan.ends[index] - self._position(index)
+        rate = self._rate(index, now)
+        if rate is None:
+            rate = reference
+        if rate is None:
+            return float(left)  # no rate known anywhere: compare bytes
+        return left / rate if rate > 0 else float("inf")
+
+    # ------------------------------------------------------------------ decisions
+    def _piece(self, unclaimed: list[int]) -> int:
+        plan = self.plan
+        left = sum(plan.remaining(i) for i in unclaimed)
+        return max(self.min_part, min(plan.chunk_size, -(-left // self.connections)))
+
+    def _stealable(self, index: int) -> bool:
+        plan = self.plan
+        return (
+            index in plan.claimed
+            and not plan.is_done(index)
+            and plan.ends[index] - (self._position(index) + KEEP) >= self.min_part
+        )
+
+    def _lagging_cursor(self, piece: int) -> int | None:
+        """The cursor's range, if it will take more than :data:`LAG` times what the piece the
+        caller would take next needs at the other connections' rate."""
+        cursor = self.plan.cursor_index
+        if cursor is None or not self._stealable(cursor):
+            return None
+        now = self.clock()
+        rate, reference = self._rate(cursor, now), self._reference_rate(now, exclude=cursor)
+        if rate is None or not reference:
+            return None
+        piece_time = piece / reference
+        return cursor if self._eta(cursor, now, reference) > LAG * piece_time else None
+
+    def _slowest(self) -> int | None:
+        now = self.clock()
+        reference = self._reference_rate(now)
+        candidates = [i for i in self.plan.claimed if self._stealable(i)]
+        if not candidates:
+            return None
+        return max(candidates, key=lambda i: self._eta(i, now, reference))
+
+    def _split_off(self, victim: int) -> int | None:
+        """Cut ``victim`` so its holder and the caller should finish together; the caller
+        now holds the new range."""
+        plan = self.plan
+        now = self.clock()
+        reference = self._reference_rate(now, exclude=victim)
+        base = self._position(victim) + KEEP
+        end = plan.ends[victim]
+        holder = self._rate(victim, now)
+        share = 0.5
+        if holder is not None and reference:
+            share = holder / (holder + reference)
+        at = base + int((end - base) * share)
+        at = min(at, end - self.min_part)
+        if at < base:
+            return None
+        new = plan.split(victim, _align(at, base))
+        plan.claim(new)
+        self._mark(new)
+        self.steals += 1
+        return new
+
+
+def _align(at: int, floor: int) -> int:
+    """``at`` rounded down to a 64 KiB boundary (page-aligned writes) unless that falls below
+    ``floor``."""
+    aligned = at - at % _ALIGN
+    return aligned if aligned >= floor else at
