@@ -72,7 +72,7 @@ from typing import BinaryIO
 
 import filelock
 
-from ._cache import make_lock, translate_oserror
+from ._cache import fsync_dir, make_lock, translate_oserror
 from ._exceptions import ArchiveError, CacheError, ConfigError
 
 if sys.platform != "win32":
@@ -392,15 +392,6 @@ def _remove_tree(path: Path) -> None:
             os.unlink(path)
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _publish_lock(target: Path) -> filelock.FileLock:
     return make_lock(target.with_name(f".{target.name}"))
 
@@ -481,7 +472,7 @@ def _publish(staging: Path, target: Path) -> Path:
                 os.rename(target, aside)
                 log.info("replacing the incomplete directory %s", target)
             os.rename(staging, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             return target
     except filelock.Timeout as exc:
         raise CacheError(
@@ -532,7 +523,7 @@ def _extract_and_publish(archive: Path, staging: Path, target: Path, limits: Ext
         finally:
             os.close(fd)
         os.chmod(staging, 0o755)
-        _fsync_dir(staging)
+        fsync_dir(staging)
     except OSError as exc:
         _remove_tree(staging)
         if isinstance(exc, CacheError):

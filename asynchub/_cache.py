@@ -41,6 +41,7 @@ __all__ = [
     "commit",
     "ensure_dir",
     "file_matches",
+    "fsync_dir",
     "lock_path",
     "new_partial_path",
     "partials_for",
@@ -131,7 +132,8 @@ def file_matches(path: Path, sha256: str, size: int | None) -> bool:
         return False
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or creation inside ``directory`` durable (best effort)."""
     with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -154,7 +156,7 @@ def commit(verified: Path, final: Path, *, fsync: Callable[[int], None] = os.fsy
         os.replace(verified, final)
     except OSError as exc:
         raise translate_oserror(exc, f"publishing {final}") from exc
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def new_partial_path(final: Path) -> Path:
