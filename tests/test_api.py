@@ -404,3 +404,110 @@ async def test_warm_load_in_a_new_hub_sends_no_request_at_all(
     manifest_requests = mirror.requests_for("*/ONNX_HUB_MANIFEST.json")
     assert len(manifest_requests) == 2
     assert "If-None-Match" in manifest_requests[-1].headers
+
+
+async def test_failover_on_sha_mismatch_logs_the_serving_mirror(
+    mirror: MirrorServer,
+    mirror_root: Path,
+    zoo_manifest: list[dict[str, Any]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    raw = _entry(zoo_manifest, "NanoText", 10)
+    bad = mirror_root / "bad" / REPO_PREFIX / raw["model_path"]
+    bad.parent.mkdir(parents=True)
+    good_bytes = (mirror_root / REPO_PREFIX / raw["model_path"]).read_bytes()
+    bad.write_bytes(good_bytes[:-1] + bytes([good_bytes[-1] ^ 1]))
+    good_template = mirror.url + "/{owner}/{repo}/{ref}/{path}"
+    config = mirror_config(mirror.url, tmp_path / "cache").replace(
+        file_urls=(mirror.url + "/bad/{owner}/{repo}/{ref}/{path}", good_template)
+    )
+    with caplog.at_level(logging.INFO, logger="asynchub"):
+        async with AsyncHub(config) as hub:
+            path = await hub.download("NanoText")
+    assert path.read_bytes() == good_bytes
+    assert mirror.requests_for("/bad/*")
+    served = [r for r in mirror.requests_for(f"/{REPO_PREFIX}/*") if r.path.endswith(".onnx")]
+    assert served
+    assert all(r.headers.get("Accept-Encoding") == "identity" for r in served)
+    assert f"{mirror.url}/{REPO_PREFIX}/{raw['model_path']}" in caplog.text
+
+
+def _child_env(server: MirrorServer, home: Path) -> dict[str, str]:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ASYNCHUB_", "ONNX_"))}
+    env["ONNX_HOME"] = str(home)
+    env["ASYNCHUB_MANIFEST_URL"] = server.url + "/{owner}/{repo}/{ref}/ONNX_HUB_MANIFEST.json"
+    env["ASYNCHUB_FILE_URLS"] = server.url + "/{owner}/{repo}/{ref}/{path}"
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    return env
+
+
+def test_process_exits_cleanly_without_closing_the_hub(mirror_root: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, asynchub as hub\n"
+        "m = hub.load('TinyNet')\n"
+        "async def main():\n"
+        "    return await hub.aload('NanoText')\n"
+        "m2 = asyncio.run(main())\n"
+        "print(len(m.graph.node), len(m2.graph.node))\n"
+    )
+    with MirrorServer(mirror_root).running() as server:
+        done = subprocess.run(
+            [sys.executable, "-W", "error::ResourceWarning", "-c", code],
+            env=_child_env(server, tmp_path / "home"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "3"]
+    assert "Unclosed" not in done.stderr
+    assert "Exception ignored" not in done.stderr
+
+
+@pytest.mark.parametrize("answer", ["y", "n"])
+def test_untrusted_repo_on_a_terminal_asks_like_onnx_hub(
+    mirror_root: Path, tmp_path: Path, answer: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (mirror_root / "someone" / "zoo").mkdir(parents=True)
+    (mirror_root / "someone" / "zoo" / "main").symlink_to(mirror_root / REPO_PREFIX)
+    code = (
+        "import sys, asynchub as hub\n"
+        "assert sys.stdin.isatty()\n"
+        "try:\n"
+        "    print('LOADED', len(hub.load('TinyNet', repo='someone/zoo').graph.node))\n"
+        "except hub.UntrustedRepoError as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    master, slave = os.openpty()
+    with MirrorServer(mirror_root).running() as server:
+        child = subprocess.Popen(
+            [sys.executable, "-c", code],
+            env=_child_env(server, tmp_path / "home"),
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(slave)
+        os.write(master, f"{answer}\n".encode())
+        try:
+            out, err = child.communicate(timeout=60)
+        finally:
+            os.close(master)
+    assert "is not trusted" in err and "Continue?[y/n]" in err
+    if answer == "y":
+        assert out.startswith("LOADED 3"), (out, err)
+    else:
+        assert out.startswith("REFUSED"), (out, err)
+        assert "ASYNCHUB_TRUSTED_REPOS" in out
