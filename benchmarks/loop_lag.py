@@ -105,15 +105,8 @@ async def _client(cache: Path, url: str) -> dict[str, Any]:
     import anyio
     import onnx
 
-    try:
-        import asynchub as hub
-
-        hub.aload  # noqa: B018 - the full public API is present
-    except AttributeError:  # pragma: no cover - the package's stub __init__
-        from asynchub import _api as hub  # type: ignore[no-redef]
-    from asynchub._client import AsyncHub
-    from asynchub._config import HubConfig
-    from asynchub._progress import ProgressEvent
+    import asynchub as hub
+    from asynchub import AsyncHub, HubConfig, ProgressEvent
 
     out: dict[str, Any] = {}
     await hub.alist_models()

@@ -46,12 +46,7 @@ import onnx
 from aiohttp import web
 from onnx import helper
 
-try:
-    from asynchub import AsyncHub, HubConfig, HubError, ModelNotFoundError, OpsetNotFoundError
-except ImportError:  # the package's stub __init__ while it is being assembled
-    from asynchub._client import AsyncHub
-    from asynchub._config import HubConfig
-    from asynchub._exceptions import HubError, ModelNotFoundError, OpsetNotFoundError
+from asynchub import AsyncHub, HubConfig, HubError, ModelNotFoundError, OpsetNotFoundError
 
 log = logging.getLogger("asynchub.example")
 

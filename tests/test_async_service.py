@@ -10,6 +10,7 @@ figures for a 256 MB model come from ``benchmarks/loop_lag.py``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,7 @@ import onnx
 import psutil
 import pytest
 
-from asynchub import _api
+import asynchub
 from asynchub._cache import lock_path
 from asynchub._client import AsyncHub
 from asynchub._exceptions import HubClosedError, HubError, IntegrityError
@@ -36,7 +37,7 @@ from tests.mirror import Fault, MirrorServer
 MiB = 1024 * 1024
 SMALL_MODELS = [f"Svc{i}" for i in range(10)]
 BAD_MODEL = "Svc9"  # the mirror corrupts every byte range of it: SHA-256 never matches
-BIG_MODEL = "BigSvc"  # 64 MB: the loop-lag test (the benchmark uses 256 MB)
+BIG_MODEL = "LayerSvc"  # 64 MB in 16 layers: the loop-lag test (the benchmark: 256 MB)
 RESUME_MODEL = "ResumeNet"  # 8 MB, fetched slowly to be cancelled half way
 
 
@@ -49,10 +50,31 @@ def service_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ZooModel(name, 13, ("service", f"group{i % 3}"), size=150_000 + 20_000 * i)
         for i, name in enumerate(SMALL_MODELS)
     ]
-    models.append(ZooModel(BIG_MODEL, 13, ("big",), size=64 * MiB, test_data=False))
     models.append(ZooModel(RESUME_MODEL, 13, ("resume",), size=8 * MiB, test_data=False))
-    build_zoo(root / REPO_PREFIX, models)
+    manifest = build_zoo(root / REPO_PREFIX, models)
+    manifest.append(_add_model(root, BIG_MODEL, _layered_model(16, 1024)))  # 16 x 4 MiB
+    (root / REPO_PREFIX / "ONNX_HUB_MANIFEST.json").write_text(json.dumps(manifest))
     return root
+
+
+def _add_model(root: Path, name: str, model: onnx.ModelProto) -> dict[str, Any]:
+    """Write ``model`` into the mirror tree; its manifest entry."""
+    rel = f"validated/big/{name.lower()}/model/{name.lower()}-13.onnx"
+    data = model.SerializeToString()
+    target = root / REPO_PREFIX / rel
+    target.parent.mkdir(parents=True)
+    target.write_bytes(data)
+    return {
+        "model": name,
+        "model_path": rel,
+        "onnx_version": "1.14",
+        "opset_version": 13,
+        "metadata": {
+            "model_sha": hashlib.sha256(data).hexdigest(),
+            "model_bytes": len(data),
+            "tags": ["big"],
+        },
+    }
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +171,12 @@ async def test_event_loop_stays_responsive_during_a_large_aload(
     )
     print(report)
     # Blocking work on the loop (hashing 64 MB, writing it, parsing it) would leave the
-    # ticker stuck for most of the load; off the loop it keeps ticking.
+    # ticker stuck for most of the load; off the loop it keeps ticking. Typical figures here:
+    # p99 2-5 ms, max 3-10 ms; the bounds leave room for a machine busy with other work.
     blocked = sum(ticker.lateness)
     assert blocked <= 0.5 * elapsed, f"the loop was blocked {blocked:.2f} s; {report}"
-    assert p99 <= 0.060, report
-    assert worst <= 0.250, report
+    assert p99 <= 0.080, report
+    assert worst <= 0.300, report
 
 
 # ----------------------------------------------------------------------------- 2. a burst
@@ -333,18 +356,18 @@ def test_module_functions_work_across_event_loops(
         monkeypatch.setenv("ASYNCHUB_CACHE_DIR", str(tmp_path / "cache"))
 
         async def first() -> tuple[int, onnx.ModelProto]:
-            listed = await _api.alist_models(tags=["service"])
-            return len(listed), await _api.aload("Svc0")
+            listed = await asynchub.alist_models(tags=["service"])
+            return len(listed), await asynchub.aload("Svc0")
 
         async def second() -> tuple[onnx.ModelProto, onnx.ModelProto]:
             # new downloads on a new loop, through the same default hub
-            fresh = await _api.aload("Svc1")
-            forced = await _api.aload("Svc0", force_reload=True)
+            fresh = await asynchub.aload("Svc1")
+            forced = await asynchub.aload("Svc0", force_reload=True)
             return fresh, forced
 
         count, svc0 = asyncio.run(first())
         svc1, svc0_again = asyncio.run(second())
-        svc0_third = asyncio.run(_api.aload("Svc0"))
+        svc0_third = asyncio.run(asynchub.aload("Svc0"))
         served = server.served_bytes(f"*/{entries['Svc0']['model_path']}")
     assert count == len(SMALL_MODELS)
     assert svc0 == svc0_again == svc0_third

@@ -27,7 +27,7 @@ from tests.mirror import MirrorServer
 ROOT = Path(__file__).resolve().parents[1]
 SERVICE = ROOT / "examples" / "service.py"
 MiB = 1024 * 1024
-LARGE = "HeavyNet"  # 48 MB, at 4 x 6 MiB/s: about 2 s of download
+LARGE = "HeavyNet"  # 32 MB, at 4 x 6 MiB/s: over 1 s of download
 SMALL = "PetiteNet"
 HEALTH_LIMIT = 0.100
 
@@ -39,7 +39,7 @@ def example_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root / REPO_PREFIX,
         [
             ZooModel(SMALL, 13, ("demo",), size=50_000),
-            ZooModel(LARGE, 13, ("demo", "large"), size=48 * MiB, test_data=False),
+            ZooModel(LARGE, 13, ("demo", "large"), size=32 * MiB, test_data=False),
         ],
     )
     return root
@@ -98,7 +98,7 @@ async def test_health_answers_while_a_large_model_loads(
             assert response.status == 200
             listed = {entry["model"]: entry for entry in await response.json()}
         assert set(listed) == {SMALL, LARGE}
-        assert listed[LARGE]["bytes"] > 40 * MiB and not listed[LARGE]["loaded"]
+        assert listed[LARGE]["bytes"] > 30 * MiB and not listed[LARGE]["loaded"]
 
         async def load_large() -> None:
             async with http.post(f"{url}/models/{LARGE}/load") as answer:
@@ -118,10 +118,11 @@ async def test_health_answers_while_a_large_model_loads(
         during = [(took, body) for took, body in health if LARGE.lower() in body["loading"]]
         slowest = max(took for took, _ in health)
         assert len(during) >= 10, f"only {len(during)} health checks while loading"
-        assert slowest <= HEALTH_LIMIT, f"slowest /healthz took {slowest * 1e3:.1f} ms"
+        timings = ", ".join(f"{took * 1e3:.0f}" for took, _ in health)
+        assert slowest <= HEALTH_LIMIT, f"slowest /healthz took {slowest * 1e3:.1f} ms: {timings}"
         assert loaded[0]["engine"] in ("onnxruntime", "onnx.reference")
         large_path = "*" + LARGE.lower() + "*.onnx"
-        assert mirror.served_bytes(large_path) > 40 * MiB
+        assert mirror.served_bytes(large_path) > 30 * MiB
 
         # The small model: loaded on its first predict, and its answer is right.
         manifest = json.loads((example_root / REPO_PREFIX / "ONNX_HUB_MANIFEST.json").read_text())
