@@ -122,8 +122,12 @@ class HubConfig:
     * ``max_connections=16``: a CDN that caps each connection at ~25 MB/s needs 16 streams to
       reach ~400 MB/s, which is what one core can hash; more adds little and strains servers.
     * ``chunk_size=16 MiB``: big enough that per-request latency (TTFB ~50-100 ms on a real
-      link) costs < 5 %, small enough that a 100 MB file still spreads over 6 connections and a
-      lost connection re-fetches little (resume is per byte anyway).
+      link) costs < 5 %; the scheduler (``asynchub._schedule``) cuts smaller pieces where they
+      pay (the last ones, the range the hash cursor waits for, a slow connection's rest), so a
+      100 MB file still uses every connection. Measured (``benchmarks/engine_quick.py``, 1 GiB,
+      16 connections, medians of 3 interleaved runs): 4/8/16/32 MiB took 3.35/3.09/3.05/3.09 s
+      with a 25 MB/s per-connection cap (the link needs 2.68 s) and 1.76/2.04/1.70/1.82 s
+      without; smaller chunks pay a request each, larger ones leave more to hash at the end.
     * ``connect_timeout=30`` s, ``stall_timeout=60`` s without bytes: never a total timeout,
       which would kill a legitimate multi-GB transfer on a slow link.
     """

@@ -9,18 +9,13 @@ How a mirror is used (:meth:`FileDownload.run_mirror`):
    (:class:`WrongMirror`, next mirror). Its strong ``ETag`` and ``Last-Modified`` are recorded,
    and its final URL (after redirects) is reused by every later request. A probe answered
    ``200`` switches the file to a single stream: that 200 body is read to the end. For a file
-   of unknown size the probe is the same request: a ``206`` sets the size from its
-   ``Content-Range`` total (the partial is then preallocated and the file chunked like any
-   other); a ``200`` with a ``Content-Length`` is read as a single stream; a ``200`` without
-   one, or a ``416`` (an empty file), raises :class:`Unranged` and the engine streams the
-   file with a plain ``GET`` instead.
+   of unknown size, a ``206`` tells the size (then planned like any other), a ``200`` without
+   ``Content-Length`` or a ``416`` raises :class:`Unranged` (the engine streams it instead).
 2. **Chunks.** Then up to ``max_connections`` workers take ranges from the
-   :class:`~asynchub._schedule.Scheduler`: lowest offset first, smaller pieces near the end,
-   and, when nothing is left to start, the second part of the range in flight that will
-   finish last (work stealing; its holder stops at the split point). Each worker holds one
-   token of the engine's shared ``anyio.CapacityLimiter`` for as long as its file has work
-   left (a file that started first keeps its connections, so files finish one after the
-   other instead of all crawling together), including while it backs off.
+   :class:`~asynchub._schedule.Scheduler` (lowest offset first, tapering, work stealing: a
+   holder stops at the split point). Each worker holds one token of the engine's shared
+   ``anyio.CapacityLimiter`` while its file has work left (a file that started first keeps its
+   connections, so files finish one after the other), including while it backs off.
 3. **Strict HTTP.** Every 206 ``Content-Range`` is checked against what was asked (start, end,
    total); a ``Content-Length`` longer than the range is refused, a shorter one (a short 206)
    is accepted and the rest asked again; bytes past the range are never written; a
@@ -264,9 +259,7 @@ class FileDownload:
         self.fd = fd
         self.plan = plan
         self.chunk_size = chunk_size
-        #: ``False`` until the probe tells the size of a file of unknown size; until then
-        #: ``plan`` is one provisional range of ``chunk_size`` bytes.
-        self.size_known = size_known
+        self.size_known = size_known  # else ``plan`` is the probe's provisional range
         self._on_size = on_size
         self.schedule = Scheduler(plan, connections=ctx.config.max_connections, clock=ctx.clock)
         self.cursor = HashCursor(fd, on_progress=self._on_hashed)

@@ -114,6 +114,8 @@ class HashCursor:
         self.hashed = 0
         self._target = 0
         self._wake.set()
+        self._moved.set()
+        self._moved = anyio.Event()
 
     async def run(self) -> None:
         """Hash the prefix as it grows; runs until cancelled."""
@@ -139,6 +141,10 @@ class HashCursor:
         if not self._buffer and os.fstat(self._fd).st_size < end:
             self._buffer = bytearray(READ_BLOCK)  # only the read fallback needs it
         return hash_range(self._fd, digest, start, end, self._buffer)
+
+    async def moved(self) -> None:
+        """Wait until more bytes are hashed (or the cursor is reset)."""
+        await self._moved.wait()
 
     async def hexdigest(self, size: int) -> str:
         """Wait until ``size`` bytes are hashed (:meth:`run` must be running) and return the

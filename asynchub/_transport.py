@@ -30,7 +30,8 @@ Choices:
 * **Imported on first request.** aiohttp, yarl and multidict are imported when the first
   session is built, not when asynchub is imported: together they cost ~100 ms of start-up,
   which a warm ``load`` (served from the cache, no request) or a CLI command that only reads
-  the cache never needs.
+  the cache never needs. That import (and loading a ``ca_bundle``) is blocking work, so it runs
+  in a worker thread: the event loop keeps serving other tasks meanwhile.
 * **Read buffer.** ``read_bufsize`` is 1 MiB and :meth:`Response.iter_chunks` raises the
   stream's watermarks to the caller's chunk size, so a fast connection is read in large
   pieces (few Python-level iterations per byte) while memory per connection stays a few MiB.
@@ -48,6 +49,8 @@ import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, NoReturn
+
+import anyio.to_thread
 
 from ._config import HubConfig
 from ._exceptions import HTTPStatusError, ProtocolError, StallError, TransferError
@@ -193,6 +196,17 @@ class Transport:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._guard: AsyncGenerator[None, None] | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._prepared = False
+
+    def _prepare(self) -> None:
+        """Blocking set-up of the first session (run in a worker thread): import aiohttp (which
+        loads the system trust store) and build the TLS context."""
+        import aiohttp  # noqa: F401
+        import multidict  # noqa: F401
+        import yarl  # noqa: F401
+
+        self._ssl_context()
+        self._prepared = True
 
     def _ssl_context(self) -> ssl.SSLContext | bool:
         """The connector's TLS setting: ``True`` (aiohttp's verified default context) unless a
@@ -242,6 +256,10 @@ class Transport:
         loop = asyncio.get_running_loop()
         if self._session is not None and self._loop is loop and not self._session.closed:
             return self._session
+        if not self._prepared:
+            await anyio.to_thread.run_sync(self._prepare)
+            if self._session is not None and self._loop is loop and not self._session.closed:
+                return self._session  # built by a concurrent first request meanwhile
         self._drop_session()
         import aiohttp
 

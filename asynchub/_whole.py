@@ -1,8 +1,10 @@
-"""Files of unknown (or zero) size: one plain ``GET`` per try, hashed as it is written.
+"""Files without a size: one plain ``GET`` per try, hashed as it is written.
 
-Without a size there is no chunk plan and no resume: each try truncates the partial file and
-reads the whole body again (such files are small in practice: every manifest entry the engine
-fetches in bulk has a size). Writes go through the same bounded pieces as chunked downloads,
+Used for empty files and for files of unknown size whose server tells no size either (the
+engine's ranged probe got a ``200`` without ``Content-Length``, or a ``416``); a file of
+unknown size whose server answers the probe with a ``206`` is chunked like any other. Without a
+size there is no chunk plan and no resume: each try truncates the partial file and reads the
+whole body again. Writes go through the same bounded pieces as chunked downloads,
 and each piece is hashed in the same worker-thread call that writes it.
 """
 

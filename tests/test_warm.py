@@ -90,3 +90,58 @@ def test_warm_path_keeps_the_trust_rule_and_closed_hubs(mirror_root: Path, tmp_p
             hub.load("TinyNet")
         with pytest.raises(HubClosedError):
             hub.list_models()
+
+
+def test_network_stack_is_imported_off_the_event_loop(tmp_path: Path) -> None:
+    """The first request of a fresh process imports aiohttp (~100 ms of blocking work) in a
+    worker thread, never on the loop that other tasks share."""
+    code = """
+import asyncio, http.server, json, sys, threading
+from pathlib import Path
+
+seen = []
+
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "aiohttp":
+            seen.append(threading.current_thread() is threading.main_thread())
+        return None
+
+sys.meta_path.insert(0, Spy())
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"hi")
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+
+from asynchub._config import HubConfig
+from asynchub._transport import Transport
+
+async def main():
+    transport = Transport(HubConfig(cache_dir=Path(sys.argv[1])))
+    url = f"http://127.0.0.1:{server.server_address[1]}/x"
+    async with transport.request(url) as response:
+        body = await response.read(100)
+    await transport.aclose()
+    return body.decode()
+
+body = asyncio.run(main())
+server.shutdown()
+print(json.dumps({"body": body, "imported_on_loop_thread": seen}))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert json.loads(out.splitlines()[-1]) == {"body": "hi", "imported_on_loop_thread": [False]}
