@@ -54,12 +54,20 @@ CANCEL_GRACE = 5.0
 
 
 class _LoopThread:
-    """An event loop on a daemon thread, started lazily."""
+    """An event loop on a daemon thread, started lazily.
+
+    The loop runs one long-lived root task (``run_until_complete`` of a coroutine that waits for
+    :meth:`close`), not ``run_forever``: anyio recognises such a task as the root of the loop,
+    caches it, and ties its worker threads to it. Under ``run_forever`` it found no root, so
+    every ``to_thread`` call (the engine makes several per file and per flushed piece) scanned
+    all tasks of the loop, and the worker threads were stopped after each operation.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._stop: asyncio.Future[None] | None = None
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         import asyncio
@@ -67,17 +75,21 @@ class _LoopThread:
         with self._lock:
             if self._loop is None:
                 loop = asyncio.new_event_loop()
+                stop: asyncio.Future[None] = loop.create_future()
                 ready = threading.Event()
+
+                async def _root() -> None:
+                    ready.set()
+                    await stop
 
                 def _main() -> None:
                     asyncio.set_event_loop(loop)
-                    loop.call_soon(ready.set)
-                    loop.run_forever()
+                    loop.run_until_complete(_root())
 
                 thread = threading.Thread(target=_main, name="asynchub-loop", daemon=True)
                 thread.start()
                 ready.wait()
-                self._loop, self._thread = loop, thread
+                self._loop, self._thread, self._stop = loop, thread, stop
             return self._loop
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -101,9 +113,9 @@ class _LoopThread:
 
     def close(self, final: Coroutine[Any, Any, None] | None = None) -> None:
         with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None:
+            loop, thread, stop = self._loop, self._thread, self._stop
+            self._loop = self._thread = self._stop = None
+        if loop is None or thread is None or stop is None:
             if final is not None:
                 final.close()
             return
@@ -113,10 +125,15 @@ class _LoopThread:
         if final is not None and thread.is_alive():
             future = asyncio.run_coroutine_threadsafe(final, loop)
             concurrent.futures.wait([future], timeout=CANCEL_GRACE)
-        loop.call_soon_threadsafe(loop.stop)
+        loop.call_soon_threadsafe(_finish, stop)
         thread.join(timeout=CANCEL_GRACE)
         if not thread.is_alive():
             loop.close()
+
+
+def _finish(stop: asyncio.Future[None]) -> None:
+    if not stop.done():
+        stop.set_result(None)
 
 
 _live: weakref.WeakSet[Hub] = weakref.WeakSet()
