@@ -242,7 +242,7 @@ def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
 
 def _transfer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--max-connections", type=int, metavar="N", help="connections across all files (default 16)"
+        "--max-connections", type=int, metavar="N", help="connections across all files (default 40)"
     )
     parser.add_argument(
         "--limit-rate",

@@ -126,9 +126,9 @@ class HubConfig:
       connections reached 190/354/553/589/582 MB/s; in interleaved runs 40 was as fast as 48
       (one 1 GiB file 1.53-1.61 s, 60 files of 1-40 MB 1.58-1.62 s; 32: 1.74-1.75 s and
       1.82-1.95 s) while peak RSS stayed at 117-147 MB, where 48 reached 204-224 MB on the
-      60-file run (more files in flight than anyio's 40 worker threads) and 64 added nothing.
-      Without a cap the CPU is the limit and 32 and 40 are equal. hf_transfer opens up to 100
-      at once; a server that minds gets less with these two settings.
+      60-file run (likely: more files in flight than anyio's 40 worker threads) and 64
+      added nothing. Without a cap the CPU is the limit and 32 and 40 are equal. hf_transfer
+      opens up to 100 at once; a server that minds gets less with these two settings.
     * ``chunk_size=16 MiB``: big enough that per-request latency (TTFB ~50-100 ms on a real
       link) costs < 5 %; the scheduler (``asynchub._schedule``) cuts smaller pieces where they
       pay (the last ones, the range the hash cursor waits for, a slow connection's rest), so a
