@@ -20,7 +20,6 @@ peak RSS are measured by the caller.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import statistics
 import sys
@@ -143,16 +142,7 @@ def _run(params: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def main() -> int:
-    params = json.loads(sys.argv[1])
-    try:
-        result = _run(params)
-    except Exception as exc:  # reported to the harness, which marks the run failed
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"[:500]}))
-        return 1
-    print(json.dumps(result))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from _driver import run_driver
+
+    sys.exit(run_driver(_run))
