@@ -30,6 +30,7 @@ from ._api import (
     set_dir,
 )
 from ._config import HubConfig
+from ._engine.retry import RetryPolicy
 from ._exceptions import (
     ArchiveError,
     CacheError,
@@ -51,16 +52,15 @@ from ._exceptions import (
     TransferError,
     UntrustedRepoError,
 )
-from ._manifest import ModelInfo
-from ._progress import ProgressCallback, ProgressEvent
-from ._retry import RetryPolicy
-from ._sync import Hub
+from ._hub.sync import Hub
+from ._onnx.manifest import ModelInfo
+from ._progress.events import ProgressCallback, ProgressEvent
 
 if TYPE_CHECKING:
     from . import hub
-    from ._bars import ProgressBars
-    from ._client import AsyncHub
-    from ._prefetch import PrefetchItem, PrefetchResult
+    from ._hub.client import AsyncHub
+    from ._hub.prefetch import PrefetchItem, PrefetchResult
+    from ._progress.bars import ProgressBars
 
 __version__ = "0.1.0"
 
@@ -71,10 +71,10 @@ __version__ = "0.1.0"
 #: cached model without starting its event loop), so ``import asynchub`` costs little more
 #: than ``import onnx``.
 _LAZY: dict[str, tuple[str, str | None]] = {
-    "AsyncHub": ("._client", "AsyncHub"),
-    "PrefetchItem": ("._prefetch", "PrefetchItem"),
-    "PrefetchResult": ("._prefetch", "PrefetchResult"),
-    "ProgressBars": ("._bars", "ProgressBars"),
+    "AsyncHub": ("._hub.client", "AsyncHub"),
+    "PrefetchItem": ("._hub.prefetch", "PrefetchItem"),
+    "PrefetchResult": ("._hub.prefetch", "PrefetchResult"),
+    "ProgressBars": ("._progress.bars", "ProgressBars"),
     "hub": (".hub", None),
 }
 

@@ -1,3 +1,3 @@
-from asynchub._cli import main
+from asynchub._cli.main import main
 
 raise SystemExit(main())

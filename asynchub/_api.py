@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from ._manifest import ModelInfo
-from ._sources import DEFAULT_REPO
-from ._sync import get_default_hub
+from ._hub.sync import get_default_hub
+from ._onnx.manifest import ModelInfo
+from ._onnx.urls import DEFAULT_REPO
 
 if TYPE_CHECKING:
-    from ._client import AsyncHub
-    from ._prefetch import PrefetchResult
+    from ._hub.client import AsyncHub
+    from ._hub.prefetch import PrefetchResult
 
 __all__ = [
     "adownload",
@@ -44,7 +44,7 @@ __all__ = [
 def get_default_async_hub() -> AsyncHub:
     """The default :class:`AsyncHub` (its module, with asyncio, anyio and the transfer
     engine, is imported on first use: a script that only loads cached models never needs it)."""
-    from ._client import get_default_async_hub as default_async_hub
+    from ._hub.client import get_default_async_hub as default_async_hub
 
     return default_async_hub()
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._engine.retry import RetryPolicy
 from ._exceptions import ConfigError
-from ._retry import RetryPolicy
 
 __all__ = [
     "DEFAULT_MANIFEST_URL",
@@ -130,7 +130,7 @@ class HubConfig:
       added nothing. Without a cap the CPU is the limit and 32 and 40 are equal. hf_transfer
       opens up to 100 at once; a server that minds gets less with these two settings.
     * ``chunk_size=16 MiB``: big enough that per-request latency (TTFB ~50-100 ms on a real
-      link) costs < 5 %; the scheduler (``asynchub._schedule``) cuts smaller pieces where they
+      link) costs < 5 %; the scheduler (``_engine.schedule``) cuts smaller pieces where they
       pay (the last ones, the range the hash cursor waits for, a slow connection's rest), so a
       100 MB file still uses every connection. Measured (``benchmarks/engine_quick.py``, 1 GiB,
       16 connections, medians of 3 interleaved runs): 4/8/16/32 MiB took 3.35/3.09/3.05/3.09 s

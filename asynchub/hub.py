@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from . import _api
 from ._api import *  # noqa: F403  (the module-level API, exactly as asynchub exports it)
 from ._config import HubConfig as HubConfig
-from ._manifest import ModelInfo as ModelInfo
-from ._sync import Hub as Hub
+from ._hub.sync import Hub as Hub
+from ._onnx.manifest import ModelInfo as ModelInfo
 
 if TYPE_CHECKING:
-    from ._client import AsyncHub as AsyncHub
+    from ._hub.client import AsyncHub as AsyncHub
 
 __all__ = sorted([*_api.__all__, "AsyncHub", "Hub", "HubConfig", "ModelInfo"])
 
@@ -25,7 +25,7 @@ __all__ = sorted([*_api.__all__, "AsyncHub", "Hub", "HubConfig", "ModelInfo"])
 def __getattr__(name: str) -> Any:
     if name != "AsyncHub":
         raise AttributeError(f"module 'asynchub.hub' has no attribute {name!r}")
-    from ._client import AsyncHub
+    from ._hub.client import AsyncHub
 
     globals()["AsyncHub"] = AsyncHub
     return AsyncHub

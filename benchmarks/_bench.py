@@ -109,8 +109,8 @@ def build_zoo(root: Path, spec: list[dict[str, Any]]) -> list[dict[str, Any]]:
                for e in manifest if (root / e["model_path"]).exists()) and all(
                 (root / e["model_path"]).exists() for e in manifest):
             return manifest
-    from asynchub._zoo import ZooModel
-    from asynchub._zoo import build_zoo as _build
+    from asynchub._demo.zoo import ZooModel
+    from asynchub._demo.zoo import build_zoo as _build
 
     shutil.rmtree(root, ignore_errors=True)
     log(f"building the zoo in {root} ({sum(s['size'] for s in spec) / MiB:.0f} MiB) ...")

@@ -100,7 +100,7 @@ def _run(params: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     import asynchub
 
-    hub_cls = _public("Hub", "_sync")
+    hub_cls = _public("Hub", "_hub.sync")
     config = _config(asynchub, params)
     t1 = time.perf_counter()
     op = params["op"]

@@ -13,7 +13,7 @@ Choices:
   latency comes from the echo module (``echo_sleep`` then ``echo_exec`` to a named location that
   serves the file, so Range, HEAD and ETag behave exactly like static files). Without the echo
   module a small asyncio proxy in its own process delays each request by ``latency``.
-* Without nginx: ``asynchub._static_server.StaticMirror`` (stdlib), else the aiohttp test mirror
+* Without nginx: ``asynchub._demo.static_server.StaticMirror`` (stdlib), else the aiohttp mirror
   ``tests/mirror.py``, each in its own process (``python _mirror.py serve``), so the server never
   shares a core's GIL with the client being measured. Both are much slower than nginx: the table
   header says which server was used.
@@ -304,7 +304,7 @@ def _serve(root: Path, rate: int | None, latency: float, port_file: Path,
     sys.path.insert(0, str(ROOT))
     server: Any
     try:
-        from asynchub._static_server import StaticMirror
+        from asynchub._demo.static_server import StaticMirror
     except ImportError:
         from tests.mirror import MirrorServer
 

@@ -1,7 +1,7 @@
 """Quick benchmark of the transfer engine against a loopback mirror.
 
-Serves one random file (1 GiB by default) with :class:`asynchub._static_server.StaticMirror` in
-a separate process, then downloads it with :class:`asynchub._transfer.Engine` in a fresh child
+Serves one random file (1 GiB by default) with :class:`asynchub._demo.static_server.StaticMirror` in
+a separate process, then downloads it with :class:`asynchub._engine.engine.Engine` in a fresh child
 process per run (so peak RSS is the child's own), and prints, per scenario:
 
 * MB/s over the whole fetch (request to verified file committed in the cache),
@@ -69,7 +69,7 @@ def sha256_time(path: Path) -> tuple[str, float]:
 SERVER = """
 import sys
 from pathlib import Path
-from asynchub._static_server import StaticMirror
+from asynchub._demo.static_server import StaticMirror
 rate = int(sys.argv[2]) or None
 mirror = StaticMirror(Path(sys.argv[1]), rate_limit=rate)
 mirror.start()
@@ -104,9 +104,9 @@ def peak_rss_mb() -> float:
 
 async def child_fetch(args: argparse.Namespace) -> dict[str, float]:
     from asynchub._config import HubConfig
-    from asynchub._progress import ProgressEvent
-    from asynchub._transfer import Engine, FileJob
-    from asynchub._transport import Transport
+    from asynchub._engine.engine import Engine, FileJob
+    from asynchub._progress.events import ProgressEvent
+    from asynchub._transport.aiohttp_transport import Transport
 
     marks = {"last_byte": 0.0, "hashed": 0.0, "backlog": 0.0}
     hashed = 0

@@ -24,7 +24,7 @@ no warm allocator or page state carries over):
 ``--hugepages`` adds a run of every scenario with ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``
 (transparent huge pages for large ``malloc``s: fewer page faults in protobuf's copy, but with
 the kernel's ``defrag=madvise`` the faults may compact memory synchronously). The mirror is
-:class:`asynchub._static_server.StaticMirror` in its own process (``sendfile``), so it never
+:class:`asynchub._demo.static_server.StaticMirror` in its own process (``sendfile``), so it never
 competes with the client for the GIL.
 """
 
@@ -178,7 +178,7 @@ def client_main(cache: Path, url: str) -> None:
 # ----------------------------------------------------------------------------- driving
 def build(work: Path, size_mb: int) -> Path:
     """The zoo with one model of ``size_mb`` MB (rebuilt only when the size changes)."""
-    from asynchub._zoo import ZooModel, build_zoo
+    from asynchub._demo.zoo import ZooModel, build_zoo
 
     zoo = work / f"zoo-{size_mb}"
     manifest = zoo / "ONNX_HUB_MANIFEST.json"
@@ -240,7 +240,7 @@ def _layered(zoo: Path, size_mb: int) -> dict[str, Any]:
 
 def start_mirror(root: Path) -> tuple[subprocess.Popen[str], str]:
     code = (
-        "import sys; from asynchub._static_server import StaticMirror\n"
+        "import sys; from asynchub._demo.static_server import StaticMirror\n"
         "m = StaticMirror(sys.argv[1]); m.start(); print(m.url, flush=True)\n"
         "sys.stdin.read(); m.stop()\n"
     )

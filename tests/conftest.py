@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from asynchub._config import HubConfig
-from asynchub._retry import RetryPolicy
-from asynchub._zoo import build_zoo, default_zoo
+from asynchub._demo.zoo import build_zoo, default_zoo
+from asynchub._engine.retry import RetryPolicy
 from tests.mirror import MirrorServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +64,10 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
 
 
 def _reset_default_hubs() -> None:
-    sync = sys.modules.get("asynchub._sync")
+    sync = sys.modules.get("asynchub._hub.sync")
     if sync is not None:
         sync.reset_default_hub()
-    client = sys.modules.get("asynchub._client")
+    client = sys.modules.get("asynchub._hub.client")
     if client is not None:
         client.reset_default_async_hub()
 

@@ -17,7 +17,7 @@ from onnx.reference import ReferenceEvaluator
 
 import asynchub
 from asynchub import AsyncHub, Hub, HubConfig
-from asynchub._cache import cache_path
+from asynchub._cache.layout import cache_path
 from asynchub._config import default_cache_dir
 from tests.conftest import REPO_PREFIX, mirror_config
 from tests.mirror import MirrorServer
@@ -333,7 +333,7 @@ async def test_load_composite_model_converts_and_merges(ahub: AsyncHub) -> None:
 def test_composite_domain_conflict_is_detected() -> None:
     from onnx import TensorProto, helper
 
-    from asynchub._composite import merge_preprocessing
+    from asynchub._onnx.composite import merge_preprocessing
 
     def model(custom_version: int) -> onnx.ModelProto:
         node = helper.make_node("Identity", ["x"], ["y"])

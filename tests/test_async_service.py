@@ -2,7 +2,7 @@
 calls shares one session and one download per file, cancellation is prompt and resumable, and
 the hub's lifecycle works across event loops and while work is in flight.
 
-Servers are real (127.0.0.1); models are real ONNX files from :mod:`asynchub._zoo`. The loop
+Servers are real (127.0.0.1); models are real ONNX files from :mod:`asynchub._demo.zoo`. The loop
 lag bounds here are deliberately loose (a busy 2-core CI machine must not flake); the exact
 figures for a 256 MB model come from ``benchmarks/loop_lag.py``.
 """
@@ -25,12 +25,12 @@ import psutil
 import pytest
 
 import asynchub
-from asynchub._cache import lock_path
-from asynchub._client import AsyncHub
+from asynchub._cache.layout import lock_path
+from asynchub._demo.static_server import StaticMirror
+from asynchub._demo.zoo import ZooModel, build_zoo
 from asynchub._exceptions import HubClosedError, HubError, IntegrityError
-from asynchub._progress import ProgressEvent
-from asynchub._static_server import StaticMirror
-from asynchub._zoo import ZooModel, build_zoo
+from asynchub._hub.client import AsyncHub
+from asynchub._progress.events import ProgressEvent
 from tests.conftest import REPO_PREFIX, mirror_config
 from tests.mirror import Fault, MirrorServer
 
@@ -452,7 +452,7 @@ def test_piecewise_parse_equals_onnx_load(
     from google.protobuf.message import DecodeError
     from onnx.external_data_helper import convert_model_to_external_data
 
-    from asynchub._parse import SPLIT_BYTES, load_model
+    from asynchub._onnx.parse import SPLIT_BYTES, load_model
 
     layered = tmp_path / "layered.onnx"
     onnx.save(_layered_model(4, 1024), str(layered))  # 4 MiB initializers around a tiny one

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from asynchub._bars import ProgressBars, bars_enabled
-from asynchub._client import AsyncHub
 from asynchub._config import HubConfig
-from asynchub._progress import ProgressEvent
+from asynchub._hub.client import AsyncHub
+from asynchub._progress.bars import ProgressBars, bars_enabled
+from asynchub._progress.events import ProgressEvent
 
 pytestmark = pytest.mark.timeout(30)
 

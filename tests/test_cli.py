@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from asynchub._cli import EXIT_CODES, exit_code_for, main
+from asynchub._cli.main import EXIT_CODES, exit_code_for, main
+from asynchub._demo.zoo import ZooModel, build_zoo
 from asynchub._exceptions import (
     ConfigError,
     HTTPStatusError,
@@ -32,7 +33,6 @@ from asynchub._exceptions import (
     TransferError,
     UntrustedRepoError,
 )
-from asynchub._zoo import ZooModel, build_zoo
 from tests.conftest import REPO_PREFIX
 from tests.mirror import Fault, MirrorServer
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from asynchub._zoo import NETWORK_INPUT, NETWORK_OUTPUT, ZooModel, build_zoo
+from asynchub._demo.zoo import NETWORK_INPUT, NETWORK_OUTPUT, ZooModel, build_zoo
 from tests.conftest import REPO_PREFIX
 from tests.mirror import MirrorServer
 

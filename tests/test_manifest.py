@@ -18,7 +18,7 @@ from asynchub._exceptions import (
     ModelNotFoundError,
     OpsetNotFoundError,
 )
-from asynchub._manifest import (
+from asynchub._onnx.manifest import (
     MAX_DEPTH,
     ModelInfo,
     filter_models,

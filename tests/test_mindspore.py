@@ -18,9 +18,8 @@ import anyio
 import pytest
 
 from asynchub import mindspore as ms
-from asynchub._cache import cache_path
-from asynchub._cli import exit_code_for
-from asynchub._client import AsyncHub
+from asynchub._cache.layout import cache_path
+from asynchub._cli.main import exit_code_for
 from asynchub._config import HubConfig
 from asynchub._exceptions import (
     ConfigError,
@@ -29,7 +28,8 @@ from asynchub._exceptions import (
     ModelNotFoundError,
     OfflineError,
 )
-from asynchub._sync import Hub
+from asynchub._hub.client import AsyncHub
+from asynchub._hub.sync import Hub
 from asynchub.mindspore._card import parse_card
 from tests.conftest import FAST_RETRY
 from tests.mirror import MirrorServer

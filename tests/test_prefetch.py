@@ -13,16 +13,16 @@ from typing import Any
 import anyio
 import pytest
 
-from asynchub._client import AsyncHub
 from asynchub._config import HubConfig
+from asynchub._demo.zoo import ZooModel, build_zoo
 from asynchub._exceptions import (
     ConfigError,
     InsufficientSpaceError,
     ModelNotFoundError,
     OfflineError,
 )
-from asynchub._progress import ProgressEvent
-from asynchub._zoo import ZooModel, build_zoo
+from asynchub._hub.client import AsyncHub
+from asynchub._progress.events import ProgressEvent
 from tests.conftest import REPO_PREFIX, mirror_config
 from tests.mirror import Fault, MirrorServer
 

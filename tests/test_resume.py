@@ -17,9 +17,9 @@ import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from asynchub._cache import partials_for, state_path
+from asynchub._cache.layout import partials_for, state_path
+from asynchub._engine.resume import ChunkPlan, ResumeState, find_resumable, save_state
 from asynchub._exceptions import InsufficientSpaceError
-from asynchub._resume import ChunkPlan, ResumeState, find_resumable, save_state
 from tests.mirror import MirrorServer
 from tests.test_transfer import KIB, MIB, Blob, Events, fast_config, job_for, put
 
@@ -89,9 +89,9 @@ import json, sys
 from pathlib import Path
 import anyio
 from asynchub._config import HubConfig
-from asynchub._retry import RetryPolicy
-from asynchub._transfer import Engine, FileJob
-from asynchub._transport import Transport
+from asynchub._engine.retry import RetryPolicy
+from asynchub._engine.engine import Engine, FileJob
+from asynchub._transport.aiohttp_transport import Transport
 
 args = json.loads(sys.argv[1])
 moved = 0
@@ -242,8 +242,8 @@ def tiny_disk(tmp_path: Path) -> Any:
 
 
 async def test_full_disk_fails_at_the_start(tiny_disk: Path, tmp_path: Path) -> None:
-    from asynchub._transfer import Engine
-    from asynchub._transport import Transport
+    from asynchub._engine.engine import Engine
+    from asynchub._transport.aiohttp_transport import Transport
 
     root = tmp_path / "mirror"
     blob = put(root, "huge.bin", 4 * MIB)

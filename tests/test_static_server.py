@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from asynchub._static_server import StaticMirror
-from asynchub._zoo import build_zoo
+from asynchub._demo.static_server import StaticMirror
+from asynchub._demo.zoo import build_zoo
 
 PAYLOAD = bytes(range(256)) * 40  # 10240 bytes
 SIZE = len(PAYLOAD)

@@ -16,13 +16,13 @@ from typing import Any
 import anyio
 import pytest
 
-from asynchub._cache import cache_path, partials_for, state_path
+from asynchub._cache.layout import cache_path, partials_for, state_path
 from asynchub._config import HubConfig
+from asynchub._engine.engine import Engine, FileJob
+from asynchub._engine.retry import RetryPolicy
 from asynchub._exceptions import HTTPStatusError, MirrorsExhaustedError, OfflineError
-from asynchub._progress import ProgressEvent
-from asynchub._retry import RetryPolicy
-from asynchub._transfer import Engine, FileJob
-from asynchub._transport import Transport
+from asynchub._progress.events import ProgressEvent
+from asynchub._transport.aiohttp_transport import Transport
 from tests.mirror import MirrorServer
 
 KIB = 1024

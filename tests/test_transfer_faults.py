@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from asynchub._cache import partials_for
+from asynchub._cache.layout import partials_for
+from asynchub._engine.retry import RetryPolicy
 from asynchub._exceptions import IntegrityError, MirrorsExhaustedError, ProtocolError
-from asynchub._retry import RetryPolicy
 from tests.mirror import Fault, can_bind
 from tests.test_transfer import KIB, MIB, Events, Rig, Sleeps, fetch, job_for, put, rig
 

@@ -17,11 +17,11 @@ import anyio
 import pytest
 from aiohttp import web
 
-from asynchub._cache import partials_for, state_path
-from asynchub._resume import SPLIT_STATE_VERSION, ChunkPlan, ResumeState, find_resumable
-from asynchub._schedule import KEEP, MIN_AGE, MIN_PART, Scheduler
-from asynchub._transfer import Engine
-from asynchub._transport import Transport
+from asynchub._cache.layout import partials_for, state_path
+from asynchub._engine.engine import Engine
+from asynchub._engine.resume import SPLIT_STATE_VERSION, ChunkPlan, ResumeState, find_resumable
+from asynchub._engine.schedule import KEEP, MIN_AGE, MIN_PART, Scheduler
+from asynchub._transport.aiohttp_transport import Transport
 from tests.mirror import Fault, MirrorServer
 from tests.test_resume import CHILD, ROOT, run_child
 from tests.test_transfer import KIB, MIB, Events, Rig, fast_config, fetch, job_for, put, rig
@@ -90,7 +90,7 @@ def test_unknown_size_adopts_the_recorded_size(tmp_path: Path) -> None:
     final = tmp_path / "abc_model.onnx"
     partial = final.with_name(final.name + ".1-a.partial")
     partial.write_bytes(bytes(1000))
-    from asynchub._resume import save_state
+    from asynchub._engine.resume import save_state
 
     save_state(partial, ResumeState("cd" * 32, 1000, 300, [300, 0, 0, 0]))
     found = find_resumable(final, sha256="cd" * 32, size=None, chunk_size=300, clean=False)
@@ -383,8 +383,8 @@ async def test_unknown_size_without_any_length_falls_back_to_a_stream(
 ) -> None:
     import hashlib
 
-    from asynchub._cache import cache_path
-    from asynchub._transfer import FileJob
+    from asynchub._cache.layout import cache_path
+    from asynchub._engine.engine import FileJob
 
     url, body, seen = rangeless
     cache = tmp_path / "cache"
@@ -403,8 +403,8 @@ async def test_unknown_size_without_any_length_falls_back_to_a_stream(
 
 # ---------------------------------------------------------------------------- early writeback
 async def test_writeback_flushes_every_64_mib_hashed(tmp_path: Path) -> None:
-    from asynchub._hashing import HashCursor
-    from asynchub._transfer import WRITEBACK, _writeback
+    from asynchub._engine.engine import WRITEBACK, _writeback
+    from asynchub._engine.hashing import HashCursor
 
     path = tmp_path / "partial"
     with open(path, "wb") as handle:

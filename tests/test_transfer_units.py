@@ -10,11 +10,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asynchub._download import WrongMirror, parse_content_range, retryable
+from asynchub._engine.hashing import STEP, HashCursor, hash_range
+from asynchub._engine.ranged import WrongMirror, parse_content_range, retryable
+from asynchub._engine.ratelimit import TokenBucket
 from asynchub._exceptions import HTTPStatusError, ProtocolError, StallError, TransferError
-from asynchub._hashing import STEP, HashCursor, hash_range
-from asynchub._ratelimit import TokenBucket
-from asynchub._transport import RedirectError
+from asynchub._transport.aiohttp_transport import RedirectError
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from asynchub._exceptions import ProtocolError, StallError, TransferError
-from asynchub._transport import RedirectError, TLSError, Transport
+from asynchub._transport.aiohttp_transport import RedirectError, TLSError, Transport
 from tests.mirror import Fault, MirrorServer, can_bind
 from tests.test_transfer import KIB, fast_config, put
 

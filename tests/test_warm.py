@@ -22,7 +22,8 @@ MODEL = "*tinynet-13.onnx"
 
 
 def test_import_does_not_load_the_network_stack() -> None:
-    heavy = ["aiohttp", "asyncio", "tqdm", "filelock", "asynchub._client", "asynchub._transfer"]
+    heavy = ["aiohttp", "asyncio", "tqdm", "filelock"]
+    heavy += ["asynchub._hub.client", "asynchub._engine.engine"]
     code = (
         "import json, sys\nimport asynchub\n"
         f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))\n"
@@ -123,7 +124,7 @@ server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 
 from asynchub._config import HubConfig
-from asynchub._transport import Transport
+from asynchub._transport.aiohttp_transport import Transport
 
 async def main():
     transport = Transport(HubConfig(cache_dir=Path(sys.argv[1])))

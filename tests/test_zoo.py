@@ -16,7 +16,7 @@ import pytest
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from asynchub._zoo import (
+from asynchub._demo.zoo import (
     NETWORK_INPUT,
     NETWORK_OUTPUT,
     PREPROCESS_INPUT,

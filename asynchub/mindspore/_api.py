@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from .._client import AsyncHub, get_default_async_hub
 from .._exceptions import (
     ConfigError,
     HubError,
@@ -40,11 +39,12 @@ from .._exceptions import (
     ManifestError,
     MirrorsExhaustedError,
 )
+from .._hub.client import AsyncHub, get_default_async_hub
 from ._card import AssetCard, normalize_uid
 from ._source import asset_job, fetch_card, load_local_cards
 
 if TYPE_CHECKING:
-    from .._sync import Hub
+    from .._hub.sync import Hub
 
 __all__ = [
     "MindSporePrefetchResult",
@@ -251,7 +251,7 @@ def _key(item: UidOrCard) -> str:
 
 
 def _run(hub: Hub | None, make: Callable[[AsyncHub], Awaitable[T]]) -> T:
-    from .._sync import get_default_hub
+    from .._hub.sync import get_default_hub
 
     sync_hub = hub if hub is not None else get_default_hub()
 

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from .._exceptions import ConfigError, ManifestError
-from .._manifest import MAX_SEGMENT_BYTES
+from .._onnx.manifest import MAX_SEGMENT_BYTES
 
 __all__ = [
     "MAX_CARD_BYTES",

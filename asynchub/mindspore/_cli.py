@@ -73,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _hub(args: argparse.Namespace) -> Any:
-    from .._sync import Hub
+    from .._hub.sync import Hub
 
     overrides: dict[str, Any] = {}
     if getattr(args, "cache_dir", None):
@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace, body: Any) -> int:
             result: int = body(hub)
             return result
     except HubError as exc:
-        from .._cli import exit_code_for
+        from .._cli.main import exit_code_for
 
         print(f"asynchub: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)

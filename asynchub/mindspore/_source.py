@@ -20,10 +20,10 @@ import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
-from .._cache import cache_path, ensure_dir
-from .._client import AsyncHub
+from .._cache.layout import cache_path, ensure_dir
+from .._engine.engine import FileJob
 from .._exceptions import ConfigError, HTTPStatusError, IntegrityError, ModelNotFoundError
-from .._transfer import FileJob
+from .._hub.client import AsyncHub
 from ._card import Asset, AssetCard, normalize_uid, parse_card
 
 __all__ = [

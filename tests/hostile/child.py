@@ -235,7 +235,7 @@ def run_disk(args: dict[str, Any]) -> None:
     the error and what it left behind, grow the tmpfs, fetch again."""
     import subprocess
 
-    from asynchub._cache import cache_path, lock_path
+    from asynchub._cache.layout import cache_path, lock_path
     from tests.hostile.helpers import leftovers, lock_is_free, open_files_under
 
     config = config_from(args)

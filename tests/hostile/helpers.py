@@ -32,7 +32,7 @@ from typing import Any
 import anyio
 import filelock
 
-from asynchub._cache import cache_path
+from asynchub._cache.layout import cache_path
 
 TEMP_MARKERS = (".partial", ".tmp", ".staging-", ".old-")
 

@@ -22,7 +22,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from asynchub._archive import (
+from asynchub._cache.archive import (
     COMPLETE_MARKER,
     ExtractLimits,
     _publish,

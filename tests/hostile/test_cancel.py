@@ -17,8 +17,8 @@ import anyio
 import pytest
 
 from asynchub import AsyncHub, HubConfig, ProgressEvent
-from asynchub._archive import COMPLETE_MARKER
-from asynchub._cache import lock_path
+from asynchub._cache.archive import COMPLETE_MARKER
+from asynchub._cache.layout import lock_path
 from tests.conftest import REPO_PREFIX
 from tests.hostile.helpers import (
     entry,

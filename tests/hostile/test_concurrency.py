@@ -21,7 +21,7 @@ import anyio
 import pytest
 
 from asynchub import AsyncHub
-from asynchub._archive import COMPLETE_MARKER
+from asynchub._cache.archive import COMPLETE_MARKER
 from tests.conftest import REPO_PREFIX, mirror_config
 from tests.hostile.helpers import (
     finish_child,

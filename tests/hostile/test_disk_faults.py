@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from asynchub import AsyncHub, CacheError, HubConfig, InsufficientSpaceError
-from asynchub._cache import cache_path, lock_path
+from asynchub._cache.layout import cache_path, lock_path
 from tests.hostile.helpers import (
     ROOT,
     leftovers,

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from asynchub import Hub
-from asynchub._archive import COMPLETE_MARKER
+from asynchub._cache.archive import COMPLETE_MARKER
 from tests.conftest import REPO_PREFIX, mirror_config
 from tests.hostile.helpers import (
     entry,

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from asynchub._cache import cache_path
+from asynchub._cache.layout import cache_path
 from asynchub._config import HubConfig
 from asynchub._exceptions import ManifestError
-from asynchub._manifest import ModelInfo, parse_manifest, validate_path
-from asynchub._sources import RepoSpec, file_urls
+from asynchub._onnx.manifest import ModelInfo, parse_manifest, validate_path
+from asynchub._onnx.urls import RepoSpec, file_urls
 
 SHA = "0" * 64
 FAST = settings(

@@ -12,7 +12,7 @@ How a mirror is used (:meth:`FileDownload.run_mirror`):
    of unknown size, a ``206`` tells the size (then planned like any other), a ``200`` without
    ``Content-Length`` or a ``416`` raises :class:`Unranged` (the engine streams it instead).
 2. **Chunks.** Then up to ``max_connections`` workers take ranges from the
-   :class:`~asynchub._schedule.Scheduler` (lowest offset first, tapering, work stealing: a
+   :class:`~asynchub._engine.schedule.Scheduler` (lowest offset first, tapering, work stealing: a
    holder stops at the split point). Each worker holds one token of the engine's shared
    ``anyio.CapacityLimiter`` while its file has work left (a file that started first keeps its
    connections, so files finish one after the other), including while it backs off.
@@ -58,16 +58,22 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
-from ._cache import translate_oserror
-from ._config import HubConfig
-from ._exceptions import HTTPStatusError, HubError, ProtocolError, StallError, TransferError
-from ._hashing import HashCursor
-from ._progress import ProgressEvent
-from ._ratelimit import TokenBucket
-from ._resume import ChunkPlan, ResumeState, save_state
-from ._retry import RETRYABLE_STATUSES, parse_retry_after
-from ._schedule import Scheduler
-from ._transport import RedirectError, Response, TLSError, Transport, status_error
+from .._cache.layout import translate_oserror
+from .._config import HubConfig
+from .._exceptions import HTTPStatusError, HubError, ProtocolError, StallError, TransferError
+from .._progress.events import ProgressEvent
+from .._transport.aiohttp_transport import (
+    RedirectError,
+    Response,
+    TLSError,
+    Transport,
+    status_error,
+)
+from .hashing import HashCursor
+from .ratelimit import TokenBucket
+from .resume import ChunkPlan, ResumeState, save_state
+from .retry import RETRYABLE_STATUSES, parse_retry_after
+from .schedule import Scheduler
 
 __all__ = [
     "MAX_RESTARTS",

@@ -28,21 +28,21 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import onnx
 
-from ._cache import cache_path, ensure_dir, file_matches
-from ._config import HubConfig
-from ._exceptions import HubClosedError, HubError
-from ._manifest import ModelInfo
-from ._parse import load_model
-from ._progress import ProgressCallback
-from ._sources import DEFAULT_REPO, RepoSpec
-from ._trust import is_trusted
-from ._warm import ManifestMemo, cached_entry
+from .._cache.layout import cache_path, ensure_dir, file_matches
+from .._config import HubConfig
+from .._exceptions import HubClosedError, HubError
+from .._onnx.manifest import ModelInfo
+from .._onnx.parse import load_model
+from .._onnx.trust import is_trusted
+from .._onnx.urls import DEFAULT_REPO, RepoSpec
+from .._onnx.warm import ManifestMemo, cached_entry
+from .._progress.events import ProgressCallback
 
 if TYPE_CHECKING:
     import asyncio
 
-    from ._client import AsyncHub
-    from ._prefetch import PrefetchResult
+    from .client import AsyncHub
+    from .prefetch import PrefetchResult
 
 __all__ = ["Hub", "get_default_hub", "reset_default_hub", "run"]
 
@@ -163,7 +163,7 @@ class Hub:
         """The async core this hub runs (created on first use)."""
         with self._create_lock:
             if self._async_hub is None:
-                from ._client import AsyncHub
+                from .client import AsyncHub
 
                 self._async_hub = AsyncHub(self._config, progress=self._progress)
             return self._async_hub

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TextIO
 
-from ._config import HubConfig
-from ._progress import ProgressEvent
+from .._config import HubConfig
+from .events import ProgressEvent
 
 __all__ = ["ProgressBars", "bars_enabled"]
 

@@ -27,11 +27,11 @@ from typing import Any
 
 import anyio
 
-from ._cache import ensure_dir
-from ._config import HubConfig
-from ._exceptions import CacheError, HTTPStatusError, OfflineError, ProtocolError, TransferError
-from ._retry import RETRYABLE_STATUSES, parse_retry_after
-from ._transport import Transport
+from .._cache.layout import ensure_dir
+from .._config import HubConfig
+from .._engine.retry import RETRYABLE_STATUSES, parse_retry_after
+from .._exceptions import CacheError, HTTPStatusError, OfflineError, ProtocolError, TransferError
+from .._transport.aiohttp_transport import Transport
 
 __all__ = ["MAX_DOCUMENT_BYTES", "fetch_document"]
 

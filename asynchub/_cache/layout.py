@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
-from ._exceptions import CacheError, InsufficientSpaceError
+from .._exceptions import CacheError, InsufficientSpaceError
 
 if TYPE_CHECKING:
     import filelock

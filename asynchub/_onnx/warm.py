@@ -23,11 +23,11 @@ import os
 import threading
 from pathlib import Path
 
-from ._cache import cache_path
-from ._config import HubConfig
-from ._exceptions import ManifestError, ModelNotFoundError, OpsetNotFoundError
-from ._manifest import ModelInfo, parse_manifest, select
-from ._sources import RepoSpec
+from .._cache.layout import cache_path
+from .._config import HubConfig
+from .._exceptions import ManifestError, ModelNotFoundError, OpsetNotFoundError
+from .manifest import ModelInfo, parse_manifest, select
+from .urls import RepoSpec
 
 __all__ = ["MANIFEST_NAME", "ManifestMemo", "cached_entry", "manifest_cache_file"]
 

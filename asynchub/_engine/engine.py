@@ -2,7 +2,7 @@
 
 :meth:`Engine.fetch` turns a :class:`FileJob` (mirror URLs, SHA-256, size, cache path) into a
 verified file at ``job.dest``. The per-mirror mechanics (probe, Range chunks, retries,
-watchdog) live in :mod:`asynchub._download`; this module owns what surrounds them:
+watchdog) live in :mod:`asynchub._engine.ranged`; this module owns what surrounds them:
 
 * **Cache hits.** A ``dest`` that verifies (size + SHA-256, hashed in a worker thread) is
   returned at once with a ``cached`` event and no request. One that does not is deleted (under
@@ -20,7 +20,7 @@ watchdog) live in :mod:`asynchub._download`; this module owns what surrounds the
   ``config.use_locks=False`` turns it off, and with it resume and orphan cleanup, which are only
   safe for the lock's holder.
 * **Resume.** Under the lock, a partial left by an earlier run (error, cancellation, Ctrl-C,
-  SIGKILL) is adopted when its state matches (:mod:`asynchub._resume`); its finished prefix is
+  SIGKILL) is adopted when its state matches (:mod:`.resume`); its finished prefix is
   hashed again once and only the missing bytes are fetched (with ``If-Range``).
 * **Space.** A new partial is preallocated with ``os.posix_fallocate``, so a full disk fails at
   the start with :class:`InsufficientSpaceError` instead of after minutes of transfer. While
@@ -29,7 +29,7 @@ watchdog) live in :mod:`asynchub._download`; this module owns what surrounds the
 * **Unknown size.** A job without a size is probed like any other (a ranged ``GET`` of the
   first chunk): a ``206`` tells the size (the partial is preallocated then) and the file is
   chunked, resumed and verified as if the size had been given; a server that answers without
-  any size gets one plain ``GET`` (:mod:`asynchub._whole`). A partial of an earlier run tells
+  any size gets one plain ``GET`` (:mod:`asynchub._engine.whole`). A partial of an earlier run tells
   the size too (the one its state recorded).
 * **Integrity.** The hash cursor's digest and the size are checked before the atomic rename
   (``_cache.commit``). A mismatch starts the file over (on the next mirror if there is one);
@@ -46,7 +46,7 @@ watchdog) live in :mod:`asynchub._download`; this module owns what surrounds the
 
 Chunk size: ``config.chunk_size`` (16 MiB) for files of at least ``config.min_split_size``
 (4 MiB); smaller files are one request with no separate probe. Which range each connection
-fetches (lowest offset first, tapering, work stealing) is :mod:`asynchub._schedule`'s call.
+fetches (lowest offset first, tapering, work stealing) is :mod:`asynchub._engine.schedule`'s call.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ import anyio
 import anyio.to_thread
 import filelock
 
-from ._cache import (
+from .._cache.layout import (
     commit,
     ensure_dir,
     file_matches,
@@ -79,9 +79,8 @@ from ._cache import (
     state_path,
     translate_oserror,
 )
-from ._config import HubConfig
-from ._download import Context, FileDownload, Unranged, collapse_group
-from ._exceptions import (
+from .._config import HubConfig
+from .._exceptions import (
     CacheError,
     HubError,
     IntegrityError,
@@ -89,12 +88,13 @@ from ._exceptions import (
     OfflineError,
     TransferError,
 )
-from ._hashing import HashCursor
-from ._progress import ProgressCallback, ProgressEvent
-from ._ratelimit import TokenBucket
-from ._resume import ChunkPlan, ResumeState, find_resumable
-from ._transport import Transport
-from ._whole import stream_whole
+from .._progress.events import ProgressCallback, ProgressEvent
+from .._transport.aiohttp_transport import Transport
+from .hashing import HashCursor
+from .ranged import Context, FileDownload, Unranged, collapse_group
+from .ratelimit import TokenBucket
+from .resume import ChunkPlan, ResumeState, find_resumable
+from .whole import stream_whole
 
 __all__ = ["Engine", "FileJob"]
 

@@ -1,7 +1,7 @@
 """A tiny read-only static HTTP server that serves a directory as a hub mirror.
 
 The demo command, the tests and the benchmarks serve a generated zoo (see
-:mod:`asynchub._zoo`) from 127.0.0.1 with it. It is the standard library only
+:mod:`asynchub._demo.zoo`) from 127.0.0.1 with it. It is the standard library only
 (``http.server.ThreadingHTTPServer`` on a daemon thread), so it runs wherever asynchub runs and
 shares nothing with the client under test.
 

@@ -1,7 +1,7 @@
 """``asynchub demo``: the whole hub, end to end, on a fresh machine with only loopback.
 
-Steps: build the default generated zoo (:mod:`asynchub._zoo`) in a temporary directory, serve
-it with :class:`~asynchub._static_server.StaticMirror` on 127.0.0.1 in the GitHub-like layout
+Steps: build the default generated zoo (:mod:`asynchub._demo.zoo`) in a temporary directory, serve
+it with :class:`~asynchub._demo.static_server.StaticMirror` on 127.0.0.1 in the GitHub-like layout
 (``<root>/onnx/models/main/...``), point a fresh :class:`HubConfig` at it (built directly, so
 the user's ``ASYNCHUB_*`` sources are never read), list the zoo, prefetch all of it, download
 one model with its test data, run it with ``onnx.reference.ReferenceEvaluator`` and compare
@@ -27,13 +27,13 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from ._cli_support import format_models
-from ._client import AsyncHub
-from ._config import HubConfig
-from ._exceptions import IntegrityError
-from ._progress import ProgressCallback
-from ._static_server import StaticMirror
-from ._zoo import build_zoo, default_zoo
+from .._cli.support import format_models
+from .._config import HubConfig
+from .._exceptions import IntegrityError
+from .._hub.client import AsyncHub
+from .._progress.events import ProgressCallback
+from .static_server import StaticMirror
+from .zoo import build_zoo, default_zoo
 
 __all__ = ["DEMO_MODEL", "run_demo"]
 

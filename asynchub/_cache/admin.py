@@ -49,8 +49,11 @@ from typing import TYPE_CHECKING, Any
 
 import filelock
 
-from ._archive import COMPLETE_MARKER
-from ._cache import (
+from .._exceptions import CacheError, ManifestError
+from .._onnx.manifest import ModelInfo, parse_manifest
+from .._onnx.urls import DEFAULT_REPO, RepoSpec
+from .archive import COMPLETE_MARKER
+from .layout import (
     PARTIAL_SUFFIX,
     STATE_SUFFIX,
     cache_path,
@@ -58,13 +61,10 @@ from ._cache import (
     sha256_file,
     translate_oserror,
 )
-from ._exceptions import CacheError, ManifestError
-from ._manifest import ModelInfo, parse_manifest
-from ._sources import DEFAULT_REPO, RepoSpec
 
 if TYPE_CHECKING:
-    from ._client import AsyncHub
-    from ._prefetch import PrefetchResult
+    from .._hub.client import AsyncHub
+    from .._hub.prefetch import PrefetchResult
 
 __all__ = [
     "GRACE",
@@ -458,9 +458,9 @@ def _mirror_files(
 async def write_mirror(
     hub: AsyncHub, out_dir: Path, *, repo: str = DEFAULT_REPO, **selection: Any
 ) -> MirrorReport:
-    """Prefetch ``selection`` (as :func:`~asynchub._prefetch.prefetch`; archives are kept
+    """Prefetch ``selection`` (as :func:`~asynchub._hub.prefetch.prefetch`; archives are kept
     packed) and write it in the mirror layout under ``out_dir`` (see the module docstring)."""
-    from ._prefetch import prefetch, select_entries
+    from .._hub.prefetch import prefetch, select_entries
 
     spec = RepoSpec.parse(repo)
     selection["extract"] = False

@@ -23,9 +23,9 @@ import sys
 
 import anyio
 
-from ._config import HubConfig
-from ._exceptions import UntrustedRepoError
-from ._sources import RepoSpec
+from .._config import HubConfig
+from .._exceptions import UntrustedRepoError
+from .urls import RepoSpec
 
 __all__ = ["check", "is_trusted"]
 

@@ -14,7 +14,7 @@ import onnx
 import onnx.compose
 import onnx.version_converter
 
-from ._exceptions import CompositeModelError
+from .._exceptions import CompositeModelError
 
 __all__ = ["domain_versions", "merge_preprocessing"]
 

@@ -51,21 +51,21 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 
-from ._cache import commit, ensure_dir, new_partial_path, partials_for, remove_quietly
-from ._exceptions import (
+from .._cache.layout import commit, ensure_dir, new_partial_path, partials_for, remove_quietly
+from .._engine.engine import Engine, FileJob
+from .._exceptions import (
     ConfigError,
     HubError,
     InsufficientSpaceError,
     ModelNotFoundError,
     OfflineError,
 )
-from ._manifest import ModelInfo, filter_models
-from ._progress import ProgressEvent
-from ._sources import DEFAULT_REPO
-from ._transfer import Engine, FileJob
+from .._onnx.manifest import ModelInfo, filter_models
+from .._onnx.urls import DEFAULT_REPO
+from .._progress.events import ProgressEvent
 
 if TYPE_CHECKING:
-    from ._client import AsyncHub
+    from .client import AsyncHub
 
 __all__ = ["PrefetchItem", "PrefetchResult", "human_bytes", "prefetch", "select_entries"]
 
@@ -265,8 +265,8 @@ class _Group:
 
 def _partial_bytes(dest: Path) -> tuple[int, int]:
     """(bytes written by earlier runs, bytes allocated on disk) over the partials of ``dest``."""
-    from ._cache import state_path
-    from ._resume import ResumeState
+    from .._cache.layout import state_path
+    from .._engine.resume import ResumeState
 
     written = allocated = 0
     for partial in partials_for(dest):
@@ -442,7 +442,7 @@ async def prefetch(
 def _wants(
     hub: AsyncHub, entries: list[ModelInfo], repo: str, with_test_data: bool
 ) -> tuple[list[_Want], list[str]]:
-    from ._sources import RepoSpec
+    from .._onnx.urls import RepoSpec
 
     spec = RepoSpec.parse(repo)
     wants: list[_Want] = []
@@ -553,7 +553,7 @@ async def _finish_item(
         return None
     if want.kind != "test_data" or not extract:
         return dest
-    from ._client import _extract, _strip_archive_suffix
+    from .client import _extract, _strip_archive_suffix
 
     target = dest.with_name(_strip_archive_suffix(dest.name))
     try:

@@ -41,7 +41,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from ._exceptions import ConfigError, ManifestError, ModelNotFoundError, OpsetNotFoundError
+from .._exceptions import ConfigError, ManifestError, ModelNotFoundError, OpsetNotFoundError
 
 __all__ = [
     "MAX_DEPTH",

@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 import anyio.to_thread
 
-from ._config import HubConfig
-from ._exceptions import HTTPStatusError, ProtocolError, StallError, TransferError
+from .._config import HubConfig
+from .._exceptions import HTTPStatusError, ProtocolError, StallError, TransferError
 
 __all__ = [
     "MAX_REDIRECTS",

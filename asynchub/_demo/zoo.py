@@ -3,7 +3,7 @@
 The demo command, the tests and the benchmarks need a hub they can serve from 127.0.0.1: a
 ``ONNX_HUB_MANIFEST.json`` with the same shape as the real one and real model files (plus the
 ``.tar.gz`` test-data archives) at the ``validated/...`` paths the manifest names. This module
-writes such a tree; :mod:`asynchub._static_server` (or any HTTP server) serves it.
+writes such a tree; :mod:`asynchub._demo.static_server` (or any HTTP server) serves it.
 
 Choices:
 

@@ -1,6 +1,6 @@
 """The pure parts of the CLI: exit codes, the argument parser, tables and JSON shapes.
 
-Nothing here prints (only :mod:`asynchub._cli` does); :mod:`asynchub._cli` runs the commands.
+Nothing here prints (only :mod:`asynchub._cli.main` does, and it runs the commands).
 
 Exit codes (also in ``asynchub --help``):
 
@@ -27,8 +27,8 @@ import argparse
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
-from ._config import HubConfig
-from ._exceptions import (
+from .._config import HubConfig
+from .._exceptions import (
     ArchiveError,
     CacheError,
     ConfigError,
@@ -43,10 +43,10 @@ from ._exceptions import (
     TransferError,
     UntrustedRepoError,
 )
-from ._manifest import ModelInfo
-from ._prefetch import PrefetchResult, human_bytes
-from ._sources import DEFAULT_REPO
-from .mindspore import _cli as mindspore_cli
+from .._hub.prefetch import PrefetchResult, human_bytes
+from .._onnx.manifest import ModelInfo
+from .._onnx.urls import DEFAULT_REPO
+from ..mindspore import _cli as mindspore_cli
 
 __all__ = [
     "EXIT_CODES",

@@ -72,8 +72,8 @@ from typing import BinaryIO
 
 import filelock
 
-from ._cache import fsync_dir, make_lock, translate_oserror
-from ._exceptions import ArchiveError, CacheError, ConfigError
+from .._exceptions import ArchiveError, CacheError, ConfigError
+from .layout import fsync_dir, make_lock, translate_oserror
 
 if sys.platform != "win32":
     import fcntl

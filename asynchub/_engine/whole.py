@@ -19,11 +19,11 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from ._download import PIECE, Context, RetryableStatus, pwrite_all, retryable
-from ._exceptions import HubError, TransferError
-from ._progress import ProgressEvent
-from ._retry import RETRYABLE_STATUSES, parse_retry_after
-from ._transport import status_error
+from .._exceptions import HubError, TransferError
+from .._progress.events import ProgressEvent
+from .._transport.aiohttp_transport import status_error
+from .ranged import PIECE, Context, RetryableStatus, pwrite_all, retryable
+from .retry import RETRYABLE_STATUSES, parse_retry_after
 
 __all__ = ["stream_whole"]
 

@@ -1,7 +1,7 @@
 """Which bytes an idle connection fetches next: lowest offset first, smaller pieces near the
 end, and work stealing from connections that are behind.
 
-A :class:`Scheduler` hands out ranges of a :class:`~asynchub._resume.ChunkPlan` to the
+A :class:`Scheduler` hands out ranges of a :class:`~asynchub._engine.resume.ChunkPlan` to the
 connections of one download (:meth:`Scheduler.take`). Three rules, in this order:
 
 1. **The hash cursor first.** If the range the hash cursor waits for is held by a connection
@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from ._resume import ChunkPlan
+from .resume import ChunkPlan
 
 __all__ = ["KEEP", "LAG", "MIN_AGE", "MIN_PART", "Scheduler"]
 

@@ -5,7 +5,7 @@ A file of ``size`` bytes is cut into chunks of ``chunk_size`` bytes (the last on
 file (``os.pwrite`` returned: the bytes are in the page cache and survive the death of the
 process). A chunk is finished when that count reaches its length; the *prefix* is every byte
 from 0 up to the first gap, which is what the hash cursor may read. A chunk in flight can be
-*split* (work stealing, :mod:`asynchub._schedule`): its end moves back and the rest becomes a
+*split* (work stealing, :mod:`asynchub._engine.schedule`): its end moves back and the rest becomes a
 new range of its own, so a range is a chunk or a part of one.
 
 The plan is saved beside the partial file as JSON (``<partial>.json``), written to a temporary
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._cache import PARTIAL_SUFFIX, partials_for, remove_quietly, state_path
+from .._cache.layout import PARTIAL_SUFFIX, partials_for, remove_quietly, state_path
 
 __all__ = [
     "SPLIT_STATE_VERSION",

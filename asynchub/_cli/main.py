@@ -20,8 +20,12 @@ from typing import Any
 import anyio
 from tqdm.auto import tqdm
 
-from ._bars import ProgressBars, bars_enabled
-from ._cli_support import (
+from .._config import HubConfig, parse_size
+from .._exceptions import HubError
+from .._hub.prefetch import human_bytes
+from .._onnx.urls import DEFAULT_REPO
+from .._progress.bars import ProgressBars, bars_enabled
+from .support import (
     EXIT_CODES,
     EXIT_INTEGRITY,
     EXIT_INTERRUPTED,
@@ -34,10 +38,6 @@ from ._cli_support import (
     result_json,
     table,
 )
-from ._config import HubConfig, parse_size
-from ._exceptions import HubError
-from ._prefetch import human_bytes
-from ._sources import DEFAULT_REPO
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -68,7 +68,7 @@ class _Session:
     """The hub of one command, with bars when they are wanted."""
 
     def __init__(self, args: argparse.Namespace, config: HubConfig) -> None:
-        from ._client import AsyncHub
+        from .._hub.client import AsyncHub
 
         self.bars = ProgressBars() if not args.quiet and bars_enabled(config) else None
         self.hub = AsyncHub(config, progress=self.bars)
@@ -102,8 +102,8 @@ async def cmd_list(args: argparse.Namespace, config: HubConfig) -> int:
 
 
 async def cmd_info(args: argparse.Namespace, config: HubConfig) -> int:
-    from ._cache import cache_path
-    from ._manifest import filter_models
+    from .._cache.layout import cache_path
+    from .._onnx.manifest import filter_models
 
     async with _Session(args, config) as hub:
         info = await hub.get_model_info(args.model, _repo(args), args.opset)
@@ -187,7 +187,7 @@ async def cmd_prefetch(args: argparse.Namespace, config: HubConfig) -> int:
 
 
 async def cmd_mirror(args: argparse.Namespace, config: HubConfig) -> int:
-    from ._cache_admin import write_mirror
+    from .._cache.admin import write_mirror
 
     async with _Session(args, config) as hub:
         report = await write_mirror(hub, Path(args.out_dir), repo=_repo(args), **_selection(args))
@@ -219,7 +219,7 @@ async def cmd_mirror(args: argparse.Namespace, config: HubConfig) -> int:
 
 
 async def cmd_cache(args: argparse.Namespace, config: HubConfig) -> int:
-    from . import _cache_admin as admin
+    from .._cache import admin as admin
 
     root = config.cache_dir
     if args.cache_command == "path":
@@ -293,7 +293,7 @@ async def cmd_cache(args: argparse.Namespace, config: HubConfig) -> int:
 
 
 async def cmd_demo(args: argparse.Namespace, config: HubConfig) -> int:
-    from ._demo import run_demo
+    from .._demo.demo import run_demo
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
     bars = ProgressBars() if not args.quiet and bars_enabled(config) else None

@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import anyio
 import onnx
 
-from . import _trust
-from ._archive import extract_archive, find_model_dir
-from ._cache import cache_path
-from ._config import HubConfig
-from ._documents import fetch_document
-from ._exceptions import (
+from .._cache.archive import extract_archive, find_model_dir
+from .._cache.layout import cache_path
+from .._config import HubConfig
+from .._engine.engine import Engine, FileJob
+from .._exceptions import (
     HTTPStatusError,
     HubClosedError,
     IntegrityError,
@@ -38,16 +37,17 @@ from ._exceptions import (
     OfflineError,
     TransferError,
 )
-from ._manifest import ModelInfo, filter_models, parse_manifest, select
-from ._parse import load_model
-from ._progress import ProgressCallback
-from ._sources import DEFAULT_REPO, RepoSpec, file_urls, is_commit_ref, manifest_url
-from ._transfer import Engine, FileJob
-from ._transport import Transport
-from ._warm import ManifestMemo, cached_entry, manifest_cache_file
+from .._onnx import trust as _trust
+from .._onnx.manifest import ModelInfo, filter_models, parse_manifest, select
+from .._onnx.parse import load_model
+from .._onnx.urls import DEFAULT_REPO, RepoSpec, file_urls, is_commit_ref, manifest_url
+from .._onnx.warm import ManifestMemo, cached_entry, manifest_cache_file
+from .._progress.events import ProgressCallback
+from .._transport.aiohttp_transport import Transport
+from .documents import fetch_document
 
 if TYPE_CHECKING:
-    from ._prefetch import PrefetchResult
+    from .prefetch import PrefetchResult
 
 __all__ = ["AsyncHub", "get_default_async_hub", "reset_default_async_hub"]
 
@@ -438,7 +438,7 @@ class AsyncHub:
         trust_repo: bool = False,
     ) -> onnx.ModelProto:
         """The preprocessing model merged in front of the network (see :mod:`._composite`)."""
-        from ._composite import merge_preprocessing
+        from .._onnx.composite import merge_preprocessing
 
         async with anyio.create_task_group() as tg:
             results: dict[str, onnx.ModelProto] = {}
@@ -462,7 +462,7 @@ class AsyncHub:
     @_operation
     async def prefetch(self, /, **selection: Any) -> PrefetchResult:
         """Fetch a selection of models under one connection budget (see :mod:`._prefetch`)."""
-        from ._prefetch import prefetch
+        from .prefetch import prefetch
 
         return await prefetch(self, **selection)
 

@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
-from ._config import GITHUB_MEDIA_URL, HF_ZOO_MIRROR_URL, HubConfig
-from ._exceptions import ConfigError
+from .._config import GITHUB_MEDIA_URL, HF_ZOO_MIRROR_URL, HubConfig
+from .._exceptions import ConfigError
 
 __all__ = [
     "DEFAULT_REPO",

@@ -1,0 +1,1 @@
+"""The asynchub command line: argument parsing and printing (main.py), command helpers."""

@@ -1,0 +1,1 @@
+"""Progress events (the library's) and terminal/notebook bars built on them."""
