@@ -20,7 +20,9 @@ onnx.hub that catches ``AssertionError`` keeps working::
     ├── TransferError                       the network failed us
     │   ├── HTTPStatusError                 a non-retryable or exhausted HTTP status
     │   ├── ProtocolError                   a server broke the HTTP contract (range, encoding,
-    │   │                                   redirect, length)
+    │   │   │                               length)
+    │   │   └── RedirectError               a redirect was refused (hops, target, downgrade)
+    │   ├── TLSError                        TLS handshake or certificate verification failed
     │   ├── StallError                      bytes stopped flowing
     │   └── MirrorsExhaustedError           every mirror failed (``errors`` lists why)
     ├── IntegrityError (AssertionError)     size or SHA-256 mismatch
@@ -51,7 +53,9 @@ __all__ = [
     "OfflineError",
     "OpsetNotFoundError",
     "ProtocolError",
+    "RedirectError",
     "StallError",
+    "TLSError",
     "TransferError",
     "UntrustedRepoError",
 ]
@@ -112,6 +116,14 @@ class HTTPStatusError(TransferError):
 
 class ProtocolError(TransferError):
     """The server broke the HTTP contract (bad Content-Range, encoding, redirect, length)."""
+
+
+class RedirectError(ProtocolError):
+    """A redirect was refused (too many hops, bad target, or a downgrade to plain http)."""
+
+
+class TLSError(TransferError):
+    """The TLS handshake or certificate verification failed (retrying will not help)."""
 
 
 class StallError(TransferError):

@@ -91,7 +91,7 @@ import anyio
 from asynchub._config import HubConfig
 from asynchub._engine.retry import RetryPolicy
 from asynchub._engine.engine import Engine, FileJob
-from asynchub._transport.aiohttp_transport import Transport
+from asynchub._transport.aiohttp_transport import AiohttpTransport as Transport
 
 args = json.loads(sys.argv[1])
 moved = 0
@@ -243,7 +243,7 @@ def tiny_disk(tmp_path: Path) -> Any:
 
 async def test_full_disk_fails_at_the_start(tiny_disk: Path, tmp_path: Path) -> None:
     from asynchub._engine.engine import Engine
-    from asynchub._transport.aiohttp_transport import Transport
+    from asynchub._transport.aiohttp_transport import AiohttpTransport as Transport
 
     root = tmp_path / "mirror"
     blob = put(root, "huge.bin", 4 * MIB)

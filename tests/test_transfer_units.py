@@ -11,10 +11,16 @@ import anyio
 import pytest
 
 from asynchub._engine.hashing import STEP, HashCursor, hash_range
-from asynchub._engine.ranged import WrongMirror, parse_content_range, retryable
+from asynchub._engine.ranged import parse_content_range
 from asynchub._engine.ratelimit import TokenBucket
-from asynchub._exceptions import HTTPStatusError, ProtocolError, StallError, TransferError
-from asynchub._transport.aiohttp_transport import RedirectError
+from asynchub._engine.retry import WrongMirror, retryable
+from asynchub._exceptions import (
+    HTTPStatusError,
+    ProtocolError,
+    RedirectError,
+    StallError,
+    TransferError,
+)
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asynchub._exceptions import ProtocolError, StallError, TransferError
-from asynchub._transport.aiohttp_transport import RedirectError, TLSError, Transport
+from asynchub._exceptions import ProtocolError, RedirectError, StallError, TLSError, TransferError
+from asynchub._transport.aiohttp_transport import AiohttpTransport as Transport
 from tests.mirror import Fault, MirrorServer, can_bind
 from tests.test_transfer import KIB, fast_config, put
 

@@ -124,7 +124,7 @@ server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
 threading.Thread(target=server.serve_forever, daemon=True).start()
 
 from asynchub._config import HubConfig
-from asynchub._transport.aiohttp_transport import Transport
+from asynchub._transport.aiohttp_transport import AiohttpTransport as Transport
 
 async def main():
     transport = Transport(HubConfig(cache_dir=Path(sys.argv[1])))

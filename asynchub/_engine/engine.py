@@ -60,7 +60,7 @@ import os
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,7 +89,7 @@ from .._exceptions import (
     TransferError,
 )
 from .._progress.events import ProgressCallback, ProgressEvent
-from .._transport.aiohttp_transport import Transport
+from .._transport.base import Transport
 from .hashing import HashCursor
 from .ranged import Context, FileDownload, Unranged, collapse_group
 from .ratelimit import TokenBucket
@@ -242,7 +242,8 @@ class Engine:
     ) -> None:
         self.config = config
         self.transport = transport
-        self._progress = progress
+        #: The user's progress callback (the hub keeps it in step with ``AsyncHub.progress``).
+        self.progress = progress
         self._sleep = sleep
         self._clock = clock
         #: The file-writing seam: flushes a verified partial before its atomic rename (run in
@@ -250,6 +251,7 @@ class Engine:
         self._fsync = fsync
         self._resources_: _LoopResources | None = None
         self._callback_failed = False
+        self._listeners: list[ProgressCallback] = []
 
     # ------------------------------------------------------------------ shared resources
     def _resources(self) -> _LoopResources:
@@ -264,14 +266,30 @@ class Engine:
         return res
 
     def _emit(self, event: ProgressEvent) -> None:
-        if self._progress is None:
+        for listener in self._listeners:
+            listener(event)
+        if self.progress is None:
             return
         try:
-            self._progress(event)
+            self.progress(event)
         except Exception:
             if not self._callback_failed:
                 self._callback_failed = True
                 log.exception("the progress callback failed; its later errors are not logged")
+
+    @contextlib.contextmanager
+    def observe(self, listener: ProgressCallback) -> Iterator[None]:
+        """Also send every progress event to ``listener`` while the block runs.
+
+        How a caller that shares the engine (e.g. a prefetch run beside ``load`` calls) counts
+        what happens to its own files: it filters the events by name. The listener must be
+        quick and must not raise (it is the caller's own code, not a user callback).
+        """
+        self._listeners.append(listener)
+        try:
+            yield
+        finally:
+            self._listeners.remove(listener)
 
     def _context(self, res: _LoopResources) -> Context:
         return Context(

@@ -49,7 +49,6 @@ import collections
 import logging
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,19 +59,25 @@ import anyio.to_thread
 
 from .._cache.layout import translate_oserror
 from .._config import HubConfig
-from .._exceptions import HTTPStatusError, HubError, ProtocolError, StallError, TransferError
-from .._progress.events import ProgressEvent
-from .._transport.aiohttp_transport import (
-    RedirectError,
-    Response,
-    TLSError,
-    Transport,
-    status_error,
+from .._exceptions import (
+    HubError,
+    ProtocolError,
+    StallError,
+    TransferError,
 )
+from .._progress.events import ProgressEvent
+from .._transport.base import Response, Transport
 from .hashing import HashCursor
 from .ratelimit import TokenBucket
 from .resume import ChunkPlan, ResumeState, save_state
-from .retry import RETRYABLE_STATUSES, parse_retry_after
+from .retry import (
+    Retrier,
+    RetryableStatus,
+    RetryNow,
+    WrongMirror,
+    retryable,
+    status_failure,
+)
 from .schedule import Scheduler
 
 __all__ = [
@@ -106,31 +111,6 @@ class Restart(Exception):
 class Unranged(Exception):
     """A file of unknown size whose server gives no size for a range (a ``200`` without
     ``Content-Length``, or a ``416``): it must be fetched as one plain stream."""
-
-
-class WrongMirror(ProtocolError):
-    """The mirror serves a file of another size: try the next mirror."""
-
-
-class _RetryNow(TransferError):
-    """Retry at once (a signed URL expired and the original URL is resolved again)."""
-
-
-class RetryableStatus(HTTPStatusError):
-    """A status worth another try (408, 425, 429, 5xx), with the server's Retry-After."""
-
-    def __init__(self, message: str, *, url: str, status: int, retry_after: float | None):
-        super().__init__(message, url=url, status=status)
-        self.retry_after = retry_after
-
-
-def retryable(exc: BaseException) -> bool:
-    """Whether a failed request is worth another try on the same mirror."""
-    if isinstance(exc, RetryableStatus):
-        return True
-    if isinstance(exc, (HTTPStatusError, WrongMirror, RedirectError, TLSError)):
-        return False
-    return isinstance(exc, TransferError)
 
 
 def parse_content_range(value: str | None, url: str) -> tuple[int, int, int]:
@@ -205,6 +185,10 @@ class Context:
     sleep: Callable[[float], Awaitable[None]]
     clock: Callable[[], float]
     emit: Callable[[ProgressEvent], None]
+
+    def notify_retry(self, name: str) -> Callable[[str], None]:
+        """What a :class:`Retrier` calls on each retry of ``name``: a ``retry`` event."""
+        return lambda message: self.emit(ProgressEvent("retry", name, message=message))
 
     @property
     def min_rate(self) -> float:
@@ -429,36 +413,24 @@ class FileDownload:
                 index = self.schedule.take()
 
     async def _fetch_chunk(self, index: int, ready: anyio.Event | None) -> None:
-        policy = self.ctx.config.retry
-        attempt = 0
+        retrier = Retrier(
+            self.ctx.config.retry, self.ctx.sleep, self.name, self.ctx.notify_retry(self.name)
+        )
         while not self.plan.is_done(index):
             before = self.plan.written[index]
             try:
                 await self._request(index, ready)
                 if self.plan.written[index] > before:
-                    attempt = 0
+                    retrier.progressed()
                     continue
                 raise ProtocolError(f"{self.url} sent no bytes for the range", url=self.url)
             except HubError as exc:
-                if not retryable(exc):
-                    raise
-                if self.plan.is_done(index):
+                if retryable(exc) and self.plan.is_done(index):
                     log.debug("%s: %s (the range was complete)", self.name, exc)
                     return
                 if self.plan.written[index] > before and not isinstance(exc, StallError):
-                    attempt = 0  # bytes flowed; a stall always counts, however it began
-                if attempt >= policy.attempts:
-                    raise
-                wait = 0.0
-                if not isinstance(exc, _RetryNow):
-                    after = exc.retry_after if isinstance(exc, RetryableStatus) else None
-                    wait = policy.delay(attempt, after)
-                attempt += 1
-                message = f"{exc} (retry {attempt}/{policy.attempts} in {wait:.2f} s)"
-                log.info("%s: %s", self.name, message)
-                self.ctx.emit(ProgressEvent("retry", self.name, message=message))
-                if wait > 0:
-                    await self.ctx.sleep(wait)
+                    retrier.progressed()  # bytes flowed; a stall always counts, however it began
+                await retrier.failed(exc)
 
     async def _request(self, index: int, ready: anyio.Event | None) -> None:
         start = self.plan.next_offset(index)
@@ -542,14 +514,9 @@ class FileDownload:
         elif status in (403, 410) and sent != self.origin:
             if self.url == sent:
                 self.url = self.origin
-            raise _RetryNow(f"{url} answered {status}; resolving {self.origin} again", url=url)
-        elif status in RETRYABLE_STATUSES:
-            after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
-            raise RetryableStatus(
-                f"{url} answered HTTP {status}", url=url, status=status, retry_after=after
-            )
+            raise RetryNow(f"{url} answered {status}; resolving {self.origin} again", url=url)
         else:
-            raise status_error(response, self.name)
+            raise status_failure(status, response.headers, url, self.name)
         if not self.validated:
             self.validated = True
             log.info("%s: downloading from %s", self.name, url)

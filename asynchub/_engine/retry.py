@@ -1,19 +1,50 @@
-"""An immutable retry policy: exponential backoff with full jitter, a cap, and Retry-After.
+"""Retrying: an immutable policy and the one retry loop every request of asynchub uses.
 
-The policy is a value; the engine asks it how long to wait before attempt ``n``. Randomness is
-injectable (``rand``) so tests are deterministic; sleeping is done by the caller through an
-injectable sleep function, so tests never wait for real.
+:class:`RetryPolicy` is a value (exponential backoff with full jitter, a cap, Retry-After);
+randomness is injectable (``rand``) so tests are deterministic. :class:`Retrier` is the loop's
+state: documents (manifests, cards), ranged chunks and whole-file streams all count their
+failed tries, decide what is retryable, honour ``Retry-After`` and sleep through the
+*injected* sleep function here, so tests never wait for real and a fix to the rules applies
+everywhere at once. :func:`retry_call` wraps the common "try until it works or the budget is
+spent" shape; the ranged download drives a :class:`Retrier` itself because a range that made
+progress resumes from its last byte.
 """
 
 from __future__ import annotations
 
 import email.utils
+import logging
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timezone
+from typing import TypeVar
 
-__all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "parse_retry_after"]
+from .._exceptions import (
+    HTTPStatusError,
+    HubError,
+    ProtocolError,
+    RedirectError,
+    TLSError,
+    TransferError,
+)
+
+__all__ = [
+    "RETRYABLE_STATUSES",
+    "Retrier",
+    "RetryNow",
+    "RetryPolicy",
+    "RetryableStatus",
+    "WrongMirror",
+    "parse_retry_after",
+    "retry_call",
+    "retryable",
+    "status_failure",
+]
+
+log = logging.getLogger("asynchub")
+T = TypeVar("T")
 
 #: Statuses worth another try: request timeout, too many requests, and server errors.
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
@@ -24,7 +55,7 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -57,3 +88,93 @@ class RetryPolicy:
             return min(max(retry_after, 0.0), self.max_retry_after)
         ceiling = min(self.backoff_cap, self.backoff_base * float(1 << min(attempt, 30)))
         return self.rand() * ceiling
+
+
+class WrongMirror(ProtocolError):
+    """The mirror serves a file of another size: try the next mirror."""
+
+
+class RetryNow(TransferError):
+    """Retry at once (a signed URL expired and the original URL is resolved again)."""
+
+
+class RetryableStatus(HTTPStatusError):
+    """A status worth another try (408, 425, 429, 5xx), with the server's Retry-After."""
+
+    def __init__(self, message: str, *, url: str, status: int, retry_after: float | None):
+        super().__init__(message, url=url, status=status)
+        self.retry_after = retry_after
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether a failed request is worth another try on the same server."""
+    if isinstance(exc, RetryableStatus):
+        return True
+    if isinstance(exc, (HTTPStatusError, WrongMirror, RedirectError, TLSError)):
+        return False
+    return isinstance(exc, TransferError)
+
+
+def status_failure(
+    status: int, headers: Mapping[str, str], url: str, what: str
+) -> HTTPStatusError:
+    """The error for an unusable HTTP status: :class:`RetryableStatus` (with Retry-After) for
+    the statuses worth another try, a plain :class:`HTTPStatusError` for the others."""
+    message = f"{what}: {url} answered HTTP {status}"
+    if status in RETRYABLE_STATUSES:
+        after = parse_retry_after(headers.get("Retry-After"), now=time.time())
+        return RetryableStatus(message, url=url, status=status, retry_after=after)
+    return HTTPStatusError(message, url=url, status=status)
+
+
+class Retrier:
+    """The retry budget of one request stream (a document, a range, a whole-file stream).
+
+    Call :meth:`failed` with each failure: it re-raises what is not retryable or when
+    ``policy.attempts`` tries were spent, otherwise reports the retry (log at INFO and the
+    ``notify`` callback, e.g. a progress event) and sleeps ``policy.delay`` (honouring
+    ``Retry-After``) through the injected ``sleep``. :meth:`progressed` gives the budget back
+    after a try that moved the download forward.
+    """
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        sleep: Callable[[float], Awaitable[None]],
+        name: str,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.policy = policy
+        self._sleep = sleep
+        self._name = name
+        self._notify = notify
+        self.attempt = 0
+
+    def progressed(self) -> None:
+        """A try moved the download forward: the budget starts again."""
+        self.attempt = 0
+
+    async def failed(self, exc: HubError) -> None:
+        """Wait before the next try, or raise ``exc`` (see the class docstring)."""
+        if not retryable(exc) or self.attempt >= self.policy.attempts:
+            raise exc
+        wait = 0.0
+        if not isinstance(exc, RetryNow):
+            after = exc.retry_after if isinstance(exc, RetryableStatus) else None
+            wait = self.policy.delay(self.attempt, after)
+        self.attempt += 1
+        message = f"{exc} (retry {self.attempt}/{self.policy.attempts} in {wait:.2f} s)"
+        log.info("%s: %s", self._name, message)
+        if self._notify is not None:
+            self._notify(message)
+        if wait > 0:
+            await self._sleep(wait)
+
+
+async def retry_call(call: Callable[[], Awaitable[T]], retrier: Retrier) -> T:
+    """``await call()`` until it succeeds; each :class:`HubError` goes to ``retrier``."""
+    while True:
+        try:
+            return await call()
+        except HubError as exc:
+            await retrier.failed(exc)

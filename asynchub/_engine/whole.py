@@ -13,17 +13,15 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import time
 from typing import Any
 
 import anyio
 import anyio.to_thread
 
-from .._exceptions import HubError, TransferError
+from .._exceptions import TransferError
 from .._progress.events import ProgressEvent
-from .._transport.aiohttp_transport import status_error
-from .ranged import PIECE, Context, RetryableStatus, pwrite_all, retryable
-from .retry import RETRYABLE_STATUSES, parse_retry_after
+from .ranged import PIECE, Context, pwrite_all
+from .retry import Retrier, retry_call, status_failure
 
 __all__ = ["stream_whole"]
 
@@ -39,21 +37,8 @@ def _write_and_hash(fd: int, buffers: list[bytes], offset: int, digest: Any) -> 
 async def stream_whole(ctx: Context, name: str, url: str, fd: int) -> tuple[int, str, str]:
     """Fetch ``url`` as one plain stream into ``fd`` from offset 0, hashing as it is written
     (for files of unknown size; a failed try starts over). Returns (size, sha256, final URL)."""
-    policy = ctx.config.retry
-    attempt = 0
-    while True:
-        try:
-            return await _stream_whole_once(ctx, name, url, fd)
-        except HubError as exc:
-            if not retryable(exc) or attempt >= policy.attempts:
-                raise
-            after = exc.retry_after if isinstance(exc, RetryableStatus) else None
-            wait = policy.delay(attempt, after)
-            attempt += 1
-            message = f"{exc} (retry {attempt}/{policy.attempts} in {wait:.2f} s)"
-            log.info("%s: %s", name, message)
-            ctx.emit(ProgressEvent("retry", name, message=message))
-            await ctx.sleep(wait)
+    retrier = Retrier(ctx.config.retry, ctx.sleep, name, ctx.notify_retry(name))
+    return await retry_call(lambda: _stream_whole_once(ctx, name, url, fd), retrier)
 
 
 async def _stream_whole_once(ctx: Context, name: str, url: str, fd: int) -> tuple[int, str, str]:
@@ -62,16 +47,8 @@ async def _stream_whole_once(ctx: Context, name: str, url: str, fd: int) -> tupl
     offset = 0
     async with ctx.limiter, ctx.transport.request(url) as response:
         final = response.url
-        if response.status in RETRYABLE_STATUSES:
-            after = parse_retry_after(response.headers.get("Retry-After"), now=time.time())
-            raise RetryableStatus(
-                f"{final} answered HTTP {response.status}",
-                url=final,
-                status=response.status,
-                retry_after=after,
-            )
         if response.status != 200:
-            raise status_error(response, name)
+            raise status_failure(response.status, response.headers, final, name)
         declared = response.content_length
         buffers: list[bytes] = []
         buffered = 0

@@ -43,7 +43,8 @@ from .._onnx.parse import load_model
 from .._onnx.urls import DEFAULT_REPO, RepoSpec, file_urls, is_commit_ref, manifest_url
 from .._onnx.warm import ManifestMemo, cached_entry, manifest_cache_file
 from .._progress.events import ProgressCallback
-from .._transport.aiohttp_transport import Transport
+from .._transport.aiohttp_transport import AiohttpTransport
+from .._transport.base import Transport
 from .documents import fetch_document
 
 if TYPE_CHECKING:
@@ -102,7 +103,10 @@ class AsyncHub:
     handed to the transfer engine, which uses them for retry back-off, ``Retry-After`` waits,
     the stall watchdog and the bandwidth cap; tests inject a fake clock through them. ``fsync``
     (default ``os.fsync``) is the engine's file-writing seam: it flushes each verified file
-    before the atomic rename, and tests inject a failing one (EIO).
+    before the atomic rename, and tests inject a failing one (EIO). ``transport`` (default: an
+    :class:`~asynchub._transport.aiohttp_transport.AiohttpTransport` built from the config) is
+    every HTTP request's way out (see :class:`~asynchub._transport.base.Transport`); the hub
+    closes it in :meth:`aclose`.
     """
 
     def __init__(
@@ -113,13 +117,16 @@ class AsyncHub:
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
         fsync: Callable[[int], None] = os.fsync,
+        transport: Transport | None = None,
     ) -> None:
         self.config = config if config is not None else HubConfig.from_env()
-        self.progress = progress
+        self._progress = progress
         self.sleep = sleep
         self.clock = clock
         self.fsync = fsync
-        self.transport = Transport(self.config)
+        self.transport: Transport = (
+            transport if transport is not None else AiohttpTransport(self.config)
+        )
         self.engine = self._make_engine()
         self._manifests: dict[tuple[str, str], list[ModelInfo]] = {}
         self._warm_memo = ManifestMemo()
@@ -170,6 +177,16 @@ class AsyncHub:
                     self._idle = anyio.Event()
                     await self._idle.wait()
             await self.transport.aclose()
+
+    @property
+    def progress(self) -> ProgressCallback | None:
+        """The progress callback every download of this hub reports to (may be replaced)."""
+        return self._progress
+
+    @progress.setter
+    def progress(self, callback: ProgressCallback | None) -> None:
+        self._progress = callback
+        self.engine.progress = callback
 
     @property
     def closed(self) -> bool:
@@ -232,7 +249,13 @@ class AsyncHub:
     ) -> bytes:
         """A small document (manifest, card) cached on disk and revalidated by ETag."""
         return await fetch_document(
-            self.transport, self.config, url, cache_file, what=what, immutable=immutable
+            self.transport,
+            self.config,
+            url,
+            cache_file,
+            what=what,
+            immutable=immutable,
+            sleep=self.sleep,
         )
 
     def manifest_cache_file(self, spec: RepoSpec) -> Path:

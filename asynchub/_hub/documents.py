@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import tempfile
-import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,9 @@ import anyio
 
 from .._cache.layout import ensure_dir
 from .._config import HubConfig
-from .._engine.retry import RETRYABLE_STATUSES, parse_retry_after
-from .._exceptions import CacheError, HTTPStatusError, OfflineError, ProtocolError, TransferError
-from .._transport.aiohttp_transport import Transport
+from .._engine.retry import Retrier, retry_call, status_failure
+from .._exceptions import HTTPStatusError, OfflineError, ProtocolError, TransferError
+from .._transport.base import Transport
 
 __all__ = ["MAX_DOCUMENT_BYTES", "fetch_document"]
 
@@ -97,8 +97,10 @@ async def fetch_document(
     *,
     what: str,
     immutable: bool = False,
+    sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
 ) -> bytes:
-    """The document at ``url``, cached at ``cache_file`` (see the module docstring)."""
+    """The document at ``url``, cached at ``cache_file`` (see the module docstring); retry
+    waits go through ``sleep`` (the hub's injected one)."""
     cached = await anyio.to_thread.run_sync(_read_cached, cache_file)
     if cached is not None and (immutable or config.offline):
         return cached.body
@@ -114,7 +116,7 @@ async def fetch_document(
         if cached.meta.get("last_modified"):
             headers["If-Modified-Since"] = str(cached.meta["last_modified"])
     try:
-        status, body, meta = await _get_with_retries(transport, config, url, headers)
+        status, body, meta = await _get_with_retries(transport, config, url, headers, sleep)
     except HTTPStatusError as exc:
         if exc.status in (404, 410) or cached is None:
             raise
@@ -135,37 +137,24 @@ async def fetch_document(
 
 
 async def _get_with_retries(
-    transport: Transport, config: HubConfig, url: str, headers: dict[str, str]
+    transport: Transport,
+    config: HubConfig,
+    url: str,
+    headers: dict[str, str],
+    sleep: Callable[[float], Awaitable[None]],
 ) -> tuple[int, bytes, dict[str, Any]]:
-    policy = config.retry
-    attempt = 0
-    while True:
-        try:
-            async with transport.request(url, headers=headers) as response:
-                if response.status == 304:
-                    return 304, b"", {}
-                if response.status == 200:
-                    body = await response.read(MAX_DOCUMENT_BYTES)
-                    meta = {
-                        "url": url,
-                        "etag": response.headers.get("ETag"),
-                        "last_modified": response.headers.get("Last-Modified"),
-                    }
-                    return 200, body, meta
-                retry_after = parse_retry_after(
-                    response.headers.get("Retry-After"), now=time.time()
-                )
-                error: TransferError = HTTPStatusError(
-                    f"GET {url} answered HTTP {response.status}", url=url, status=response.status
-                )
-                if response.status not in RETRYABLE_STATUSES:
-                    raise error
-        except (HTTPStatusError, CacheError):
-            raise
-        except TransferError as exc:
-            error = exc
-            retry_after = None
-        if attempt >= policy.attempts:
-            raise error
-        await anyio.sleep(policy.delay(attempt, retry_after))
-        attempt += 1
+    async def once() -> tuple[int, bytes, dict[str, Any]]:
+        async with transport.request(url, headers=headers) as response:
+            if response.status == 304:
+                return 304, b"", {}
+            if response.status != 200:
+                raise status_failure(response.status, response.headers, url, "GET")
+            body = await response.read(MAX_DOCUMENT_BYTES)
+            meta = {
+                "url": url,
+                "etag": response.headers.get("ETag"),
+                "last_modified": response.headers.get("Last-Modified"),
+            }
+            return 200, body, meta
+
+    return await retry_call(once, Retrier(config.retry, sleep, url))

@@ -18,9 +18,12 @@ still missing. Choices:
   files already on disk count as written); :class:`InsufficientSpaceError` is raised before
   anything is written unless ``check_space=False``. Archives to extract count twice (the
   extracted size is not in the manifest; the archive size is a lower bound for it).
-* **One budget.** The run gets its own :class:`Engine`, i.e. one connection limiter and one
-  bandwidth cap (``config.max_connections``, ``config.limit_rate``) shared by every file of
-  the run. At most ``max_connections`` files are in flight at once (a file needs at least one
+* **One budget.** The run goes through the hub's own :class:`Engine`: one connection
+  limiter, one bandwidth cap (``config.max_connections``, ``config.limit_rate``) and one table
+  of downloads in flight, shared with every other call on the hub (a ``load`` of a file the
+  prefetch is fetching joins that download). A CLI run's ``--max-connections`` and
+  ``--limit-rate`` are the settings of the hub that command builds.
+  At most ``max_connections`` files are in flight at once (a file needs at least one
   connection, so more would only queue), and they start in this order: files with a resumable
   partial first (they finish soonest and free their partial's disk space), then largest first.
   Largest-first is the classic longest-job-first schedule: big files start while every
@@ -382,15 +385,16 @@ async def prefetch(
 
     fetched_bytes = 0
     done_names: set[str] = set()
+    names = {g.primary.name for g in to_fetch}
 
-    def tee(event: ProgressEvent) -> None:
+    def count(event: ProgressEvent) -> None:
         nonlocal fetched_bytes
+        if event.name not in names:
+            return  # another call's file on the same engine
         if event.kind == "transfer":
             fetched_bytes += event.nbytes
         elif event.kind == "done":
             done_names.add(event.name)
-        if hub.progress is not None:
-            hub.progress(event)
 
     if hub.progress is not None and not hub.config.offline:
         try:
@@ -399,9 +403,7 @@ async def prefetch(
         except Exception:
             log.exception("the progress callback failed on a 'planned' event")
 
-    engine = Engine(
-        hub.config, hub.transport, progress=tee, sleep=hub.sleep, clock=hub.clock, fsync=hub.fsync
-    )
+    engine = hub.engine
     order = sorted(missing, key=lambda g: (g.resumed_bytes == 0, -(g.size or 0)))
     files_at_once = anyio.CapacityLimiter(max(1, hub.config.max_connections))
     results: dict[int, tuple[ItemStatus, Path | None, BaseException | None]] = {}
@@ -410,9 +412,10 @@ async def prefetch(
         async with files_at_once:
             await _fetch_group(hub, engine, group, force_reload, extract, done_names, results)
 
-    async with anyio.create_task_group() as tg:
-        for group in order:
-            tg.start_soon(run_group, group)
+    with engine.observe(count):
+        async with anyio.create_task_group() as tg:
+            for group in order:
+                tg.start_soon(run_group, group)
 
     missing_ids = {id(g) for g in missing}
     for group in groups:

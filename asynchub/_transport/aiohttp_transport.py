@@ -53,22 +53,19 @@ from typing import TYPE_CHECKING, NoReturn
 import anyio.to_thread
 
 from .._config import HubConfig
-from .._exceptions import HTTPStatusError, ProtocolError, StallError, TransferError
+from .._exceptions import (
+    ProtocolError,
+    RedirectError,
+    StallError,
+    TLSError,
+    TransferError,
+)
+from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length
 
-__all__ = [
-    "MAX_REDIRECTS",
-    "REDIRECT_STATUSES",
-    "RedirectError",
-    "Response",
-    "TLSError",
-    "Transport",
-    "status_error",
-]
+__all__ = ["AiohttpResponse", "AiohttpTransport"]
 
 log = logging.getLogger("asynchub")
 
-MAX_REDIRECTS = 5
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 READ_BUFSIZE = 1024 * 1024
 USER_AGENT = "asynchub/0.1"
 _SENSITIVE = ("Authorization", "Cookie", "Proxy-Authorization")
@@ -76,14 +73,6 @@ _SENSITIVE = ("Authorization", "Cookie", "Proxy-Authorization")
 if TYPE_CHECKING:
     import aiohttp
     from yarl import URL
-
-
-class RedirectError(ProtocolError):
-    """A redirect was refused (too many hops, bad target, or a downgrade to plain http)."""
-
-
-class TLSError(TransferError):
-    """The TLS handshake or certificate verification failed (retrying will not help)."""
 
 
 def _origin(url: URL) -> tuple[str, str, int | None]:
@@ -122,7 +111,7 @@ def _translated() -> tuple[type[BaseException], ...]:
     return (aiohttp.ClientError, OSError, asyncio.TimeoutError, TimeoutError)
 
 
-class Response:
+class AiohttpResponse:
     """A response with translated errors: ``status``, case-insensitive ``headers`` and the final
     ``url`` after redirects."""
 
@@ -136,13 +125,7 @@ class Response:
     def content_length(self) -> int | None:
         """``Content-Length`` as an int (``None`` when absent); :class:`ProtocolError` if
         malformed."""
-        value = self.headers.get("Content-Length")
-        if value is None:
-            return None
-        text = value.strip()
-        if not text.isdigit():
-            raise ProtocolError(f"{self.url} sent Content-Length {value!r}", url=self.url)
-        return int(text)
+        return parse_content_length(self.headers.get("Content-Length"), self.url)
 
     async def iter_chunks(self, size: int) -> AsyncIterator[bytes]:
         """The body in pieces of at most ``size`` bytes, as they arrive."""
@@ -187,7 +170,7 @@ class Response:
         self._raw.close()
 
 
-class Transport:
+class AiohttpTransport:
     """GET requests over a per-loop ``aiohttp.ClientSession`` (see the module docstring)."""
 
     def __init__(self, config: HubConfig) -> None:
@@ -290,7 +273,7 @@ class Transport:
 
     def request(
         self, url: str, *, headers: Mapping[str, str] | None = None
-    ) -> AbstractAsyncContextManager[Response]:
+    ) -> AbstractAsyncContextManager[AiohttpResponse]:
         """``GET url`` following redirects; the response's body is read by the caller.
 
         HTTP error statuses are returned, not raised (the caller owns the retry policy);
@@ -302,9 +285,9 @@ class Transport:
     @contextlib.asynccontextmanager
     async def _request(
         self, url: str, headers: Mapping[str, str] | None
-    ) -> AsyncIterator[Response]:
+    ) -> AsyncIterator[AiohttpResponse]:
         raw = await self._open(url, headers)
-        response = Response(raw)
+        response = AiohttpResponse(raw)
         try:
             encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding not in ("", "identity"):
@@ -389,12 +372,3 @@ class Transport:
                 await guard.aclose()
         else:
             self._drop_session()
-
-
-def status_error(response: Response, what: str) -> HTTPStatusError:
-    """An :class:`HTTPStatusError` for an unusable status of ``response``."""
-    return HTTPStatusError(
-        f"{what}: {response.url} answered HTTP {response.status}",
-        url=response.url,
-        status=response.status,
-    )

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from asynchub import AsyncHub, HubConfig, HubError, MirrorsExhaustedError, ProtocolError
-from asynchub._transport.aiohttp_transport import MAX_REDIRECTS
+from asynchub._transport.base import MAX_REDIRECTS
 from tests.conftest import REPO_PREFIX, mirror_config
 from tests.hostile.helpers import entry, final_model, leftovers
 from tests.mirror import Fault, MirrorServer, can_bind

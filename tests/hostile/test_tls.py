@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from asynchub import AsyncHub, HubConfig, HubError, ManifestNotFoundError, MirrorsExhaustedError
-from asynchub._transport.aiohttp_transport import TLSError
+from asynchub._exceptions import TLSError
 from tests.conftest import mirror_config
 from tests.hostile.helpers import entry, final_model, leftovers
 from tests.mirror import MirrorServer

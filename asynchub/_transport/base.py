@@ -1,0 +1,102 @@
+"""What the engine needs from HTTP: the :class:`Transport` and :class:`Response` protocols.
+
+The engine, the document fetcher and every source speak to the network only through these
+two protocols, so a transport can be swapped (the aiohttp implementation in
+:mod:`.aiohttp_transport` is the default) or faked in tests (an in-memory transport serves
+bytes from a dict). Everything here is pure: no aiohttp, no I/O.
+
+The contract a transport keeps:
+
+* ``request(url, headers=...)`` is an async context manager yielding a :class:`Response`
+  after redirects were followed (at most :data:`MAX_REDIRECTS`, only http(s), never https →
+  http, credentials dropped when the origin changes; a refused redirect raises
+  :class:`~asynchub.RedirectError`). HTTP error statuses are *returned*, not raised: the
+  caller owns the retry policy.
+* ``Accept-Encoding: identity`` is always sent and a body with another ``Content-Encoding``
+  raises :class:`~asynchub.ProtocolError` (the bytes hashed must be the bytes stored).
+* Every lower-layer failure is translated into the asynchub error tree
+  (:class:`~asynchub.TransferError` and its subclasses); nothing else escapes.
+* ``aclose()`` releases connections; the transport may be used again afterwards (it then
+  opens new connections).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, runtime_checkable
+
+from .._exceptions import HTTPStatusError, ProtocolError
+
+__all__ = [
+    "MAX_REDIRECTS",
+    "REDIRECT_STATUSES",
+    "Response",
+    "Transport",
+    "parse_content_length",
+    "status_error",
+]
+
+MAX_REDIRECTS = 5
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
+class Response(Protocol):
+    """One HTTP response: ``status``, case-insensitive ``headers``, the final ``url``."""
+
+    status: int
+    headers: Mapping[str, str]
+    url: str
+
+    @property
+    def content_length(self) -> int | None:
+        """``Content-Length`` as an int, ``None`` when absent (see :func:`parse_content_length`)."""
+        ...
+
+    def iter_chunks(self, size: int) -> AsyncIterator[bytes]:
+        """The body in pieces of at most ``size`` bytes, as they arrive. A body shorter than
+        its ``Content-Length`` raises :class:`~asynchub.TransferError`."""
+        ...
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body; :class:`~asynchub.ProtocolError` if it is longer than ``limit``."""
+        ...
+
+    def close(self) -> None:
+        """Drop the connection (the rest of the body is abandoned)."""
+        ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """GET requests with redirects, identity encoding and translated errors."""
+
+    def request(
+        self, url: str, *, headers: Mapping[str, str] | None = None
+    ) -> AbstractAsyncContextManager[Response]:
+        """``GET url``; the response body is read by the caller inside the context."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connections of the running event loop."""
+        ...
+
+
+def parse_content_length(value: str | None, url: str) -> int | None:
+    """A ``Content-Length`` header as an int. Only ASCII digits count (``"²"`` passes
+    ``str.isdigit`` but is no length); anything else is a :class:`ProtocolError`."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ProtocolError(f"{url} sent an invalid Content-Length {value[:40]!r}", url=url)
+    return int(text)
+
+
+def status_error(response: Response, what: str) -> HTTPStatusError:
+    """An :class:`HTTPStatusError` for an unusable status of ``response``."""
+    return HTTPStatusError(
+        f"{what}: {response.url} answered HTTP {response.status}",
+        url=response.url,
+        status=response.status,
+    )
