@@ -61,7 +61,7 @@ from ._progress.events import ProgressCallback, ProgressEvent
 if TYPE_CHECKING:
     from . import hub
     from ._hub.client import AsyncHub
-    from ._hub.prefetch import PrefetchItem, PrefetchResult
+    from ._onnx.prefetch import PrefetchItem, PrefetchResult
     from ._progress.bars import ProgressBars
 
 __version__ = "0.1.0"
@@ -74,8 +74,8 @@ __version__ = "0.1.0"
 #: than ``import onnx``.
 _LAZY: dict[str, tuple[str, str | None]] = {
     "AsyncHub": ("._hub.client", "AsyncHub"),
-    "PrefetchItem": ("._hub.prefetch", "PrefetchItem"),
-    "PrefetchResult": ("._hub.prefetch", "PrefetchResult"),
+    "PrefetchItem": ("._onnx.prefetch", "PrefetchItem"),
+    "PrefetchResult": ("._onnx.prefetch", "PrefetchResult"),
     "ProgressBars": ("._progress.bars", "ProgressBars"),
     "hub": (".hub", None),
 }

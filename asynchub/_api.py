@@ -19,7 +19,7 @@ from ._onnx.urls import DEFAULT_REPO
 
 if TYPE_CHECKING:
     from ._hub.client import AsyncHub
-    from ._hub.prefetch import PrefetchResult
+    from ._onnx.prefetch import PrefetchResult
 
 __all__ = [
     "adownload",

@@ -1,93 +1,97 @@
-"""Cache administration: list, verify and prune the cache; write a static mirror.
+"""Cache administration: list, verify and prune the cache, whatever source wrote it.
 
-What lives in a cache directory (see :mod:`._cache`)::
+What lives in a cache directory (see :mod:`.layout`)::
 
-    <root>/_manifests/<owner>/<repo>/<ref>/ONNX_HUB_MANIFEST.json   cached manifests
+    <root>/_manifests/...                                          cached documents (``_*``)
+    <root>/<ns>/_cards/...                                         a namespace's documents
     <root>/<dirs>/<sha256>_<name>                                  verified files
     <root>/<dirs>/<sha256>_<name without .tar.gz>/                 extracted test data
     <root>/<dirs>/<sha256>_<name>.<pid>-<hex>.partial[.json]       downloads in progress
     <root>/<dirs>/.<extracted dir>.staging-* / .old-*               extraction leftovers
 
+The functions take the sources (:class:`CacheOwner`, in practice every registered
+:class:`~asynchub._hub.source.SourceSpec`) as an argument: this layer knows no source by name.
+
 Choices:
 
-* **verify** needs no manifest: every cached file carries its SHA-256 in its name, so each is
+* **verify** needs no document: every cached file carries its SHA-256 in its name, so each is
   re-hashed (in a thread pool, one thread per core: hashing releases the GIL) and compared to
   its own name. ``delete=True`` removes the bad ones.
 * **prune** removes leftovers: partial files (and their resume state) whose final file's lock
   is free and that have not been touched for :data:`GRACE` seconds (a running download holds
-  the lock and writes often), extraction staging directories, temporary files, and, when at
-  least one manifest is cached, files and extracted directories that no cached manifest
-  references. Lock files are kept: removing a lock another process may be waiting on would
-  break mutual exclusion, and they are empty. Top-level directories starting with ``_`` or
-  ``.`` and the ``mindspore`` tree (other hubs' layouts) are never touched.
-* **mirror** writes ``<out>/<owner>/<repo>/<ref>/ONNX_HUB_MANIFEST.json`` (the selected
-  entries, merged with entries already there) and each verified file at
-  ``<out>/<owner>/<repo>/<ref>/<model_path>`` (copied, atomically; not hard-linked, so an
-  edit of a cache file in place can never alter what the mirror serves). Any static HTTP
-  server can then serve ``<out>`` with the templates
-  ``{base}/{owner}/{repo}/{ref}/ONNX_HUB_MANIFEST.json`` and
-  ``{base}/{owner}/{repo}/{ref}/{path}``. Entries whose model failed are left out; the
-  test-data fields of an entry are dropped when its archive is not in the mirror, so clients
-  get a clear "no test data" error instead of a 404.
+  the lock and writes often), extraction staging directories, temporary files, and files and
+  extracted directories that no cached document references, in each namespace whose source
+  named at least one file (a source that cannot tell keeps all of its files). Lock files are
+  kept: removing a lock another process may be waiting on would break mutual exclusion, and
+  they are empty. Top-level directories starting with ``_`` or ``.`` are never touched.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import json
 import logging
 import os
 import re
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 import filelock
 
-from .._exceptions import CacheError, ManifestError
-from .._onnx.manifest import ModelInfo, parse_manifest
-from .._onnx.urls import DEFAULT_REPO, RepoSpec
 from .archive import COMPLETE_MARKER
 from .layout import (
     PARTIAL_SUFFIX,
     STATE_SUFFIX,
-    cache_path,
     lock_path,
     sha256_file,
     translate_oserror,
 )
 
-if TYPE_CHECKING:
-    from .._hub.client import AsyncHub
-    from .._hub.prefetch import PrefetchResult
-
 __all__ = [
     "GRACE",
+    "CacheOwner",
     "CachedFile",
-    "MirrorReport",
+    "FileRef",
     "PruneReport",
     "VerifyReport",
-    "cached_manifests",
     "list_cache",
     "prune_cache",
     "verify_cache",
-    "write_mirror",
 ]
 
 log = logging.getLogger("asynchub")
 
 #: Leftovers touched less than this many seconds ago are kept by prune (they may be in use).
 GRACE = 60.0
-MANIFESTS_DIR = "_manifests"
-MANIFEST_NAME = "ONNX_HUB_MANIFEST.json"
 _CACHED = re.compile(r"^([0-9a-f]{64})_(.+)$")
-_SKIP_TOP = ("mindspore",)
 _ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """What a source's cached document says of a cached file: the model it belongs to, its
+    opset (where the format has one) and its role (``model``, ``test_data``, ``asset``)."""
+
+    model: str
+    opset: int | None
+    role: str
+
+
+class CacheOwner(Protocol):
+    """What the administration needs from a source (:class:`~asynchub._hub.source.SourceSpec`
+    has it): the top-level folder it owns (``""``: the root) and the files its cached
+    documents name (``None``: it cannot tell, so prune keeps its files)."""
+
+    @property
+    def cache_namespace(self) -> str: ...
+
+    @property
+    def references(self) -> Callable[[Path], Mapping[Path, FileRef] | None]: ...
 
 
 @dataclass(frozen=True)
@@ -123,59 +127,46 @@ class PruneReport:
         return sum(size for _, _, size in self.removed)
 
 
-@dataclass(frozen=True)
-class MirrorReport:
-    out_dir: Path
-    repo_dir: Path
-    manifest: Path
-    files: tuple[Path, ...]
-    entries: int
-    prefetch: PrefetchResult
-    bytes_written: int = 0
-    notes: tuple[str, ...] = field(default=())
-
-
 # --- scanning --------------------------------------------------------------------------------
 
 
 def _walk(root: Path) -> Iterator[tuple[Path, list[str], list[str]]]:
-    """``os.walk`` of the hub's own part of the cache (links never followed)."""
+    """``os.walk`` of the cache's files (links never followed): top-level folders starting
+    with ``_`` or ``.`` (cached documents, tools' own data) and, inside a namespace, its
+    ``_`` folders are skipped."""
     if not root.is_dir():
         return
     for current, dirs, files in os.walk(root, followlinks=False):
         here = Path(current)
-        if here == root:
-            dirs[:] = [d for d in dirs if not d.startswith(("_", ".")) and d not in _SKIP_TOP]
+        if here == root or here.parent == root:
+            dirs[:] = [d for d in dirs if not d.startswith(("_", "."))]
         yield here, dirs, files
 
 
-def cached_manifests(root: Path) -> list[tuple[str, list[ModelInfo]]]:
-    """Every manifest cached under ``root/_manifests`` as ``(repo, entries)``; unreadable
-    ones are skipped with a warning."""
-    base = root / MANIFESTS_DIR
-    found: list[tuple[str, list[ModelInfo]]] = []
-    if not base.is_dir():
-        return found
-    for path in sorted(base.rglob(MANIFEST_NAME)):
-        parts = path.relative_to(base).parts[:-1]
-        repo = f"{parts[0]}/{parts[1]}:{'/'.join(parts[2:]) or 'main'}" if len(parts) >= 2 else "?"
-        try:
-            found.append((repo, parse_manifest(path.read_bytes(), source=str(path))))
-        except (OSError, ManifestError) as exc:
-            log.warning("skipping the unreadable cached manifest %s: %s", path, exc)
-    return found
+@dataclass
+class _Refs:
+    """The references of every owner; ``known``: the namespaces whose owner could tell."""
+
+    files: dict[Path, FileRef]
+    known: set[str]
+    namespaces: set[str]
+
+    def namespace_of(self, root: Path, path: Path) -> str:
+        top = path.relative_to(root).parts[0]
+        return top if top in self.namespaces else ""
+
+    def prunable(self, root: Path, path: Path) -> bool:
+        """Unreferenced, in a namespace whose owner knows its files and named some."""
+        return path not in self.files and self.namespace_of(root, path) in self.known
 
 
-def _references(root: Path) -> dict[Path, tuple[str, int, str]]:
-    refs: dict[Path, tuple[str, int, str]] = {}
-    for _, entries in cached_manifests(root):
-        for e in entries:
-            with contextlib.suppress(CacheError):
-                if e.model_sha:
-                    refs[cache_path(root, e.model_path, e.model_sha)] = (e.model, e.opset, "model")
-                if e.model_with_data_path and e.model_with_data_sha:
-                    dest = cache_path(root, e.model_with_data_path, e.model_with_data_sha)
-                    refs[dest] = (e.model, e.opset, "test_data")
+def _references(root: Path, owners: Sequence[CacheOwner]) -> _Refs:
+    refs = _Refs({}, set(), {o.cache_namespace for o in owners if o.cache_namespace})
+    for owner in owners:
+        found = owner.references(root)
+        if found:
+            refs.files.update(found)
+            refs.known.add(owner.cache_namespace)
     return refs
 
 
@@ -187,9 +178,10 @@ def _archive_of(directory: Path) -> list[Path]:
     return [directory.with_name(directory.name + suffix) for suffix in _ARCHIVE_SUFFIXES]
 
 
-def list_cache(root: Path) -> list[CachedFile]:
-    """Verified files and extracted directories in the cache, sorted by path. Blocking."""
-    refs = _references(root)
+def list_cache(root: Path, owners: Sequence[CacheOwner]) -> list[CachedFile]:
+    """Verified files and extracted directories in the cache, sorted by path, labelled with
+    what the ``owners``' cached documents say of them. Blocking."""
+    refs = _references(root, owners).files
     out: list[CachedFile] = []
     for here, dirs, files in _walk(root):
         for name in files:
@@ -203,7 +195,8 @@ def list_cache(root: Path) -> list[CachedFile]:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 continue
-            model, opset, role = refs.get(path, (None, None, None))
+            ref = refs.get(path)
+            model, opset, role = (ref.model, ref.opset, ref.role) if ref else (None, None, None)
             out.append(
                 CachedFile(
                     path,
@@ -224,7 +217,8 @@ def list_cache(root: Path) -> list[CachedFile]:
             dirs.remove(name)  # do not descend into extracted test data
             size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
             archive = next((a for a in _archive_of(path) if a in refs), None)
-            model, opset, _ = refs.get(archive, (None, None, None)) if archive else (None,) * 3
+            ref = refs.get(archive) if archive else None
+            model, opset = (ref.model, ref.opset) if ref else (None, None)
             out.append(
                 CachedFile(
                     path,
@@ -245,6 +239,7 @@ def list_cache(root: Path) -> list[CachedFile]:
 
 def verify_cache(
     root: Path,
+    owners: Sequence[CacheOwner],
     *,
     delete: bool = False,
     workers: int | None = None,
@@ -252,7 +247,7 @@ def verify_cache(
 ) -> VerifyReport:
     """Re-hash every cached file against the SHA-256 in its name. ``on_file(file, problem)``
     is called as each finishes (``problem`` is None when it is good). Blocking."""
-    files = [f for f in list_cache(root) if f.kind == "file"]
+    files = [f for f in list_cache(root, owners) if f.kind == "file"]
     bad: list[tuple[Path, str]] = []
     deleted: list[Path] = []
 
@@ -323,10 +318,11 @@ def _final_of_partial(path: Path) -> Path:
     return path.with_name(stem.rsplit(".", 1)[0])
 
 
-def prune_cache(root: Path, *, dry_run: bool = False, grace: float = GRACE) -> PruneReport:
+def prune_cache(
+    root: Path, owners: Sequence[CacheOwner], *, dry_run: bool = False, grace: float = GRACE
+) -> PruneReport:
     """Remove leftovers (see the module docstring). ``dry_run`` only reports. Blocking."""
-    refs = _references(root)
-    have_manifests = bool(refs)
+    refs = _references(root, owners)
     now = time.time()
     found: list[tuple[Path, str]] = []
     in_use: list[Path] = []
@@ -341,13 +337,8 @@ def prune_cache(root: Path, *, dry_run: bool = False, grace: float = GRACE) -> P
             elif name.endswith(".tmp"):
                 if _age(path, now) >= grace:
                     found.append((path, "temporary file"))
-            elif (
-                have_manifests
-                and _CACHED.match(name)
-                and not name.endswith(".lock")
-                and path not in refs
-            ):
-                found.append((path, "not referenced by any cached manifest"))
+            elif _CACHED.match(name) and not name.endswith(".lock") and refs.prunable(root, path):
+                found.append((path, "not referenced by any cached manifest or card"))
         for name in list(dirs):
             path = here / name
             if name.startswith(".") and (".staging-" in name or ".old-" in name):
@@ -356,7 +347,10 @@ def prune_cache(root: Path, *, dry_run: bool = False, grace: float = GRACE) -> P
                     found.append((path, "extraction leftover"))
             elif _CACHED.match(name) and (path / COMPLETE_MARKER).is_file():
                 dirs.remove(name)
-                if have_manifests and not any(a in refs for a in _archive_of(path)):
+                archives = _archive_of(path)
+                if refs.prunable(root, archives[0]) and not any(
+                    a in refs.files for a in archives
+                ):
                     found.append((path, "extracted data of an unreferenced archive"))
     removed: list[tuple[Path, str, int]] = []
     for path, reason in found:
@@ -382,109 +376,3 @@ def _remove_empty_dirs(root: Path) -> None:
         if here != root:
             with contextlib.suppress(OSError):
                 here.rmdir()  # only succeeds when empty
-
-
-# --- mirror ----------------------------------------------------------------------------------
-
-
-def _publish_copy(source: Path, target: Path, sha256: str | None) -> bool:
-    """Place ``source`` (verified, of SHA-256 ``sha256``) at ``target`` atomically; False when
-    the same bytes were already there."""
-    if sha256 and target.is_file() and not target.is_symlink():
-        st = target.stat()
-        if st.st_size == source.stat().st_size and sha256_file(target) == sha256:
-            return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return True
-
-
-def _write_manifest(path: Path, entries: list[dict[str, Any]]) -> None:
-    existing: list[dict[str, Any]] = []
-    if path.is_file():
-        try:
-            existing = [
-                e.raw_model_info for e in parse_manifest(path.read_bytes(), source=str(path))
-            ]
-        except ManifestError as exc:
-            log.warning("replacing the unreadable mirror manifest %s: %s", path, exc)
-    new_paths = {e["model_path"] for e in entries}
-    merged = [e for e in existing if e.get("model_path") not in new_paths] + entries
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _mirror_files(
-    repo_dir: Path, result: PrefetchResult, entries: list[ModelInfo]
-) -> tuple[list[Path], int, list[dict[str, Any]]]:
-    written: list[Path] = []
-    nbytes = 0
-    by_name = {(i.model, i.opset, i.kind): i for i in result.items}
-    manifest: list[dict[str, Any]] = []
-    for info in entries:
-        model_item = by_name.get((info.model, info.opset, "model"))
-        if model_item is None or model_item.path is None:
-            continue
-        raw = json.loads(json.dumps(info.raw_model_info))
-        data_item = by_name.get((info.model, info.opset, "test_data"))
-        pairs = [(model_item.path, info.model_path, model_item.sha256)]
-        if data_item is not None and data_item.path is not None and info.model_with_data_path:
-            pairs.append((data_item.path, info.model_with_data_path, data_item.sha256))
-        else:
-            for key in ("model_with_data_path", "model_with_data_sha", "model_with_data_bytes"):
-                raw.get("metadata", {}).pop(key, None)
-        for source, rel, sha in pairs:
-            target = repo_dir.joinpath(*rel.split("/"))
-            try:
-                if _publish_copy(source, target, sha):
-                    nbytes += source.stat().st_size
-            except OSError as exc:
-                raise translate_oserror(exc, f"writing {target}") from exc
-            written.append(target)
-        manifest.append(raw)
-    return written, nbytes, manifest
-
-
-async def write_mirror(
-    hub: AsyncHub, out_dir: Path, *, repo: str = DEFAULT_REPO, **selection: Any
-) -> MirrorReport:
-    """Prefetch ``selection`` (as :func:`~asynchub._hub.prefetch.prefetch`; archives are kept
-    packed) and write it in the mirror layout under ``out_dir`` (see the module docstring)."""
-    from .._hub.prefetch import prefetch, select_entries
-
-    spec = RepoSpec.parse(repo)
-    selection["extract"] = False
-    result = await prefetch(hub, repo=repo, **selection)
-    entries = select_entries(
-        await hub.manifest(repo),
-        tags=selection.get("tags"),
-        models=selection.get("models"),
-        all=bool(selection.get("all")),
-        all_opsets=bool(selection.get("all_opsets")),
-    )
-    repo_dir = Path(out_dir).joinpath(spec.owner, spec.name, *spec.ref.split("/"))
-    files, nbytes, manifest = await hub.run_blocking(_mirror_files, repo_dir, result, entries)
-    manifest_path = repo_dir / MANIFEST_NAME
-    try:
-        await hub.run_blocking(_write_manifest, manifest_path, manifest)
-    except OSError as exc:
-        raise translate_oserror(exc, f"writing {manifest_path}") from exc
-    return MirrorReport(
-        out_dir=Path(out_dir),
-        repo_dir=repo_dir,
-        manifest=manifest_path,
-        files=tuple(files),
-        entries=len(manifest),
-        prefetch=result,
-        bytes_written=nbytes,
-    )

@@ -67,7 +67,7 @@ import tarfile
 import tempfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 import filelock
@@ -78,7 +78,13 @@ from .layout import fsync_dir, make_lock, translate_oserror
 if sys.platform != "win32":
     import fcntl
 
-__all__ = ["COMPLETE_MARKER", "ExtractLimits", "extract_archive", "find_model_dir"]
+__all__ = [
+    "COMPLETE_MARKER",
+    "ExtractLimits",
+    "extract_archive",
+    "extract_test_data",
+    "find_model_dir",
+]
 
 log = logging.getLogger("asynchub")
 
@@ -567,3 +573,20 @@ def find_model_dir(extracted: Path) -> Path:
         f"{extracted} holds no .onnx model; the archive is unsafe or broken"
         " (delete it and download it again)"
     )
+
+
+def _strip_archive_suffix(name: str) -> str:
+    for suffix in (".tar.gz", ".tgz", ".tar"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return PurePosixPath(name).stem
+
+
+def extract_test_data(archive: Path, force: bool = False) -> Path:
+    """Extract a verified test-data archive next to itself (``<sha>_<name>`` without the
+    archive suffix; again when ``force``) and return the folder holding ``model.onnx`` and
+    ``test_data_set_*``. Blocking."""
+    target = archive.with_name(_strip_archive_suffix(archive.name))
+    if force and target.exists():
+        shutil.rmtree(target, ignore_errors=True)
+    return find_model_dir(extract_archive(archive, target))

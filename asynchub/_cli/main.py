@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .._config import HubConfig, parse_size
 from .._exceptions import HubError
-from .._hub.prefetch import human_bytes
+from .._onnx.prefetch import human_bytes
 from .._onnx.urls import DEFAULT_REPO
 from .._progress.bars import ProgressBars, bars_enabled
 from .support import (
@@ -187,7 +187,7 @@ async def cmd_prefetch(args: argparse.Namespace, config: HubConfig) -> int:
 
 
 async def cmd_mirror(args: argparse.Namespace, config: HubConfig) -> int:
-    from .._cache.admin import write_mirror
+    from .._onnx.mirror import write_mirror
 
     async with _Session(args, config) as hub:
         report = await write_mirror(hub, Path(args.out_dir), repo=_repo(args), **_selection(args))
@@ -220,13 +220,15 @@ async def cmd_mirror(args: argparse.Namespace, config: HubConfig) -> int:
 
 async def cmd_cache(args: argparse.Namespace, config: HubConfig) -> int:
     from .._cache import admin as admin
+    from .._hub.registry import all_sources
 
     root = config.cache_dir
+    owners = all_sources()
     if args.cache_command == "path":
         _out(str(root))
         return EXIT_OK
     if args.cache_command == "ls":
-        files = await anyio.to_thread.run_sync(admin.list_cache, root)
+        files = await anyio.to_thread.run_sync(admin.list_cache, root, owners)
         if args.json:
             _json(
                 [
@@ -253,7 +255,7 @@ async def cmd_cache(args: argparse.Namespace, config: HubConfig) -> int:
         return EXIT_OK
     if args.cache_command == "verify":
         report = await anyio.to_thread.run_sync(
-            lambda: admin.verify_cache(root, delete=args.delete)
+            lambda: admin.verify_cache(root, owners, delete=args.delete)
         )
         if args.json:
             _json(
@@ -272,7 +274,9 @@ async def cmd_cache(args: argparse.Namespace, config: HubConfig) -> int:
                 f"{len(report.bad)} bad"
             )
         return EXIT_INTEGRITY if report.bad else EXIT_OK
-    pruned = await anyio.to_thread.run_sync(lambda: admin.prune_cache(root, dry_run=args.dry_run))
+    pruned = await anyio.to_thread.run_sync(
+        lambda: admin.prune_cache(root, owners, dry_run=args.dry_run)
+    )
     if args.json:
         _json(
             {

@@ -43,10 +43,10 @@ from .._exceptions import (
     TransferError,
     UntrustedRepoError,
 )
-from .._hub.prefetch import PrefetchResult, human_bytes
+from .._hub.registry import all_sources
 from .._onnx.manifest import ModelInfo
+from .._onnx.prefetch import PrefetchResult, human_bytes
 from .._onnx.urls import DEFAULT_REPO
-from ..mindspore import _cli as mindspore_cli
 
 __all__ = [
     "EXIT_CODES",
@@ -341,5 +341,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "(no network needed; --cache-dir should be a scratch directory)",
     )
     _transfer_options(p)
-    mindspore_cli.add_parser(sub)
+    for source in all_sources():
+        if source.add_cli is not None:
+            source.add_cli(sub)
     return parser

@@ -13,42 +13,32 @@ import contextvars
 import functools
 import logging
 import os
-import shutil
 import time
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 import anyio
 import onnx
 
-from .._cache.archive import extract_archive, find_model_dir
-from .._cache.layout import cache_path
+from .._cache.archive import extract_test_data
 from .._config import HubConfig
 from .._engine.engine import Engine, FileJob
-from .._exceptions import (
-    HTTPStatusError,
-    HubClosedError,
-    IntegrityError,
-    ManifestNotFoundError,
-    OfflineError,
-    TransferError,
-)
-from .._onnx import trust as _trust
-from .._onnx.manifest import ModelInfo, filter_models, parse_manifest, select
+from .._exceptions import HubClosedError, HubError
+from .._onnx.manifest import ModelInfo
 from .._onnx.parse import load_model
-from .._onnx.urls import DEFAULT_REPO, RepoSpec, file_urls, is_commit_ref, manifest_url
-from .._onnx.warm import ManifestMemo, cached_entry, manifest_cache_file
+from .._onnx.urls import DEFAULT_REPO, RepoSpec
 from .._progress.events import ProgressCallback
 from .._transport.aiohttp_transport import AiohttpTransport
 from .._transport.base import Transport
 from .documents import fetch_document
+from .registry import get_source
+from .source import Source
 
 if TYPE_CHECKING:
-    from .prefetch import PrefetchResult
+    from .._onnx.prefetch import PrefetchResult
+    from .._onnx.source import OnnxSource
 
 __all__ = ["AsyncHub", "get_default_async_hub", "reset_default_async_hub"]
 
@@ -67,14 +57,6 @@ T = TypeVar("T")
 _inside: contextvars.ContextVar[AsyncHub | None] = contextvars.ContextVar(
     "asynchub_inside", default=None
 )
-
-
-@dataclass
-class _Flight:
-    """A manifest fetch in flight, shared by every coroutine that asks for it meanwhile."""
-
-    done: anyio.Event = field(default_factory=anyio.Event)
-    error: BaseException | None = None
 
 
 def _operation(
@@ -128,15 +110,11 @@ class AsyncHub:
             transport if transport is not None else AiohttpTransport(self.config)
         )
         self.engine = self._make_engine()
-        self._manifests: dict[tuple[str, str], list[ModelInfo]] = {}
-        self._warm_memo = ManifestMemo()
+        self._sources: dict[str, Source] = {}
         self._blocking = anyio.CapacityLimiter(BLOCKING_THREADS)
         self._closed = False
         self._ops: dict[anyio.CancelScope, asyncio.AbstractEventLoop] = {}
         self._idle: anyio.Event | None = None
-        self._flights: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[tuple[str, str], _Flight]
-        ] = weakref.WeakKeyDictionary()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> AsyncHub:
@@ -258,62 +236,43 @@ class AsyncHub:
             sleep=self.sleep,
         )
 
-    def manifest_cache_file(self, spec: RepoSpec) -> Path:
-        return manifest_cache_file(self.config, spec)
+    async def fetch_files(
+        self, jobs: Sequence[FileJob], *, force: bool = False
+    ) -> list[Path | HubError]:
+        """Fetch files through the hub's engine (one budget, one in-flight table); per job its
+        verified path or the :class:`HubError` it failed with."""
+        return await self.engine.fetch_many(jobs, force=force)
+
+    # -- sources ---------------------------------------------------------------------------
+    def source(self, name: str) -> Source:
+        """The registered source ``name`` opened on this hub (once; see :mod:`.source`)."""
+        opened = self._sources.get(name)
+        if opened is None:
+            opened = self._sources[name] = get_source(name).open(self)
+        return opened
+
+    @property
+    def onnx_source(self) -> OnnxSource:
+        """The "onnx" source of this hub (the ONNX Model Hub: manifests, entries, jobs)."""
+        return cast("OnnxSource", self.source("onnx"))
 
     @_operation
+    async def fetch(self, source: str, selection: str, *, force: bool = False) -> list[Path]:
+        """The verified files of ``selection`` in the registered ``source`` (see
+        :mod:`.source`), fetched through this hub's engine; the first error is raised."""
+        jobs = await self.source(source).resolve(selection, force=force)
+        paths: list[Path] = []
+        for result in await self.fetch_files(jobs, force=force):
+            if isinstance(result, HubError):
+                raise result
+            paths.append(result)
+        return paths
+
+    # -- the ONNX Model Hub (onnx.hub's API, a façade over the "onnx" source) ---------------
+    @_operation
     async def manifest(self, repo: str = DEFAULT_REPO) -> list[ModelInfo]:
-        """The parsed manifest of ``repo`` (fetched once per hub, then revalidated on disk).
-
-        Concurrent calls share one fetch: a burst of ``aload`` calls on a fresh hub asks the
-        server for the manifest once, and they all get its result or its error.
-        """
-        spec = RepoSpec.parse(repo)
-        url = manifest_url(self.config, spec)
-        key = (str(spec), url)
-        flights = self._flights.setdefault(asyncio.get_running_loop(), {})
-        while True:
-            cached = self._manifests.get(key)
-            if cached is not None:
-                return list(cached)
-            flight = flights.get(key)
-            if flight is None:
-                break
-            await flight.done.wait()
-            if flight.error is not None:
-                raise flight.error
-            # the fetching call was cancelled (or succeeded): look again
-        flight = flights[key] = _Flight()
-        try:
-            entries = await self._fetch_manifest(spec, url)
-            self._manifests[key] = entries
-            return list(entries)
-        except Exception as exc:
-            flight.error = exc
-            raise
-        finally:
-            del flights[key]
-            flight.done.set()
-
-    async def _fetch_manifest(self, spec: RepoSpec, url: str) -> list[ModelInfo]:
-        try:
-            data = await self.fetch_document(
-                url,
-                self.manifest_cache_file(spec),
-                what=f"manifest of {spec}",
-                immutable=is_commit_ref(spec.ref),
-            )
-        except OfflineError as exc:
-            raise ManifestNotFoundError(f"Manifest not found for {spec}: {exc}") from exc
-        except (HTTPStatusError, TransferError) as exc:
-            raise ManifestNotFoundError(
-                f"Manifest not found at {url} ({exc}). Check the repo name and ref, or set "
-                "ASYNCHUB_MANIFEST_URL to a mirror that serves it"
-            ) from exc
-        entries: list[ModelInfo] = await self.run_blocking(
-            functools.partial(parse_manifest, data, source=url)
-        )
-        return entries
+        """The parsed manifest of ``repo`` (fetched once per hub, then revalidated on disk)."""
+        return await self.onnx_source.manifest(RepoSpec.parse(repo))
 
     @_operation
     async def list_models(
@@ -324,38 +283,14 @@ class AsyncHub:
     ) -> list[ModelInfo]:
         """Entries of ``repo``'s manifest matching ``model`` (exact, any case) and ANY of
         ``tags`` (any case); ``tags=[]`` matches nothing."""
-        return filter_models(await self.manifest(repo), model=model, tags=tags)
+        return await self.onnx_source.list_models(RepoSpec.parse(repo), model, tags)
 
     @_operation
     async def get_model_info(
         self, model: str, repo: str = DEFAULT_REPO, opset: int | None = None
     ) -> ModelInfo:
         """The entry for ``model``: the given ``opset``, else the largest one."""
-        return select(await self.manifest(repo), model, opset)
-
-    # -- files -----------------------------------------------------------------------------
-    def file_job(self, spec: RepoSpec, path: str, sha: str | None, size: int | None) -> FileJob:
-        """The engine job for a manifest file (refusing entries without a SHA-256)."""
-        if not sha:
-            raise IntegrityError(
-                f"the manifest of {spec} gives no SHA-256 for {path}; asynchub only caches "
-                "verified files (ask the repo to add model_sha)"
-            )
-        return FileJob(
-            name=path,
-            urls=tuple(file_urls(self.config, spec, path)),
-            sha256=sha.lower(),
-            size=size,
-            dest=cache_path(self.config.cache_dir, path, sha.lower()),
-        )
-
-    def model_job(self, info: ModelInfo, repo: str) -> FileJob:
-        return self.file_job(
-            RepoSpec.parse(repo), info.model_path, info.model_sha, info.model_bytes
-        )
-
-    async def check_trust(self, repo: str, *, silent: bool, trust_repo: bool) -> None:
-        await _trust.check(RepoSpec.parse(repo), self.config, silent=silent, trust_repo=trust_repo)
+        return await self.onnx_source.get_model_info(RepoSpec.parse(repo), model, opset)
 
     @_operation
     async def download(
@@ -369,36 +304,10 @@ class AsyncHub:
         trust_repo: bool = False,
     ) -> Path:
         """Fetch the model file into the cache (verified) and return its path; no parsing."""
-        info = await self._resolve(model, repo, opset, force_reload, test_data=False)
-        await self.check_trust(repo, silent=silent, trust_repo=trust_repo)
-        return await self.engine.fetch(self.model_job(info, repo), force=force_reload)
-
-    async def _resolve(
-        self, model: str, repo: str, opset: int | None, force_reload: bool, *, test_data: bool
-    ) -> ModelInfo:
-        """The manifest entry to fetch.
-
-        Warm path: when the manifest cached on disk names a file that is already in the cache,
-        that entry is used without asking the server, so a warm ``load`` makes no request at all
-        (the file itself is still SHA-verified). Whenever a download is needed — or with
-        ``force_reload`` — the manifest is revalidated first, as :meth:`manifest` does.
-        """
-        if not force_reload:
-            info: ModelInfo | None = await self.run_blocking(
-                self._warm_info, model, repo, opset, test_data
-            )
-            if info is not None:
-                return info
-        return await self.get_model_info(model, repo, opset)
-
-    def _warm_info(
-        self, model: str, repo: str, opset: int | None, test_data: bool
-    ) -> ModelInfo | None:
-        spec = RepoSpec.parse(repo)
-        entries = self._manifests.get((str(spec), manifest_url(self.config, spec)))
-        return cached_entry(
-            self.config, self._warm_memo, model, repo, opset, test_data=test_data, entries=entries
-        )
+        onnx_source, spec = self.onnx_source, RepoSpec.parse(repo)
+        info = await onnx_source.entry(spec, model, opset, force_reload, test_data=False)
+        await onnx_source.check_trust(spec, silent=silent, trust_repo=trust_repo)
+        return await self.engine.fetch(onnx_source.model_job(info, spec), force=force_reload)
 
     @_operation
     async def load(
@@ -429,22 +338,12 @@ class AsyncHub:
     ) -> str:
         """Fetch the model's test-data archive, extract it safely next to it, and return the
         directory holding ``model.onnx`` and ``test_data_set_*``."""
-        info = await self._resolve(model, repo, opset, force_reload, test_data=True)
-        if not info.model_with_data_path or not info.model_with_data_sha:
-            raise ManifestNotFoundError(
-                f"{info.model} (opset {info.opset}) has no test data in the manifest "
-                "(model_with_data_path); use load() or download() for the model alone"
-            )
-        await self.check_trust(repo, silent=silent, trust_repo=trust_repo)
-        job = self.file_job(
-            RepoSpec.parse(repo),
-            info.model_with_data_path,
-            info.model_with_data_sha,
-            info.model_with_data_bytes,
-        )
+        onnx_source, spec = self.onnx_source, RepoSpec.parse(repo)
+        info = await onnx_source.entry(spec, model, opset, force_reload, test_data=True)
+        job = onnx_source.test_data_job(info, spec)
+        await onnx_source.check_trust(spec, silent=silent, trust_repo=trust_repo)
         archive = await self.engine.fetch(job, force=force_reload)
-        target = archive.with_name(_strip_archive_suffix(archive.name))
-        extracted: Path = await self.run_blocking(_extract, archive, target, force_reload)
+        extracted: Path = await self.run_blocking(extract_test_data, archive, force_reload)
         return str(extracted)
 
     @_operation
@@ -485,7 +384,7 @@ class AsyncHub:
     @_operation
     async def prefetch(self, /, **selection: Any) -> PrefetchResult:
         """Fetch a selection of models under one connection budget (see :mod:`._prefetch`)."""
-        from .prefetch import prefetch
+        from .._onnx.prefetch import prefetch
 
         return await prefetch(self, **selection)
 
@@ -494,19 +393,6 @@ def _load_model(path: Path) -> onnx.ModelProto:
     # onnx.load, but releasing the GIL between tensors (see _parse: one long GIL hold froze
     # the event loop for ~0.4 ms per MB even from a worker thread)
     return load_model(path)
-
-
-def _strip_archive_suffix(name: str) -> str:
-    for suffix in (".tar.gz", ".tgz", ".tar"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return PurePosixPath(name).stem
-
-
-def _extract(archive: Path, target: Path, force: bool) -> Path:
-    if force and target.exists():
-        shutil.rmtree(target, ignore_errors=True)
-    return find_model_dir(extract_archive(archive, target))
 
 
 _default: AsyncHub | None = None

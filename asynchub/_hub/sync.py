@@ -41,8 +41,8 @@ from .._progress.events import ProgressCallback
 if TYPE_CHECKING:
     import asyncio
 
+    from .._onnx.prefetch import PrefetchResult
     from .client import AsyncHub
-    from .prefetch import PrefetchResult
 
 __all__ = ["Hub", "get_default_hub", "reset_default_hub", "run"]
 
@@ -191,9 +191,10 @@ class Hub:
         if force_reload or self._progress is not None:
             return None
         config = self.config
-        if not (trust_repo or is_trusted(RepoSpec.parse(repo), config)):
+        spec = RepoSpec.parse(repo)
+        if not (trust_repo or is_trusted(spec, config)):
             return None
-        info = cached_entry(config, self._memo, model, repo, opset)
+        info = cached_entry(config, self._memo, model, spec, opset)
         if info is None or not info.model_sha:
             return None
         dest = cache_path(config.cache_dir, info.model_path, info.model_sha.lower())

@@ -72,7 +72,7 @@ def cached_entry(
     config: HubConfig,
     memo: ManifestMemo,
     model: str,
-    repo: str,
+    spec: RepoSpec,
     opset: int | None,
     *,
     test_data: bool = False,
@@ -85,7 +85,7 @@ def cached_entry(
     cached on disk is used.
     """
     if entries is None:
-        entries = memo.entries(manifest_cache_file(config, RepoSpec.parse(repo)))
+        entries = memo.entries(manifest_cache_file(config, spec))
         if entries is None:
             return None
     try:

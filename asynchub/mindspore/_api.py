@@ -102,7 +102,7 @@ async def _download_card(
             f"{sorted({a.file_format for a in card.assets}) or 'none'}); nothing to download"
         )
     jobs = [asset_job(hub.config.cache_dir, card, asset) for asset in assets]
-    results = await hub.engine.fetch_many(jobs, force=force_reload)
+    results = await hub.fetch_files(jobs, force=force_reload)
     paths: list[Path] = []
     for result in results:
         if isinstance(result, BaseException):

@@ -21,7 +21,6 @@ from typing import Any
 
 from .._config import HubConfig
 from .._exceptions import HubError
-from ._api import download_weights, info, list_models, prefetch
 from ._card import AssetCard
 
 __all__ = ["add_parser", "main"]
@@ -36,6 +35,13 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--module-type", help="e.g. cv (also matches cv-classification)")
     parser.add_argument("--dataset", help="training dataset, e.g. imagenet2012 (any case)")
     parser.add_argument("--text", help="substring of the uid, name, backbone or summary")
+
+
+def _api() -> Any:
+    """The MindSpore API module, imported when a command runs (``--help`` stays cheap)."""
+    from . import _api as api
+
+    return api
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -99,7 +105,7 @@ def _run(args: argparse.Namespace, body: Any) -> int:
             result: int = body(hub)
             return result
     except HubError as exc:
-        from .._cli.main import exit_code_for
+        from .._cli.support import exit_code_for
 
         print(f"asynchub: error: {exc}", file=sys.stderr)
         return exit_code_for(exc)
@@ -107,7 +113,7 @@ def _run(args: argparse.Namespace, body: Any) -> int:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     def body(hub: Any) -> int:
-        card = info(args.uid, hub=hub)
+        card = _api().info(args.uid, hub=hub)
         if args.json:
             _print_json(card.to_dict())
             return 0
@@ -133,7 +139,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _cmd_download(args: argparse.Namespace) -> int:
     def body(hub: Any) -> int:
-        paths = download_weights(args.uid, args.force_reload, file_format=args.file_format, hub=hub)
+        paths = _api().download_weights(
+            args.uid, args.force_reload, file_format=args.file_format, hub=hub
+        )
         if args.json:
             _print_json({"uid": args.uid, "files": [str(p) for p in paths]})
         else:
@@ -145,7 +153,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _select(args: argparse.Namespace, hub: Any) -> list[AssetCard]:
-    return list_models(
+    cards: list[AssetCard] = _api().list_models(
         args.uids or None,
         cards_dir=args.cards_dir,
         version=args.version,
@@ -154,6 +162,7 @@ def _select(args: argparse.Namespace, hub: Any) -> list[AssetCard]:
         text=args.text,
         hub=hub,
     )
+    return cards
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -179,7 +188,7 @@ def _cmd_prefetch(args: argparse.Namespace) -> int:
         selection: list[Any] = args.uids if all(f is None for f in filters) else []
         if not selection:
             selection = list(_select(args, hub))
-        result = prefetch(
+        result = _api().prefetch(
             selection, force_reload=args.force_reload, file_format=args.file_format, hub=hub
         )
         if args.json:

@@ -15,19 +15,32 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._cache.layout import cache_path, ensure_dir
 from .._engine.engine import FileJob
-from .._exceptions import ConfigError, HTTPStatusError, IntegrityError, ModelNotFoundError
-from .._hub.client import AsyncHub
+from .._exceptions import (
+    ConfigError,
+    HTTPStatusError,
+    HubError,
+    IntegrityError,
+    ModelNotFoundError,
+)
 from ._card import Asset, AssetCard, normalize_uid, parse_card
+
+if TYPE_CHECKING:
+    from .._cache.admin import FileRef
+    from .._hub.source import SourceHost
 
 __all__ = [
     "asset_job",
+    "cached_references",
+    "card_jobs",
     "card_cache_file",
     "card_url",
     "fetch_card",
@@ -38,9 +51,10 @@ __all__ = [
 CARDS_FOLDER = "_cards"
 ROOT_FOLDER = "mindspore"
 #: Cards of one hub, parsed once per (uid, URL) and kept while the hub lives.
-_memo: weakref.WeakKeyDictionary[AsyncHub, dict[tuple[str, str], AssetCard]] = (
+_memo: weakref.WeakKeyDictionary[SourceHost, dict[tuple[str, str], AssetCard]] = (
     weakref.WeakKeyDictionary()
 )
+log = logging.getLogger("asynchub")
 
 
 def card_url(template: str, uid: str) -> str:
@@ -58,7 +72,7 @@ def card_cache_file(cache_dir: Path, uid: str) -> Path:
     return cache_dir.joinpath(ROOT_FOLDER, CARDS_FOLDER, *f"{uid}.md".split("/"))
 
 
-async def fetch_card(hub: AsyncHub, uid: str, *, refresh: bool = False) -> AssetCard:
+async def fetch_card(hub: SourceHost, uid: str, *, refresh: bool = False) -> AssetCard:
     """The parsed card of ``uid`` (a uid or card URL) through ``hub``'s document cache.
 
     A card the server does not have (404/410) raises :class:`~asynchub.ModelNotFoundError`;
@@ -136,3 +150,32 @@ def load_local_cards(cards_dir: Path) -> list[AssetCard]:
     """Parse every card of a checkout (blocking; run it in a worker thread). A card that
     fails validation raises :class:`~asynchub.ManifestError` naming it."""
     return [parse_card(path.read_bytes(), uid) for uid, path in find_card_files(cards_dir)]
+
+
+async def card_jobs(host: SourceHost, uid: str, *, refresh: bool = False) -> list[FileJob]:
+    """The engine jobs of every asset of ``uid``'s card (refused as a whole when an asset has
+    no full SHA-256: nothing of a card is fetched half-verified)."""
+    card = await fetch_card(host, uid, refresh=refresh)
+    return [asset_job(host.config.cache_dir, card, asset) for asset in card.assets]
+
+
+def cached_references(root: Path) -> dict[Path, FileRef] | None:
+    """The asset paths named by the cards cached under ``<root>/mindspore/_cards`` (blocking);
+    ``None`` when no card is cached (then prune keeps every asset)."""
+    from .._cache.admin import FileRef
+
+    cards = root / ROOT_FOLDER / CARDS_FOLDER
+    if not cards.is_dir():
+        return None
+    refs: dict[Path, FileRef] = {}
+    for path in sorted(cards.rglob("*.md")):
+        uid = path.relative_to(cards).with_suffix("").as_posix()
+        try:
+            card = parse_card(path.read_bytes(), uid)
+        except (OSError, HubError) as exc:
+            log.warning("skipping the unreadable cached card %s: %s", path, exc)
+            continue
+        for asset in card.assets:
+            if asset.sha256 is not None:
+                refs[asset_job(root, card, asset).dest] = FileRef(card.uid, None, "asset")
+    return refs or None

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 
+from .._cache.archive import extract_test_data
 from .._cache.layout import commit, ensure_dir, new_partial_path, partials_for, remove_quietly
 from .._engine.engine import Engine, FileJob
 from .._exceptions import (
@@ -63,12 +64,12 @@ from .._exceptions import (
     ModelNotFoundError,
     OfflineError,
 )
-from .._onnx.manifest import ModelInfo, filter_models
-from .._onnx.urls import DEFAULT_REPO
 from .._progress.events import ProgressEvent
+from .manifest import ModelInfo, filter_models
+from .urls import DEFAULT_REPO, RepoSpec
 
 if TYPE_CHECKING:
-    from .client import AsyncHub
+    from .._hub.client import AsyncHub
 
 __all__ = ["PrefetchItem", "PrefetchResult", "human_bytes", "prefetch", "select_entries"]
 
@@ -365,7 +366,7 @@ async def prefetch(
     entries = select_entries(
         await hub.manifest(repo), tags=tags, models=models, all=all, all_opsets=all_opsets
     )
-    await hub.check_trust(repo, silent=silent, trust_repo=trust_repo)
+    await hub.onnx_source.check_trust(RepoSpec.parse(repo), silent=silent, trust_repo=trust_repo)
     wants, notes = _wants(hub, entries, repo, with_test_data)
     groups = _group(wants)
     await hub.run_blocking(_inspect, groups, force_reload)
@@ -445,8 +446,6 @@ async def prefetch(
 def _wants(
     hub: AsyncHub, entries: list[ModelInfo], repo: str, with_test_data: bool
 ) -> tuple[list[_Want], list[str]]:
-    from .._onnx.urls import RepoSpec
-
     spec = RepoSpec.parse(repo)
     wants: list[_Want] = []
     without_data: list[str] = []
@@ -469,7 +468,7 @@ def _wants(
         for kind, path, sha, size in files:
             want = _Want(info, kind, path, sha.lower() if sha else None, size)
             try:
-                want.job = hub.file_job(spec, path, sha, size)
+                want.job = hub.onnx_source.file_job(spec, path, sha, size)
             except HubError as exc:
                 want.error = exc
             wants.append(want)
@@ -556,11 +555,9 @@ async def _finish_item(
         return None
     if want.kind != "test_data" or not extract:
         return dest
-    from .client import _extract, _strip_archive_suffix
 
-    target = dest.with_name(_strip_archive_suffix(dest.name))
     try:
-        extracted: Path = await hub.run_blocking(_extract, dest, target, force)
+        extracted: Path = await hub.run_blocking(extract_test_data, dest, force)
     except Exception as exc:
         _log_failure(want.name, exc)
         results[id(want)] = ("failed", None, exc)

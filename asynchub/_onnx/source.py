@@ -1,0 +1,205 @@
+"""The ONNX Model Hub source: manifests of repos, their entries, and the files they name.
+
+One :class:`OnnxSource` per hub (``hub.source("onnx")``) keeps the manifests it parsed and
+shares a manifest fetch in flight between the coroutines that ask for it. It resolves a model
+selection to a :class:`~asynchub._engine.engine.FileJob` (mirror URLs from the config's
+templates, expected size and SHA-256 from the manifest, the onnx.hub cache path).
+
+The cold walk of ``load``/``download`` is done once: the repo string is parsed once into a
+:class:`RepoSpec`, the warm path looks into the cache once (the manifest cached on disk names a
+file that is present: no request at all; the engine verifies the file when it serves it), the
+trust check runs once, and the engine's own presence check is the only other look at the
+file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+
+from .._cache.layout import cache_path
+from .._engine.engine import FileJob
+from .._exceptions import (
+    HTTPStatusError,
+    IntegrityError,
+    ManifestNotFoundError,
+    OfflineError,
+    TransferError,
+)
+from . import trust
+from .manifest import ModelInfo, filter_models, parse_manifest, select
+from .urls import DEFAULT_REPO, RepoSpec, file_urls, is_commit_ref, manifest_url
+from .warm import ManifestMemo, cached_entry, manifest_cache_file
+
+if TYPE_CHECKING:
+    from .._hub.source import SourceHost
+
+__all__ = ["OnnxSource"]
+
+
+@dataclass
+class _Flight:
+    """A manifest fetch in flight, shared by every coroutine that asks for it meanwhile."""
+
+    done: anyio.Event = field(default_factory=anyio.Event)
+    error: BaseException | None = None
+
+
+class OnnxSource:
+    """The ONNX Model Hub on one hub (see the module docstring)."""
+
+    def __init__(self, host: SourceHost) -> None:
+        self._host = host
+        self._manifests: dict[tuple[str, str], list[ModelInfo]] = {}
+        self._warm_memo = ManifestMemo()
+        self._flights: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[str, str], _Flight]
+        ] = weakref.WeakKeyDictionary()
+
+    # -- manifests -------------------------------------------------------------------------
+    async def manifest(self, spec: RepoSpec) -> list[ModelInfo]:
+        """The parsed manifest of ``spec`` (fetched once per hub, then revalidated on disk).
+
+        Concurrent calls share one fetch: a burst of ``aload`` calls on a fresh hub asks the
+        server for the manifest once, and they all get its result or its error.
+        """
+        url = manifest_url(self._host.config, spec)
+        key = (str(spec), url)
+        flights = self._flights.setdefault(asyncio.get_running_loop(), {})
+        while True:
+            cached = self._manifests.get(key)
+            if cached is not None:
+                return list(cached)
+            flight = flights.get(key)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            # the fetching call was cancelled (or succeeded): look again
+        flight = flights[key] = _Flight()
+        try:
+            entries = await self._fetch_manifest(spec, url)
+            self._manifests[key] = entries
+            return list(entries)
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            del flights[key]
+            flight.done.set()
+
+    async def _fetch_manifest(self, spec: RepoSpec, url: str) -> list[ModelInfo]:
+        host = self._host
+        try:
+            data = await host.fetch_document(
+                url,
+                manifest_cache_file(host.config, spec),
+                what=f"manifest of {spec}",
+                immutable=is_commit_ref(spec.ref),
+            )
+        except OfflineError as exc:
+            raise ManifestNotFoundError(f"Manifest not found for {spec}: {exc}") from exc
+        except (HTTPStatusError, TransferError) as exc:
+            raise ManifestNotFoundError(
+                f"Manifest not found at {url} ({exc}). Check the repo name and ref, or set "
+                "ASYNCHUB_MANIFEST_URL to a mirror that serves it"
+            ) from exc
+        entries: list[ModelInfo] = await host.run_blocking(
+            functools.partial(parse_manifest, data, source=url)
+        )
+        return entries
+
+    async def list_models(
+        self, spec: RepoSpec, model: str | None, tags: list[str] | None
+    ) -> list[ModelInfo]:
+        return filter_models(await self.manifest(spec), model=model, tags=tags)
+
+    async def get_model_info(self, spec: RepoSpec, model: str, opset: int | None) -> ModelInfo:
+        return select(await self.manifest(spec), model, opset)
+
+    # -- files -----------------------------------------------------------------------------
+    def file_job(self, spec: RepoSpec, path: str, sha: str | None, size: int | None) -> FileJob:
+        """The engine job for a manifest file (refusing entries without a SHA-256)."""
+        if not sha:
+            raise IntegrityError(
+                f"the manifest of {spec} gives no SHA-256 for {path}; asynchub only caches "
+                "verified files (ask the repo to add model_sha)"
+            )
+        config = self._host.config
+        return FileJob(
+            name=path,
+            urls=tuple(file_urls(config, spec, path)),
+            sha256=sha.lower(),
+            size=size,
+            dest=cache_path(config.cache_dir, path, sha.lower()),
+        )
+
+    def model_job(self, info: ModelInfo, spec: RepoSpec) -> FileJob:
+        return self.file_job(spec, info.model_path, info.model_sha, info.model_bytes)
+
+    def test_data_job(self, info: ModelInfo, spec: RepoSpec) -> FileJob:
+        if not info.model_with_data_path or not info.model_with_data_sha:
+            raise ManifestNotFoundError(
+                f"{info.model} (opset {info.opset}) has no test data in the manifest "
+                "(model_with_data_path); use load() or download() for the model alone"
+            )
+        return self.file_job(
+            spec, info.model_with_data_path, info.model_with_data_sha, info.model_with_data_bytes
+        )
+
+    async def check_trust(self, spec: RepoSpec, *, silent: bool, trust_repo: bool) -> None:
+        await trust.check(spec, self._host.config, silent=silent, trust_repo=trust_repo)
+
+    async def entry(
+        self,
+        spec: RepoSpec,
+        model: str,
+        opset: int | None,
+        force_reload: bool,
+        *,
+        test_data: bool,
+    ) -> ModelInfo:
+        """The manifest entry to fetch.
+
+        Warm path: when the manifest cached on disk names a file that is already in the cache,
+        that entry is used without asking the server, so a warm ``load`` makes no request at all
+        (the file itself is still SHA-verified). Whenever a download is needed — or with
+        ``force_reload`` — the manifest is revalidated first, as :meth:`manifest` does.
+        """
+        if not force_reload:
+            info: ModelInfo | None = await self._host.run_blocking(
+                self._warm_info, spec, model, opset, test_data
+            )
+            if info is not None:
+                return info
+        return await self.get_model_info(spec, model, opset)
+
+    def _warm_info(
+        self, spec: RepoSpec, model: str, opset: int | None, test_data: bool
+    ) -> ModelInfo | None:
+        config = self._host.config
+        entries = self._manifests.get((str(spec), manifest_url(config, spec)))
+        return cached_entry(
+            config, self._warm_memo, model, spec, opset, test_data=test_data, entries=entries
+        )
+
+    # -- the Source protocol ---------------------------------------------------------------
+    async def resolve(self, selection: str, *, force: bool = False) -> list[FileJob]:
+        """``"[owner/name[:ref]/]Model[@opset]"`` → the model file's job (default repo
+        ``onnx/models:main``; the largest opset when none is given)."""
+        repo, _, name = selection.rpartition("/") if selection.count("/") >= 2 else ("", "", "")
+        if not repo:
+            name = selection
+        model, _, opset_text = name.partition("@")
+        spec = RepoSpec.parse(repo or DEFAULT_REPO)
+        opset = int(opset_text) if opset_text.isascii() and opset_text.isdigit() else None
+        info = await self.entry(spec, model, opset, force, test_data=False)
+        return [self.model_job(info, spec)]
+
+
