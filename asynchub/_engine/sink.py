@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import hashlib
 import os
 import threading
@@ -203,7 +204,7 @@ class FileSink:
 
     def _disk_ranges(self) -> list[tuple[str, int, int]]:
         """The written ranges that now follow the handed-over prefix, for the hasher to read."""
-        out: list[tuple[int, int]] = []
+        out: list[tuple[str, int, int]] = []
         while self._pending_starts and self._pending_starts[0] <= self._handed:
             self._pending_starts.pop(0)
             end = self._pending_ends.pop(0)
@@ -257,12 +258,10 @@ class FileSink:
         *,
         hashed: bool = False,
     ) -> None:
-        try:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
             self._loop.call_soon_threadsafe(
                 self._finish, release, spans, self.hashed, failed, written, hashed
             )
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
 
     def _finish(
         self,

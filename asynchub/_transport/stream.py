@@ -47,8 +47,8 @@ from urllib.parse import urljoin, urlsplit
 
 import h11
 
-from ._config import HubConfig
-from ._exceptions import ProtocolError, StallError, TransferError
+from .._config import HubConfig
+from .._exceptions import ProtocolError, StallError, TransferError
 
 __all__ = ["BUFFERS", "Piece", "StreamResponse", "StreamTransport"]
 
@@ -577,7 +577,9 @@ class StreamTransport:
                 raise TransferError(f"connection to {url} failed: {exc!r}", url=url) from exc
             except StallError:
                 conn.close()
-                raise StallError(f"no answer from {url} within the stall timeout", url=url)
+                raise StallError(
+                    f"no answer from {url} within the stall timeout", url=url
+                ) from None
             except ProtocolError as exc:
                 conn.close()
                 raise ProtocolError(f"{url}: {exc}", url=url) from None
