@@ -165,7 +165,7 @@ class HubConfig:
     ca_bundle: Path | None = None
     #: Inter-process file locks (``filelock``). Correctness never depends on them.
     use_locks: bool = True
-    #: Resume state is written at least every this many bytes per connection.
+    #: Resume state is written at least every this many bytes per file (and every 0.25 s).
     state_interval: int = 4 * MiB
     mindspore_card_url: str = DEFAULT_MINDSPORE_CARD_URL
 

@@ -10,10 +10,11 @@ new range of its own, so a range is a chunk or a part of one.
 
 The plan is saved beside the partial file as JSON (``<partial>.json``), written to a temporary
 name and ``os.replace``-d, so a reader sees either the old or the new state, never half of one.
-It is saved every ``config.state_interval`` bytes per connection (4 MiB by default: at most a
-few MiB per connection are fetched twice after a SIGKILL, and at 1 GB/s that is a few hundred
-small writes per second at worst, coalesced so only one is in flight), whenever a chunk
-finishes, and in a shielded ``finally`` when a download stops for any reason. The state never
+It is saved every 0.25 s or every ``config.state_interval`` bytes of the file (4 MiB by
+default), whichever comes first (so a SIGKILL costs at most ~0.5 s of transfer whatever the
+connection count; see :mod:`asynchub._engine.ranged`; at most a few hundred small writes per
+second, coalesced so only one is in flight), whenever a chunk finishes, and in a shielded
+``finally`` when a download stops for any reason. The state never
 claims a byte before its ``pwrite`` returned. It is not fsync-ed: it only has to survive the
 process, not the machine (and a wrong claim is caught by the final SHA-256 anyway). Once a
 range was split, the state (version 2) also lists every range's bounds; each snapshot is taken

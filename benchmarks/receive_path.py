@@ -1,0 +1,248 @@
+"""The receive path alone: one file over N connections from nginx on loopback, asynchub's
+buffered receive path (``asynchub._stream`` + ``asynchub._sink``) against the aiohttp path.
+
+Each run is a fresh child process that fetches the file as 4 MiB ranges taken lowest offset first by N
+connections (keep-alive) and, per mode:
+
+* ``discard`` -- reads the body and drops it (what receiving alone costs);
+* ``write``   -- writes it with ``pwritev`` and hashes it (the stream path: in a batched writer
+  thread, hashing in-order bytes from memory; the aiohttp path: ``anyio.to_thread`` per 1 MiB
+  piece, hashing after the download from the file, as the engine did).
+
+Printed per run: wall (in-process), CPU seconds of the child, peak RSS; medians of ``--repeat``.
+
+    python benchmarks/receive_path.py --size-mib 1024 --connections 4,16 --repeat 3
+    python benchmarks/receive_path.py --rate 25000000 --connections 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+MIB = 1024 * 1024
+
+
+CHUNK = 4 * MIB
+
+
+def _ranges(size: int, n: int) -> list[tuple[int, int]]:
+    return [(s, min(size, s + CHUNK)) for s in range(0, size, CHUNK)]
+
+
+async def _workers(size: int, n: int, fetch: object) -> None:
+    """``n`` workers take 4 MiB ranges lowest offset first (as the engine's scheduler does)."""
+    todo = _ranges(size, n)
+    todo.reverse()
+
+    async def worker() -> None:
+        while todo:
+            start, end = todo.pop()
+            await fetch(start, end)  # type: ignore[operator]
+
+    await asyncio.gather(*(worker() for _ in range(n)))
+
+
+async def _child_stream(url: str, size: int, conns: int, mode: str, out: str) -> str:
+    from asynchub._config import HubConfig
+    from asynchub._sink import FileSink
+    from asynchub._stream import StreamTransport
+
+    transport = StreamTransport(HubConfig())
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o600)
+    os.posix_fallocate(fd, 0, size)  # as the engine does
+    sink = FileSink(fd, on_done=lambda spans, hashed: None) if mode == "write" else None
+
+    async def one(start: int, end: int) -> None:
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        async with transport.request(url, headers=headers) as response:
+            assert response.status == 206, response.status
+            offset = start
+            async for piece in response.iter_pieces():
+                n = len(piece.view)
+                if sink is None:
+                    piece.release()
+                else:
+                    sink.submit(offset, piece)
+                offset += n
+            assert offset == end
+
+    await _workers(size, conns, one)
+    digest = ""
+    if sink is not None:
+        await sink.drain()
+        digest = await sink.hashed_to(size)
+        sink.close()
+    await transport.aclose()
+    os.close(fd)
+    return digest
+
+
+async def _child_aiohttp(url: str, size: int, conns: int, mode: str, out: str) -> str:
+    import anyio.to_thread
+
+    from asynchub._config import HubConfig
+    from asynchub._download import pwrite_all
+    from asynchub._transport import Transport
+
+    transport = Transport(HubConfig())
+    fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o600)
+    os.posix_fallocate(fd, 0, size)  # as the engine does
+
+    async def one(start: int, end: int) -> None:
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        async with transport.request(url, headers=headers) as response:
+            assert response.status == 206, response.status
+            offset = start
+            buffers: list[bytes] = []
+            buffered = 0
+            async for data in response.iter_chunks(MIB):
+                if mode == "write":
+                    buffers.append(data)
+                    buffered += len(data)
+                    if buffered >= MIB:
+                        await anyio.to_thread.run_sync(pwrite_all, fd, buffers, offset)
+                        offset += buffered
+                        buffers, buffered = [], 0
+                else:
+                    offset += len(data)
+            if buffers:
+                await anyio.to_thread.run_sync(pwrite_all, fd, buffers, offset)
+                offset += buffered
+
+    await _workers(size, conns, one)
+    digest = ""
+    if mode == "write":
+
+        def hash_file() -> str:
+            h = hashlib.sha256()
+            buf = bytearray(4 * MIB)
+            view = memoryview(buf)
+            pos = 0
+            while pos < size:
+                got = os.preadv(fd, [view], pos)
+                h.update(view[:got])
+                pos += got
+            return h.hexdigest()
+
+        digest = await anyio.to_thread.run_sync(hash_file)
+    await transport.aclose()
+    os.close(fd)
+    return digest
+
+
+def child(args: argparse.Namespace) -> None:
+    runner = _child_stream if args.impl == "stream" else _child_aiohttp
+    import aiohttp  # noqa: F401  (imports are not timed: start-up is measured elsewhere)
+    import anyio.to_thread  # noqa: F401
+    import h11  # noqa: F401
+
+    import asynchub._download  # noqa: F401
+    import asynchub._sink  # noqa: F401
+    import asynchub._stream  # noqa: F401
+    import asynchub._transport  # noqa: F401
+
+    if os.environ.get("BENCH_SWITCH"):
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
+    t0 = time.perf_counter()
+    digest = asyncio.run(runner(args.url, args.size, args.connections, args.mode, args.out))
+    wall = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss_mb": usage.ru_maxrss / 1024,
+        "digest": digest,
+    }))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--connections", default="4,16,40")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=0, help="per-connection cap, bytes/s")
+    parser.add_argument("--modes", default="discard,write")
+    parser.add_argument("--impls", default="stream,aiohttp")
+    parser.add_argument("--py-spy", metavar="DIR", help="profile each child with py-spy into DIR")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.connections = int(args.connections)
+        child(args)
+        return
+
+    from _mirror import MirrorSet
+
+    work = HERE / "work" / "receive"
+    root = work / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    size = args.size_mib * MIB
+    blob = root / f"blob-{args.size_mib}.bin"
+    if not blob.exists() or blob.stat().st_size != size:
+        with open(blob, "wb") as handle:
+            for _ in range(args.size_mib):
+                handle.write(os.urandom(MIB))
+    expected = hashlib.file_digest(open(blob, "rb"), "sha256").hexdigest()
+    with MirrorSet(root, work / "mirror", rate_limit=args.rate or 25_000_000, latency=0) as ms:
+        endpoint = ms.capped if args.rate else ms.plain
+        url = endpoint.url_for(blob.name)
+        print(f"mirror: {ms.kind}; {url}; {args.size_mib} MiB; cap "
+              f"{args.rate / 1e6 if args.rate else 0:g} MB/s per connection")
+        print("| path | mode | connections | wall s (min-max) | CPU s | peak RSS MB |")
+        print("|---|---|---:|---|---:|---:|")
+        for conns in [int(c) for c in args.connections.split(",")]:
+            for mode in args.modes.split(","):
+                for impl in args.impls.split(","):
+                    runs = []
+                    for _ in range(args.repeat):
+                        with tempfile.TemporaryDirectory(dir=work) as tmp:
+                            out = os.path.join(tmp, "out.bin")
+                            os.sync()  # no dirty pages of the last run throttle this one
+                            spy: list[str] = []
+                            if args.py_spy:
+                                Path(args.py_spy).mkdir(parents=True, exist_ok=True)
+                                spy = ["py-spy", "record", "-r", "250", "-f", "raw",
+                                       "--threads", "-o",
+                                       f"{args.py_spy}/{impl}-{mode}-{conns}.txt", "--"]
+                            proc = subprocess.run(
+                                [*spy, sys.executable, __file__, "--child", "--impl", impl,
+                                 "--mode", mode, "--url", url, "--size", str(size),
+                                 "--connections", str(conns), "--out", out],
+                                capture_output=True, text=True, check=False)
+                        if proc.returncode:
+                            print(proc.stderr[-3000:])
+                            raise SystemExit(1)
+                        run = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+                        if mode == "write" and run["digest"] != expected:
+                            raise SystemExit(f"{impl}: wrong digest")
+                        runs.append(run)
+                    walls = [r["wall"] for r in runs]
+                    print(f"| {impl} | {mode} | {conns} | {statistics.median(walls):.2f} "
+                          f"({min(walls):.2f}-{max(walls):.2f}) | "
+                          f"{statistics.median(r['cpu'] for r in runs):.2f} | "
+                          f"{max(r['rss_mb'] for r in runs):.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
