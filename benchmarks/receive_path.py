@@ -1,8 +1,8 @@
 """The receive path alone: one file over N connections from nginx on loopback, asynchub's
 buffered receive path (``asynchub._stream`` + ``asynchub._sink``) against the aiohttp path.
 
-Each run is a fresh child process that fetches the file as 4 MiB ranges taken lowest offset first by N
-connections (keep-alive) and, per mode:
+Each run is a fresh child process that fetches the file as 4 MiB ranges taken lowest offset
+first by N connections (keep-alive) and, per mode:
 
 * ``discard`` -- reads the body and drops it (what receiving alone costs);
 * ``write``   -- writes it with ``pwritev`` and hashes it (the stream path: in a batched writer
@@ -59,9 +59,10 @@ async def _workers(size: int, n: int, fetch: object) -> None:
 
 
 async def _child_stream(url: str, size: int, conns: int, mode: str, out: str) -> str:
-    from asynchub._config import HubConfig
     from asynchub._sink import FileSink
     from asynchub._stream import StreamTransport
+
+    from asynchub._config import HubConfig
 
     transport = StreamTransport(HubConfig())
     fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o600)
@@ -95,9 +96,9 @@ async def _child_stream(url: str, size: int, conns: int, mode: str, out: str) ->
 
 async def _child_aiohttp(url: str, size: int, conns: int, mode: str, out: str) -> str:
     import anyio.to_thread
+    from asynchub._download import pwrite_all
 
     from asynchub._config import HubConfig
-    from asynchub._download import pwrite_all
     from asynchub._transport import Transport
 
     transport = Transport(HubConfig())
@@ -150,11 +151,11 @@ def child(args: argparse.Namespace) -> None:
     runner = _child_stream if args.impl == "stream" else _child_aiohttp
     import aiohttp  # noqa: F401  (imports are not timed: start-up is measured elsewhere)
     import anyio.to_thread  # noqa: F401
+    import asynchub._download
+    import asynchub._sink
+    import asynchub._stream
     import h11  # noqa: F401
 
-    import asynchub._download  # noqa: F401
-    import asynchub._sink  # noqa: F401
-    import asynchub._stream  # noqa: F401
     import asynchub._transport  # noqa: F401
 
     if os.environ.get("BENCH_SWITCH"):
@@ -163,12 +164,16 @@ def child(args: argparse.Namespace) -> None:
     digest = asyncio.run(runner(args.url, args.size, args.connections, args.mode, args.out))
     wall = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({
-        "wall": wall,
-        "cpu": usage.ru_utime + usage.ru_stime,
-        "rss_mb": usage.ru_maxrss / 1024,
-        "digest": digest,
-    }))
+    print(
+        json.dumps(
+            {
+                "wall": wall,
+                "cpu": usage.ru_utime + usage.ru_stime,
+                "rss_mb": usage.ru_maxrss / 1024,
+                "digest": digest,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -203,12 +208,15 @@ def main() -> None:
         with open(blob, "wb") as handle:
             for _ in range(args.size_mib):
                 handle.write(os.urandom(MIB))
-    expected = hashlib.file_digest(open(blob, "rb"), "sha256").hexdigest()
+    with open(blob, "rb") as handle:
+        expected = hashlib.file_digest(handle, "sha256").hexdigest()
     with MirrorSet(root, work / "mirror", rate_limit=args.rate or 25_000_000, latency=0) as ms:
         endpoint = ms.capped if args.rate else ms.plain
         url = endpoint.url_for(blob.name)
-        print(f"mirror: {ms.kind}; {url}; {args.size_mib} MiB; cap "
-              f"{args.rate / 1e6 if args.rate else 0:g} MB/s per connection")
+        print(
+            f"mirror: {ms.kind}; {url}; {args.size_mib} MiB; cap "
+            f"{args.rate / 1e6 if args.rate else 0:g} MB/s per connection"
+        )
         print("| path | mode | connections | wall s (min-max) | CPU s | peak RSS MB |")
         print("|---|---|---:|---|---:|---:|")
         for conns in [int(c) for c in args.connections.split(",")]:
@@ -222,26 +230,58 @@ def main() -> None:
                             spy: list[str] = []
                             if args.py_spy:
                                 Path(args.py_spy).mkdir(parents=True, exist_ok=True)
-                                spy = ["py-spy", "record", "-r", "250", "-f", "raw",
-                                       "--threads", "-o",
-                                       f"{args.py_spy}/{impl}-{mode}-{conns}.txt", "--"]
+                                spy = [
+                                    "py-spy",
+                                    "record",
+                                    "-r",
+                                    "250",
+                                    "-f",
+                                    "raw",
+                                    "--threads",
+                                    "-o",
+                                    f"{args.py_spy}/{impl}-{mode}-{conns}.txt",
+                                    "--",
+                                ]
                             proc = subprocess.run(
-                                [*spy, sys.executable, __file__, "--child", "--impl", impl,
-                                 "--mode", mode, "--url", url, "--size", str(size),
-                                 "--connections", str(conns), "--out", out],
-                                capture_output=True, text=True, check=False)
+                                [
+                                    *spy,
+                                    sys.executable,
+                                    __file__,
+                                    "--child",
+                                    "--impl",
+                                    impl,
+                                    "--mode",
+                                    mode,
+                                    "--url",
+                                    url,
+                                    "--size",
+                                    str(size),
+                                    "--connections",
+                                    str(conns),
+                                    "--out",
+                                    out,
+                                ],
+                                capture_output=True,
+                                text=True,
+                                check=False,
+                            )
                         if proc.returncode:
                             print(proc.stderr[-3000:])
                             raise SystemExit(1)
-                        run = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+                        run = json.loads(
+                            [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+                        )
                         if mode == "write" and run["digest"] != expected:
                             raise SystemExit(f"{impl}: wrong digest")
                         runs.append(run)
                     walls = [r["wall"] for r in runs]
-                    print(f"| {impl} | {mode} | {conns} | {statistics.median(walls):.2f} "
-                          f"({min(walls):.2f}-{max(walls):.2f}) | "
-                          f"{statistics.median(r['cpu'] for r in runs):.2f} | "
-                          f"{max(r['rss_mb'] for r in runs):.0f} |", flush=True)
+                    print(
+                        f"| {impl} | {mode} | {conns} | {statistics.median(walls):.2f} "
+                        f"({min(walls):.2f}-{max(walls):.2f}) | "
+                        f"{statistics.median(r['cpu'] for r in runs):.2f} | "
+                        f"{max(r['rss_mb'] for r in runs):.0f} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,11 @@ __all__ = [
     "remove_quietly",
     "sha256_file",
     "translate_oserror",
+    "MAX_SEGMENT_BYTES",
 ]
+
+#: Longest path segment accepted, in UTF-8 bytes (``NAME_MAX`` of common file systems).
+MAX_SEGMENT_BYTES = 255
 
 log = logging.getLogger("asynchub")
 

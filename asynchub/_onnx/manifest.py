@@ -41,6 +41,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from .._cache.layout import MAX_SEGMENT_BYTES
 from .._exceptions import ConfigError, ManifestError, ModelNotFoundError, OpsetNotFoundError
 
 __all__ = [
@@ -64,8 +65,6 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_DEPTH = 32
 #: Longest path accepted, in characters (Linux ``PATH_MAX``).
 MAX_PATH_CHARS = 4096
-#: Longest path segment accepted, in UTF-8 bytes (``NAME_MAX`` of common file systems).
-MAX_SEGMENT_BYTES = 255
 #: Largest file size accepted: 1 PiB, far above any model, well inside a float's exact range.
 MAX_SIZE = 2**50
 #: Largest opset accepted (``OperatorSetIdProto.version`` is an int64).

@@ -54,8 +54,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from .._cache.layout import MAX_SEGMENT_BYTES
 from .._exceptions import ConfigError, ManifestError
-from .._onnx.manifest import MAX_SEGMENT_BYTES
 
 __all__ = [
     "MAX_CARD_BYTES",
