@@ -115,6 +115,9 @@ class MirrorServer:
         self._waiters: list[tuple[int, str, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._runner: web.ServerRunner | None = None
         self._active: set[asyncio.Transport] = set()
+        #: Requests being answered right now, and the most at any moment (one per connection).
+        self.in_flight = 0
+        self.peak_in_flight = 0
         self._stopping = asyncio.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -317,11 +320,14 @@ class MirrorServer:
                       sockname[0] if sockname else "", request.query_string)  # fmt: skip
         if transport is not None:
             self._active.add(transport)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
             return await self._respond(request, rec, specs)
         except ConnectionError:
             return web.Response(status=500)  # the client is gone; nothing reaches it
         finally:
+            self.in_flight -= 1
             if transport is not None:
                 self._active.discard(transport)
 
