@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .._cache.admin import FileRef
-
 if TYPE_CHECKING:
+    from .._cache.admin import FileRef
     from .._config import HubConfig
     from .._engine.engine import FileJob
     from .._exceptions import HubError
