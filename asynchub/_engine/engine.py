@@ -51,7 +51,6 @@ fetches (lowest offset first, tapering, work stealing) is :mod:`asynchub._engine
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import functools
@@ -88,6 +87,7 @@ from .._exceptions import (
     OfflineError,
     TransferError,
 )
+from .._loops import PerLoop
 from .._progress.events import ProgressCallback, ProgressEvent
 from .._transport.base import Transport
 from .hashing import HashCursor
@@ -136,7 +136,8 @@ class _Shared:
 
 @dataclass
 class _LoopResources:
-    loop: asyncio.AbstractEventLoop
+    """What the engine's downloads share on one event loop."""
+
     limiter: anyio.CapacityLimiter
     bucket: TokenBucket | None
     inflight: dict[Path, _Shared] = field(default_factory=dict)
@@ -249,21 +250,19 @@ class Engine:
         #: The file-writing seam: flushes a verified partial before its atomic rename (run in
         #: a worker thread). Injectable so tests can make the disk fail (EIO).
         self._fsync = fsync
-        self._resources_: _LoopResources | None = None
+        self._per_loop: PerLoop[_LoopResources] = PerLoop(self._new_resources)
         self._callback_failed = False
         self._listeners: list[ProgressCallback] = []
 
     # ------------------------------------------------------------------ shared resources
+    def _new_resources(self) -> _LoopResources:
+        bucket = None
+        if self.config.limit_rate is not None:
+            bucket = TokenBucket(self.config.limit_rate, clock=self._clock, sleep=self._sleep)
+        return _LoopResources(anyio.CapacityLimiter(self.config.max_connections), bucket)
+
     def _resources(self) -> _LoopResources:
-        loop = asyncio.get_running_loop()
-        res = self._resources_
-        if res is None or res.loop is not loop:
-            bucket = None
-            if self.config.limit_rate is not None:
-                bucket = TokenBucket(self.config.limit_rate, clock=self._clock, sleep=self._sleep)
-            res = _LoopResources(loop, anyio.CapacityLimiter(self.config.max_connections), bucket)
-            self._resources_ = res
-        return res
+        return self._per_loop.get()
 
     def _emit(self, event: ProgressEvent) -> None:
         for listener in self._listeners:

@@ -14,9 +14,7 @@ file.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +29,7 @@ from .._exceptions import (
     OfflineError,
     TransferError,
 )
+from .._loops import PerLoop
 from . import trust
 from .manifest import ModelInfo, filter_models, parse_manifest, select
 from .urls import DEFAULT_REPO, RepoSpec, file_urls, is_commit_ref, manifest_url
@@ -57,9 +56,7 @@ class OnnxSource:
         self._host = host
         self._manifests: dict[tuple[str, str], list[ModelInfo]] = {}
         self._warm_memo = ManifestMemo()
-        self._flights: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[tuple[str, str], _Flight]
-        ] = weakref.WeakKeyDictionary()
+        self._flights: PerLoop[dict[tuple[str, str], _Flight]] = PerLoop(dict)
 
     # -- manifests -------------------------------------------------------------------------
     async def manifest(self, spec: RepoSpec) -> list[ModelInfo]:
@@ -70,7 +67,7 @@ class OnnxSource:
         """
         url = manifest_url(self._host.config, spec)
         key = (str(spec), url)
-        flights = self._flights.setdefault(asyncio.get_running_loop(), {})
+        flights = self._flights.get()
         while True:
             cached = self._manifests.get(key)
             if cached is not None:
