@@ -9,6 +9,7 @@ retry policy; retries and mirror failover are logged at INFO.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -45,6 +46,14 @@ pytestmark = pytest.mark.timeout(60)
 REPRS = ("Client", "ConnectionKey", "aiohttp", "Errno", "OSError(", "gaierror", "SSLError(")
 #: A generous bound: behaviour, not a benchmark (the target is about 1 s).
 DEAD_NETWORK_BOUND = 5.0
+
+
+@contextlib.asynccontextmanager
+async def _hub(config: HubConfig) -> AsyncIterator[AsyncHub]:
+    """An AsyncHub whose whole use is bounded in time."""
+    with anyio.fail_after(30):
+        async with AsyncHub(config) as hub:
+            yield hub
 
 
 def _dead_port() -> int:
@@ -108,7 +117,7 @@ async def test_refused_connection_for_the_manifest(tmp_path: Path) -> None:
     port = _dead_port()
     config = _default_retry_config(f"http://127.0.0.1:{port}", tmp_path / "c")
     started = time.monotonic()
-    async with AsyncHub(config) as hub, anyio.fail_after(30):
+    async with _hub(config) as hub:
         with pytest.raises(ConnectError) as info:
             await hub.list_models()
     took = time.monotonic() - started
@@ -130,7 +139,7 @@ async def test_refused_connection_for_a_file(mirror: MirrorServer, tmp_path: Pat
         )
     )
     started = time.monotonic()
-    async with AsyncHub(config) as hub, anyio.fail_after(30):
+    async with _hub(config) as hub:
         with pytest.raises(MirrorsExhaustedError) as info:
             await hub.download("TinyNet")
     took = time.monotonic() - started
@@ -149,7 +158,7 @@ async def test_tls_failure_is_not_retried(mirror_root: Path, tmp_path: Path) -> 
     async with MirrorServer(mirror_root, ssl_context=server_ctx) as tls_mirror:
         config = _default_retry_config(tls_mirror.url, tmp_path / "c")
         started = time.monotonic()
-        async with AsyncHub(config) as hub, anyio.fail_after(30):
+        async with _hub(config) as hub:
             with pytest.raises(TLSError) as info:
                 await hub.list_models()
         took = time.monotonic() - started
@@ -184,12 +193,12 @@ async def test_a_server_that_never_answers(silent_server: int, tmp_path: Path) -
     config = mirror_config(f"http://127.0.0.1:{silent_server}", tmp_path / "c",
                            stall_timeout=0.3, retry=FAST_RETRY)  # fmt: skip
     started = time.monotonic()
-    async with AsyncHub(config) as hub, anyio.fail_after(30):
+    async with _hub(config) as hub:
         with pytest.raises(StallError) as info:
             await hub.list_models()
     took = time.monotonic() - started
     message = str(info.value)
-    assert f"127.0.0.1:{silent_server} sent nothing for 0.3 s" in message
+    assert f"no bytes from 127.0.0.1:{silent_server} for 0.3 s" in message
     assert "manifest of onnx/models:main" in message
     _clean(message)
     assert took < 4 * 0.3 + 2.0  # 1 try + 3 retries of 0.3 s each, tiny waits
@@ -197,7 +206,7 @@ async def test_a_server_that_never_answers(silent_server: int, tmp_path: Path) -
 
 async def test_manifest_404_says_it_does_not_exist(mirror: MirrorServer, tmp_path: Path) -> None:
     config = _default_retry_config(mirror.url, tmp_path / "c")
-    async with AsyncHub(config) as hub, anyio.fail_after(30):
+    async with _hub(config) as hub:
         with pytest.raises(ManifestNotFoundError) as info:
             await hub.list_models(repo="someone/nothing")
     message = str(info.value)
@@ -212,7 +221,7 @@ async def test_file_404_on_every_mirror(mirror: MirrorServer, tmp_path: Path) ->
     config = _default_retry_config(mirror.url, tmp_path / "c").replace(
         file_urls=(mirror.url + "/nowhere/{path}",)
     )
-    async with AsyncHub(config) as hub, anyio.fail_after(30):
+    async with _hub(config) as hub:
         with pytest.raises(MirrorsExhaustedError) as info:
             await hub.download("TinyNet")
     message = str(info.value)
@@ -231,7 +240,7 @@ async def test_retries_and_failover_are_logged_at_info(
     config = mirror_config(mirror.url, tmp_path / "c").replace(
         file_urls=(mirror.url + "/nowhere/{path}", mirror.url + "/{owner}/{repo}/{ref}/{path}")
     )
-    async with AsyncHub(config) as hub, anyio.fail_after(30):
+    async with _hub(config) as hub:
         await hub.download("TinyNet")
     infos = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     retries = [m for m in infos if "503" in m and "retry" in m]

@@ -4,6 +4,7 @@ real forward proxy on 127.0.0.1 (``tests/forward_proxy.py``) that records what i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -32,6 +33,14 @@ P = "http://proxy.example:3128"
 
 def _cfg(env: dict[str, str], **overrides: object) -> HubConfig:
     return HubConfig.from_env(env, **overrides)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def _hub(config: HubConfig) -> AsyncIterator[AsyncHub]:
+    """An AsyncHub whose whole use is bounded in time."""
+    with anyio.fail_after(30):
+        async with AsyncHub(config) as hub:
+            yield hub
 
 
 def _dead_port() -> int:
@@ -137,7 +146,7 @@ async def test_the_forward_proxy_itself_relays(mirror: MirrorServer, proxy: Forw
 
     url = mirror.url + "/" + REPO_PREFIX + "/ONNX_HUB_MANIFEST.json"
     async with aiohttp.ClientSession() as http, http.get(url, proxy=proxy.url) as answer:
-        assert answer.status == 200 and await answer.json()
+        assert answer.status == 200 and await answer.json(content_type=None)
     assert proxy.targets("GET") == [url]
     assert len(mirror.requests) == 1
 
@@ -146,7 +155,7 @@ async def test_http_proxy_from_env_carries_every_request(
     mirror: MirrorServer, proxy: ForwardProxy, tmp_path: Path
 ) -> None:
     config = _cfg(_mirror_env(mirror, tmp_path / "c", http_proxy=proxy.url), retry=FAST_RETRY)
-    async with AsyncHub(config) as hub, anyio.fail_after(30):
+    async with _hub(config) as hub:
         path = await hub.download("TinyNet")
     assert path.is_file()
     forwarded = proxy.targets("GET")
@@ -168,7 +177,7 @@ async def test_https_goes_through_a_connect_tunnel(
         env = _mirror_env(
             tls_mirror, tmp_path / "c", HTTPS_PROXY=proxy.url, ASYNCHUB_CA_BUNDLE=str(bundle)
         )
-        async with AsyncHub(_cfg(env, retry=FAST_RETRY)) as hub, anyio.fail_after(30):
+        async with _hub(_cfg(env, retry=FAST_RETRY)) as hub:
             await hub.download("TinyNet")
         assert tls_mirror.requests
     assert proxy.targets("CONNECT")
@@ -182,7 +191,7 @@ async def test_no_proxy_goes_direct(
 ) -> None:
     no_proxy = no_proxy.replace("PORT", f"127.0.0.1:{mirror.port}")
     env = _mirror_env(mirror, tmp_path / "c", HTTP_PROXY=proxy.url, NO_PROXY=no_proxy)
-    async with AsyncHub(_cfg(env, retry=FAST_RETRY)) as hub, anyio.fail_after(30):
+    async with _hub(_cfg(env, retry=FAST_RETRY)) as hub:
         await hub.download("TinyNet")
     assert mirror.requests and not proxy.records
 
@@ -194,13 +203,13 @@ async def test_proxy_credentials_are_sent_and_never_logged(
     async with ForwardProxy(credentials=("alice", "s3cret")) as proxy:
         good = proxy.url_with_credentials("alice", "s3cret")
         env = _mirror_env(mirror, tmp_path / "c", http_proxy=good)
-        async with AsyncHub(_cfg(env, retry=FAST_RETRY)) as hub, anyio.fail_after(30):
+        async with _hub(_cfg(env, retry=FAST_RETRY)) as hub:
             await hub.download("TinyNet")
         assert proxy.records and all(r.authorized for r in proxy.records)
 
         bad = proxy.url_with_credentials("alice", "wr0ng")
         env = _mirror_env(mirror, tmp_path / "c2", http_proxy=bad)
-        async with AsyncHub(_cfg(env, retry=FAST_RETRY)) as hub, anyio.fail_after(30):
+        async with _hub(_cfg(env, retry=FAST_RETRY)) as hub:
             with pytest.raises(ProxyError) as info:
                 await hub.list_models()
     message = str(info.value)
@@ -215,7 +224,7 @@ async def test_a_dead_proxy_is_named_and_reported_fast(
     dead = f"http://alice:s3cret@127.0.0.1:{_dead_port()}"
     env = _mirror_env(mirror, tmp_path / "c", HTTP_PROXY=dead)
     started = time.monotonic()
-    async with AsyncHub(_cfg(env, retry=RetryPolicy())) as hub, anyio.fail_after(30):
+    async with _hub(_cfg(env, retry=RetryPolicy())) as hub:
         with pytest.raises(ProxyError) as info:
             await hub.list_models()
     took = time.monotonic() - started
@@ -232,7 +241,7 @@ async def test_explicit_proxy_setting_wins_over_the_env(
 ) -> None:
     dead = f"http://127.0.0.1:{_dead_port()}"
     env = _mirror_env(mirror, tmp_path / "c", HTTP_PROXY=dead, ASYNCHUB_PROXY=proxy.url)
-    async with AsyncHub(_cfg(env, retry=FAST_RETRY)) as hub, anyio.fail_after(30):
+    async with _hub(_cfg(env, retry=FAST_RETRY)) as hub:
         await hub.list_models()
     assert proxy.targets("GET")
 

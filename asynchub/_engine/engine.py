@@ -558,10 +558,10 @@ class Engine:
 
     @staticmethod
     def _exhausted(job: FileJob, errors: list[tuple[str, BaseException]]) -> HubError:
-        lines = "; ".join(f"{url}: {exc}" for url, exc in errors)
+        lines = "; ".join(str(exc) if url in str(exc) else f"{url}: {exc}" for url, exc in errors)
         return MirrorsExhaustedError(
-            f"every mirror failed for {job.name} ({lines}); check the network or the mirror "
-            "URLs (ASYNCHUB_FILE_URLS), then try again: what was fetched is kept and resumed",
+            f"every mirror failed for {job.name}: {lines}. ASYNCHUB_FILE_URLS sets the "
+            "mirrors to use; what was fetched is kept and resumes on the next try",
             errors,
         )
 

@@ -36,6 +36,7 @@ from .._exceptions import (
     ManifestNotFoundError,
     OfflineError,
     TransferError,
+    amend,
 )
 from .._onnx import trust as _trust
 from .._onnx.manifest import ModelInfo, filter_models, parse_manifest, select
@@ -305,11 +306,16 @@ class AsyncHub:
             )
         except OfflineError as exc:
             raise ManifestNotFoundError(f"Manifest not found for {spec}: {exc}") from exc
-        except (HTTPStatusError, TransferError) as exc:
+        except HTTPStatusError as exc:
+            # onnx.hub raised AssertionError for an HTTP error answer: so do we
             raise ManifestNotFoundError(
-                f"Manifest not found at {url} ({exc}). Check the repo name and ref, or set "
-                "ASYNCHUB_MANIFEST_URL to a mirror that serves it"
+                f"Manifest not found for {spec}: {exc}. Check the repo name and ref "
+                "(owner/name[:ref]), or set ASYNCHUB_MANIFEST_URL to a mirror that serves it"
             ) from exc
+        except TransferError as exc:
+            # the server could not be reached: a network error, not "not found"
+            before = f"could not fetch the manifest of {spec}: "
+            raise amend(exc, before=before, after=MANIFEST_HINT)  # noqa: B904 - the same error
         entries: list[ModelInfo] = await self.run_blocking(
             functools.partial(parse_manifest, data, source=url)
         )
@@ -488,6 +494,13 @@ class AsyncHub:
         from .prefetch import prefetch
 
         return await prefetch(self, **selection)
+
+
+#: What to do when the manifest cannot be fetched (after the network error's own hint).
+MANIFEST_HINT = (
+    ". With a cached manifest, offline mode (--offline, ASYNCHUB_OFFLINE=1) works without "
+    "the network; ASYNCHUB_MANIFEST_URL and ASYNCHUB_FILE_URLS point asynchub at a mirror"
+)
 
 
 def _load_model(path: Path) -> onnx.ModelProto:
