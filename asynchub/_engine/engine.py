@@ -538,7 +538,10 @@ class Engine:
 
     def _mirror_failed(self, job: FileJob, url: str, exc: BaseException, position: int) -> None:
         more = position + 1 < len(job.urls)
-        message = f"{url} failed: {exc}" + ("; trying the next mirror" if more else "")
+        said = str(exc).removeprefix(f"{job.name}: ")
+        message = (said if url in said else f"{url} failed: {said}") + (
+            "; trying the next mirror" if more else ""
+        )
         log.warning("%s: %s", job.name, message)
         if more:
             self._emit(ProgressEvent("retry", job.name, message=message))

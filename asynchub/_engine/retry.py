@@ -171,16 +171,18 @@ RETRY_WAVE = 1.0
 
 
 class RetryWave:
-    """Shared by the retriers of one file: says whether a retry starts a new wave."""
+    """Shared by the retriers of one file: says whether a retry starts a new wave (a retry
+    number not seen yet, or the first retry after :data:`RETRY_WAVE` quiet seconds)."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._last = -float("inf")
+        self._attempt = 0
 
-    def starts(self) -> bool:
+    def starts(self, attempt: int) -> bool:
         now = self._clock()
-        if now - self._last >= RETRY_WAVE:
-            self._last = now
+        if attempt > self._attempt or now - self._last >= RETRY_WAVE:
+            self._last, self._attempt = now, attempt
             return True
         return False
 
@@ -231,7 +233,7 @@ class Retrier:
             wait = self.policy.delay(self.attempt, after, connect=connect)
         self.attempt += 1
         message = f"{exc} (retry {self.attempt}/{limit} in {wait:.2f} s)"
-        level = logging.INFO if self._wave.starts() else logging.DEBUG
+        level = logging.INFO if self._wave.starts(self.attempt) else logging.DEBUG
         log.log(level, "%s: %s", self._name, message)
         if self._notify is not None:
             self._notify(message)
