@@ -9,7 +9,7 @@ keyword-only.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "adownload",
     "adownload_model_with_test_data",
+    "adownload_with_test_data",
     "aget_model_info",
     "alist_models",
     "aload",
@@ -31,6 +32,7 @@ __all__ = [
     "aprefetch",
     "download",
     "download_model_with_test_data",
+    "download_with_test_data",
     "get_dir",
     "get_model_info",
     "list_models",
@@ -111,8 +113,26 @@ def download_model_with_test_data(
     trust_repo: bool = False,
 ) -> str:
     """Download and safely extract the test-data archive; return the directory holding
-    ``model.onnx`` and ``test_data_set_*``."""
+    ``model.onnx`` and ``test_data_set_*`` as a ``str``, as onnx.hub did (code written for it
+    may rely on that). :func:`download_with_test_data` is the same returning a ``Path``, like
+    :func:`download`."""
     return get_default_hub().download_model_with_test_data(
+        model, repo, opset, force_reload, silent, trust_repo=trust_repo
+    )
+
+
+def download_with_test_data(
+    model: str,
+    repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    trust_repo: bool = False,
+) -> Path:
+    """:func:`download_model_with_test_data` returning a ``Path`` (the directory holding
+    ``model.onnx`` and ``test_data_set_*``)."""
+    return get_default_hub().download_with_test_data(
         model, repo, opset, force_reload, silent, trust_repo=trust_repo
     )
 
@@ -141,9 +161,35 @@ def load_composite_model(
     )
 
 
-def prefetch(**selection: Any) -> PrefetchResult:
-    """Fetch a selection (tags, models, everything) under one connection budget."""
-    return get_default_hub().prefetch(**selection)
+def prefetch(
+    *,
+    tags: list[str] | None = None,
+    models: list[str] | None = None,
+    all: bool = False,
+    repo: str = DEFAULT_REPO,
+    all_opsets: bool = False,
+    with_test_data: bool = False,
+    extract: bool = True,
+    force_reload: bool = False,
+    check_space: bool = True,
+    silent: bool = False,
+    trust_repo: bool = False,
+) -> PrefetchResult:
+    """Fetch a selection of ``repo`` (``tags``, ``models`` or ``all=True``) into the cache
+    under one connection budget; see :meth:`AsyncHub.prefetch` for every parameter."""
+    return get_default_hub().prefetch(
+        tags=tags,
+        models=models,
+        all=all,
+        repo=repo,
+        all_opsets=all_opsets,
+        with_test_data=with_test_data,
+        extract=extract,
+        force_reload=force_reload,
+        check_space=check_space,
+        silent=silent,
+        trust_repo=trust_repo,
+    )
 
 
 async def alist_models(
@@ -199,8 +245,24 @@ async def adownload_model_with_test_data(
     *,
     trust_repo: bool = False,
 ) -> str:
-    """Async :func:`download_model_with_test_data`."""
+    """Async :func:`download_model_with_test_data` (a ``str``, as onnx.hub; see
+    :func:`adownload_with_test_data` for the ``Path`` twin)."""
     return await get_default_async_hub().download_model_with_test_data(
+        model, repo, opset, force_reload, silent, trust_repo=trust_repo
+    )
+
+
+async def adownload_with_test_data(
+    model: str,
+    repo: str = DEFAULT_REPO,
+    opset: int | None = None,
+    force_reload: bool = False,
+    silent: bool = False,
+    *,
+    trust_repo: bool = False,
+) -> Path:
+    """Async :func:`download_with_test_data`."""
+    return await get_default_async_hub().download_with_test_data(
         model, repo, opset, force_reload, silent, trust_repo=trust_repo
     )
 
@@ -229,6 +291,31 @@ async def aload_composite_model(
     )
 
 
-async def aprefetch(**selection: Any) -> PrefetchResult:
+async def aprefetch(
+    *,
+    tags: list[str] | None = None,
+    models: list[str] | None = None,
+    all: bool = False,
+    repo: str = DEFAULT_REPO,
+    all_opsets: bool = False,
+    with_test_data: bool = False,
+    extract: bool = True,
+    force_reload: bool = False,
+    check_space: bool = True,
+    silent: bool = False,
+    trust_repo: bool = False,
+) -> PrefetchResult:
     """Async :func:`prefetch`."""
-    return await get_default_async_hub().prefetch(**selection)
+    return await get_default_async_hub().prefetch(
+        tags=tags,
+        models=models,
+        all=all,
+        repo=repo,
+        all_opsets=all_opsets,
+        with_test_data=with_test_data,
+        extract=extract,
+        force_reload=force_reload,
+        check_space=check_space,
+        silent=silent,
+        trust_repo=trust_repo,
+    )

@@ -1,7 +1,8 @@
 """HubConfig: every setting of asynchub, and the ONLY place the environment is read.
 
-Explicit arguments beat environment variables: ``HubConfig.from_env(**overrides)`` reads the
-environment once and lets keyword arguments win. A ``HubConfig`` is frozen; derive a changed
+Explicit arguments beat environment variables: ``HubConfig.from_env(max_connections=8, ...)``
+reads the environment once and lets its keyword arguments (one per field, typed, so that a
+misspelled name fails under mypy and at run time) win. A ``HubConfig`` is frozen; derive a changed
 copy with :func:`dataclasses.replace` or :meth:`HubConfig.replace`.
 
 Environment variables (all optional):
@@ -21,6 +22,12 @@ Environment variables (all optional):
 ``ASYNCHUB_DISABLE_PROGRESS_BARS``  ``1``: no progress bars
 ``ASYNCHUB_CA_BUNDLE``              PEM file of extra trusted CAs (TLS stays verified)
 ``ASYNCHUB_MINDSPORE_CARD_URL``     MindSpore asset card URL template with ``{uid}``
+``ASYNCHUB_PROXY``                  proxy URL for every request (beats the variables below)
+``https_proxy`` / ``HTTPS_PROXY``   proxy for ``https://`` URLs (lower case wins, as curl)
+``http_proxy`` / ``HTTP_PROXY``     proxy for ``http://`` URLs; ``HTTP_PROXY`` is ignored when
+                                    ``REQUEST_METHOD`` is set (CGI, "httpoxy"), as urllib does
+``all_proxy`` / ``ALL_PROXY``       proxy for both when the one above is not set
+``no_proxy`` / ``NO_PROXY``         hosts reached directly (rules in ``_transport/proxy.py``)
 ==================================  ==========================================================
 """
 
@@ -35,6 +42,7 @@ from typing import Any
 
 from ._engine.retry import RetryPolicy
 from ._exceptions import ConfigError
+from ._transport.proxy import check_proxy_url, redact_url
 
 __all__ = [
     "DEFAULT_MANIFEST_URL",
@@ -112,7 +120,34 @@ def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
     return Path(xdg).expanduser() / "onnx" / "hub"
 
 
-@dataclass(frozen=True)
+_PROXY_FIELDS = frozenset({"proxy", "http_proxy", "https_proxy"})
+
+
+def _env_proxies(env: Mapping[str, str]) -> dict[str, str]:
+    """``http_proxy``/``https_proxy``/``no_proxy`` from the environment, as curl and pip read
+    them: lower case before upper case, ``all_proxy`` as the fallback of both, and
+    ``HTTP_PROXY`` ignored under CGI (``REQUEST_METHOD`` set), where it could come from a
+    request's ``Proxy:`` header."""
+
+    def get(name: str) -> str | None:
+        for key in (name, name.upper()):
+            if key == "HTTP_PROXY" and "REQUEST_METHOD" in env:
+                continue
+            value = env.get(key, "").strip()
+            if value:
+                return value
+        return None
+
+    every = get("all_proxy")
+    found = {
+        "http_proxy": get("http_proxy") or every,
+        "https_proxy": get("https_proxy") or every,
+        "no_proxy": get("no_proxy"),
+    }
+    return {k: v for k, v in found.items() if v}
+
+
+@dataclass(frozen=True, repr=False)
 class HubConfig:
     """All settings of a hub. Build one with :meth:`from_env` (reads the environment) or
     directly (reads nothing; unspecified fields take the documented defaults).
@@ -168,6 +203,14 @@ class HubConfig:
     #: Resume state is written at least every this many bytes per file (and every 0.25 s).
     state_interval: int = 4 * MiB
     mindspore_card_url: str = DEFAULT_MINDSPORE_CARD_URL
+    #: Proxy for every URL (``ASYNCHUB_PROXY``, ``--proxy``); beats the two below.
+    proxy: str | None = None
+    #: Proxies for ``http://`` and ``https://`` URLs (``HTTP_PROXY``, ``HTTPS_PROXY``, with
+    #: ``ALL_PROXY`` as their fallback, in ``from_env``).
+    http_proxy: str | None = None
+    https_proxy: str | None = None
+    #: Hosts reached directly, curl's ``NO_PROXY`` syntax (see ``_transport/proxy.py``).
+    no_proxy: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
@@ -183,14 +226,71 @@ class HubConfig:
         object.__setattr__(
             self, "trusted_repos", frozenset(r.strip().lower() for r in self.trusted_repos)
         )
+        for name in ("proxy", "http_proxy", "https_proxy"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check_proxy_url(value, name=name))
+
+    def __repr__(self) -> str:
+        """The dataclass repr, with the passwords of proxy URLs redacted."""
+        parts = []
+        for f in dataclasses.fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name in _PROXY_FIELDS and isinstance(value, str):
+                value = redact_url(value)
+            parts.append(f"{f.name}={value!r}")
+        return f"HubConfig({', '.join(parts)})"
 
     def replace(self, **changes: Any) -> HubConfig:
         """A copy with ``changes`` applied."""
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> HubConfig:
-        """Read the environment once; keyword ``overrides`` win over it."""
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        cache_dir: Path | str | None = None,
+        manifest_url: str | None = None,
+        file_urls: tuple[str, ...] | None = None,
+        offline: bool | None = None,
+        trusted_repos: frozenset[str] | None = None,
+        max_connections: int | None = None,
+        max_connections_per_host: int | None = None,
+        chunk_size: int | None = None,
+        min_split_size: int | None = None,
+        connect_timeout: float | None = None,
+        stall_timeout: float | None = None,
+        min_rate: int | None = None,
+        rate_window: float | None = None,
+        retry: RetryPolicy | None = None,
+        limit_rate: int | None = None,
+        progress_bars: bool | None = None,
+        ca_bundle: Path | None = None,
+        use_locks: bool | None = None,
+        state_interval: int | None = None,
+        mindspore_card_url: str | None = None,
+        proxy: str | None = None,
+        http_proxy: str | None = None,
+        https_proxy: str | None = None,
+        no_proxy: str | None = None,
+    ) -> HubConfig:
+        """Read the environment once (``environ``, else ``os.environ``); the keyword arguments
+        (one per field, ``None`` = not given) win over it."""
+        overrides: dict[str, Any] = {
+            "cache_dir": cache_dir, "manifest_url": manifest_url, "file_urls": file_urls,
+            "offline": offline, "trusted_repos": trusted_repos,
+            "max_connections": max_connections,
+            "max_connections_per_host": max_connections_per_host, "chunk_size": chunk_size,
+            "min_split_size": min_split_size, "connect_timeout": connect_timeout,
+            "stall_timeout": stall_timeout, "min_rate": min_rate, "rate_window": rate_window,
+            "retry": retry, "limit_rate": limit_rate, "progress_bars": progress_bars,
+            "ca_bundle": ca_bundle, "use_locks": use_locks, "state_interval": state_interval,
+            "mindspore_card_url": mindspore_card_url, "proxy": proxy,
+            "http_proxy": http_proxy, "https_proxy": https_proxy, "no_proxy": no_proxy,
+        }  # fmt: skip
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {"cache_dir": default_cache_dir(env)}
         if env.get("ASYNCHUB_MANIFEST_URL"):
@@ -223,5 +323,8 @@ class HubConfig:
             values["ca_bundle"] = Path(env["ASYNCHUB_CA_BUNDLE"])
         if env.get("ASYNCHUB_MINDSPORE_CARD_URL"):
             values["mindspore_card_url"] = env["ASYNCHUB_MINDSPORE_CARD_URL"].strip()
+        values.update(_env_proxies(env))
+        if env.get("ASYNCHUB_PROXY", "").strip():
+            values["proxy"] = env["ASYNCHUB_PROXY"].strip()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -2,7 +2,13 @@
 
 Every error asynchub raises on purpose derives from :class:`HubError`. Lower-layer exceptions
 (aiohttp, OSError, tarfile, json) are translated into this tree at the module that meets them
-(``_transport`` for HTTP, ``_cache`` for the file system, ``_archive`` for tar files).
+(``_transport/errors.py`` for sockets, DNS, TLS and timeouts, ``_transport/aiohttp_transport.py``
+for aiohttp's own errors, ``_cache`` for the file system, ``_archive`` for tar files).
+
+Network errors say what happened in words (``could not connect to HOST:PORT (connection
+refused)``, ``HOST does not exist (DNS lookup failed)``, ``... does not exist (HTTP 404)``) and
+what to do; a caller that knows more (the manifest fetch, a file's mirrors) adds its own context
+and hints in front of and behind that message (:func:`amend`).
 
 The errors onnx.hub raised as ``AssertionError`` (model not found, opset not found, manifest
 not found, hash mismatch) are still ``AssertionError`` subclasses, so code written for
@@ -18,11 +24,17 @@ onnx.hub that catches ``AssertionError`` keeps working::
     ├── OfflineError                        offline mode and nothing cached
     ├── HubClosedError                      the AsyncHub was closed before or during the call
     ├── TransferError                       the network failed us
+    │   ├── NetworkError (OSError)          no conversation with the server at all
+    │   │   ├── ConnectError                connection refused, network unreachable, reset
+    │   │   ├── HostNotFoundError           the name does not resolve (DNS)
+    │   │   ├── ConnectTimeoutError         no answer to the connection attempt in time
+    │   │   ├── TLSError                    TLS handshake or certificate verification failed
+    │   │   └── ProxyError                  the proxy could not be reached or refused
     │   ├── HTTPStatusError                 a non-retryable or exhausted HTTP status
+    │   │   └── NotFoundError               404 / 410: the URL does not exist
     │   ├── ProtocolError                   a server broke the HTTP contract (range, encoding,
     │   │   │                               length)
     │   │   └── RedirectError               a redirect was refused (hops, target, downgrade)
-    │   ├── TLSError                        TLS handshake or certificate verification failed
     │   ├── StallError                      bytes stopped flowing
     │   └── MirrorsExhaustedError           every mirror failed (``errors`` lists why)
     ├── IntegrityError (AssertionError)     size or SHA-256 mismatch
@@ -41,7 +53,10 @@ __all__ = [
     "CacheError",
     "CompositeModelError",
     "ConfigError",
+    "ConnectError",
+    "ConnectTimeoutError",
     "HTTPStatusError",
+    "HostNotFoundError",
     "HubClosedError",
     "HubError",
     "InsufficientSpaceError",
@@ -50,14 +65,18 @@ __all__ = [
     "ManifestNotFoundError",
     "MirrorsExhaustedError",
     "ModelNotFoundError",
+    "NetworkError",
+    "NotFoundError",
     "OfflineError",
     "OpsetNotFoundError",
     "ProtocolError",
+    "ProxyError",
     "RedirectError",
     "StallError",
     "TLSError",
     "TransferError",
     "UntrustedRepoError",
+    "amend",
 ]
 
 
@@ -106,6 +125,42 @@ class TransferError(HubError):
         self.url = url
 
 
+class NetworkError(TransferError, OSError):
+    """The server could not be reached at all (no HTTP answer). Also an ``OSError``, as the
+    ``URLError`` that onnx.hub let through in this case was."""
+
+    def __init__(self, message: str, *, url: str | None = None) -> None:
+        TransferError.__init__(self, message, url=url)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ConnectError(NetworkError):
+    """The connection failed: refused, network or host unreachable, reset while connecting."""
+
+
+class HostNotFoundError(NetworkError):
+    """The host name does not resolve (or the DNS lookup itself failed)."""
+
+
+class ConnectTimeoutError(NetworkError, TimeoutError):
+    """Connecting took longer than ``connect_timeout``."""
+
+
+class TLSError(NetworkError):
+    """The TLS handshake or certificate verification failed (retrying will not help)."""
+
+
+class ProxyError(NetworkError):
+    """The proxy could not be reached, or refused to carry the request (``status``: its HTTP
+    answer, e.g. 407); the message names the proxy with its password redacted."""
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None):
+        super().__init__(message, url=url)
+        self.status = status
+
+
 class HTTPStatusError(TransferError):
     """The server answered with an HTTP status we cannot use."""
 
@@ -114,16 +169,16 @@ class HTTPStatusError(TransferError):
         self.status = status
 
 
+class NotFoundError(HTTPStatusError):
+    """The server says the URL does not exist (HTTP 404 or 410)."""
+
+
 class ProtocolError(TransferError):
     """The server broke the HTTP contract (bad Content-Range, encoding, redirect, length)."""
 
 
 class RedirectError(ProtocolError):
     """A redirect was refused (too many hops, bad target, or a downgrade to plain http)."""
-
-
-class TLSError(TransferError):
-    """The TLS handshake or certificate verification failed (retrying will not help)."""
 
 
 class StallError(TransferError):
@@ -156,3 +211,10 @@ class CacheError(HubError, OSError):
 
 class InsufficientSpaceError(CacheError):
     """Not enough free disk space for what was asked."""
+
+
+def amend(exc: HubError, *, before: str = "", after: str = "") -> HubError:
+    """Put context in front of ``exc``'s message and a hint behind it (in place: the type and
+    attributes stay), and return it for ``raise``."""
+    exc.args = (f"{before}{exc}{after}", *exc.args[1:])
+    return exc

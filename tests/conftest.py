@@ -45,6 +45,10 @@ _ENV_VARS = (
     "ASYNCHUB_LIMIT_RATE",
     "ASYNCHUB_CA_BUNDLE",
     "ASYNCHUB_MINDSPORE_CARD_URL",
+    "ASYNCHUB_PROXY",
+    *(f"{name}_proxy" for name in ("http", "https", "all", "no")),
+    *(f"{name}_PROXY" for name in ("HTTP", "HTTPS", "ALL", "NO")),
+    "REQUEST_METHOD",
 )
 
 

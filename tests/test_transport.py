@@ -11,7 +11,14 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asynchub._exceptions import ProtocolError, RedirectError, StallError, TLSError, TransferError
+from asynchub._exceptions import (
+    ConnectError,
+    ProtocolError,
+    RedirectError,
+    StallError,
+    TLSError,
+    TransferError,
+)
 from asynchub._transport.aiohttp_transport import AiohttpTransport as Transport
 from tests.mirror import Fault, MirrorServer, can_bind
 from tests.test_transfer import KIB, fast_config, put
@@ -90,7 +97,7 @@ async def test_connection_refused(transport: Transport) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(TransferError, match="failed"):
+    with pytest.raises(ConnectError, match=rf"could not connect to 127\.0\.0\.1:{port} \("):
         async with transport.request(f"http://127.0.0.1:{port}/x"):
             pass
 

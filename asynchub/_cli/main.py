@@ -348,6 +348,8 @@ def _config(args: argparse.Namespace) -> HubConfig:
         overrides["cache_dir"] = Path(args.cache_dir)
     if args.offline:
         overrides["offline"] = True
+    if getattr(args, "proxy", None):
+        overrides["proxy"] = args.proxy
     if getattr(args, "max_connections", None) is not None:
         overrides["max_connections"] = args.max_connections
     if getattr(args, "limit_rate", None):

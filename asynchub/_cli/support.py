@@ -225,6 +225,13 @@ def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
     group.add_argument("--cache-dir", default=default, help="cache directory (default: get_dir())")
     group.add_argument(
+        "--proxy",
+        default=default,
+        metavar="URL",
+        help="proxy for every request, http://[user:password@]host:port (default: "
+        "ASYNCHUB_PROXY, else HTTPS_PROXY/HTTP_PROXY/ALL_PROXY; NO_PROXY still applies)",
+    )
+    group.add_argument(
         "-q",
         "--quiet",
         action="store_true",

@@ -537,7 +537,10 @@ class Engine:
 
     def _mirror_failed(self, job: FileJob, url: str, exc: BaseException, position: int) -> None:
         more = position + 1 < len(job.urls)
-        message = f"{url} failed: {exc}" + ("; trying the next mirror" if more else "")
+        said = str(exc).removeprefix(f"{job.name}: ")
+        message = (said if url in said else f"{url} failed: {said}") + (
+            "; trying the next mirror" if more else ""
+        )
         log.warning("%s: %s", job.name, message)
         if more:
             self._emit(ProgressEvent("retry", job.name, message=message))
@@ -557,10 +560,10 @@ class Engine:
 
     @staticmethod
     def _exhausted(job: FileJob, errors: list[tuple[str, BaseException]]) -> HubError:
-        lines = "; ".join(f"{url}: {exc}" for url, exc in errors)
+        lines = "; ".join(str(exc) if url in str(exc) else f"{url}: {exc}" for url, exc in errors)
         return MirrorsExhaustedError(
-            f"every mirror failed for {job.name} ({lines}); check the network or the mirror "
-            "URLs (ASYNCHUB_FILE_URLS), then try again: what was fetched is kept and resumed",
+            f"every mirror failed for {job.name}: {lines}. ASYNCHUB_FILE_URLS sets the "
+            "mirrors to use; what was fetched is kept and resumes on the next try",
             errors,
         )
 

@@ -82,6 +82,7 @@ from .retry import (
     Retrier,
     RetryableStatus,
     RetryNow,
+    RetryWave,
     WrongMirror,
     retryable,
     status_failure,
@@ -272,6 +273,7 @@ class FileDownload:
         self.validated = False
         self.single = False
         self._active: set[_Active] = set()
+        self._retry_wave = RetryWave(ctx.clock)
         self._saving = False
         self._dirty = False
         self._unsaved = 0  # bytes written since the last save started
@@ -431,7 +433,11 @@ class FileDownload:
 
     async def _fetch_chunk(self, index: int, ready: anyio.Event | None) -> None:
         retrier = Retrier(
-            self.ctx.config.retry, self.ctx.sleep, self.name, self.ctx.notify_retry(self.name)
+            self.ctx.config.retry,
+            self.ctx.sleep,
+            self.name,
+            self.ctx.notify_retry(self.name),
+            wave=self._retry_wave,
         )
         while not self.plan.is_done(index):
             before = self.plan.written[index]

@@ -325,7 +325,6 @@ class AsyncHub:
         proto: onnx.ModelProto = await self.run_blocking(_load_model, path)
         return proto
 
-    @_operation
     async def download_model_with_test_data(
         self,
         model: str,
@@ -336,15 +335,36 @@ class AsyncHub:
         *,
         trust_repo: bool = False,
     ) -> str:
+        """The directory holding ``model.onnx`` and ``test_data_set_*``, as a ``str``: onnx.hub
+        returned a ``str`` here and code written for it may rely on that. New code can use
+        :meth:`download_with_test_data`, which returns a :class:`~pathlib.Path` like
+        :meth:`download` does."""
+        folder = await self.download_with_test_data(
+            model, repo, opset, force_reload, silent, trust_repo=trust_repo
+        )
+        return str(folder)
+
+    @_operation
+    async def download_with_test_data(
+        self,
+        model: str,
+        repo: str = DEFAULT_REPO,
+        opset: int | None = None,
+        force_reload: bool = False,
+        silent: bool = False,
+        *,
+        trust_repo: bool = False,
+    ) -> Path:
         """Fetch the model's test-data archive, extract it safely next to it, and return the
-        directory holding ``model.onnx`` and ``test_data_set_*``."""
+        directory holding ``model.onnx`` and ``test_data_set_*`` (the ``Path`` twin of
+        :meth:`download_model_with_test_data`)."""
         onnx_source, spec = self.onnx_source, RepoSpec.parse(repo)
         info = await onnx_source.entry(spec, model, opset, force_reload, test_data=True)
         job = onnx_source.test_data_job(info, spec)
         await onnx_source.check_trust(spec, silent=silent, trust_repo=trust_repo)
         archive = await self.engine.fetch(job, force=force_reload)
         extracted: Path = await self.run_blocking(extract_test_data, archive, force_reload)
-        return str(extracted)
+        return extracted
 
     @_operation
     async def load_composite_model(
@@ -382,11 +402,45 @@ class AsyncHub:
         return merged
 
     @_operation
-    async def prefetch(self, /, **selection: Any) -> PrefetchResult:
-        """Fetch a selection of models under one connection budget (see :mod:`._prefetch`)."""
+    async def prefetch(
+        self,
+        *,
+        tags: list[str] | None = None,
+        models: list[str] | None = None,
+        all: bool = False,
+        repo: str = DEFAULT_REPO,
+        all_opsets: bool = False,
+        with_test_data: bool = False,
+        extract: bool = True,
+        force_reload: bool = False,
+        check_space: bool = True,
+        silent: bool = False,
+        trust_repo: bool = False,
+    ) -> PrefetchResult:
+        """Fetch a selection of ``repo`` into the cache under one connection budget.
+
+        Select with ``tags`` (any tag matches, case-insensitive), ``models`` (names), or
+        ``all=True``; ``all_opsets`` takes every opset of each name, not only the latest.
+        ``with_test_data`` adds each entry's test-data archive (extracted unless
+        ``extract=False``); ``force_reload`` downloads everything again; ``check_space=False``
+        skips the free-space check; ``silent`` / ``trust_repo`` are as for ``load``. Failures
+        of single files are collected in the result, not raised."""
         from .._onnx.prefetch import prefetch
 
-        return await prefetch(self, **selection)
+        return await prefetch(
+            self,
+            tags=tags,
+            models=models,
+            all=all,
+            repo=repo,
+            all_opsets=all_opsets,
+            with_test_data=with_test_data,
+            extract=extract,
+            force_reload=force_reload,
+            check_space=check_space,
+            silent=silent,
+            trust_repo=trust_repo,
+        )
 
 
 def _load_model(path: Path) -> onnx.ModelProto:

@@ -283,8 +283,27 @@ class Hub:
         *,
         trust_repo: bool = False,
     ) -> str:
+        """As onnx.hub: the test-data directory as a ``str`` (see
+        :meth:`download_with_test_data` for the ``Path`` twin)."""
         return self.run(
             self.async_hub.download_model_with_test_data(
+                model, repo, opset, force_reload, silent, trust_repo=trust_repo
+            )
+        )
+
+    def download_with_test_data(
+        self,
+        model: str,
+        repo: str = DEFAULT_REPO,
+        opset: int | None = None,
+        force_reload: bool = False,
+        silent: bool = False,
+        *,
+        trust_repo: bool = False,
+    ) -> Path:
+        """The directory holding ``model.onnx`` and ``test_data_set_*``, as a ``Path``."""
+        return self.run(
+            self.async_hub.download_with_test_data(
                 model, repo, opset, force_reload, silent, trust_repo=trust_repo
             )
         )
@@ -314,8 +333,44 @@ class Hub:
             )
         )
 
-    def prefetch(self, **selection: Any) -> PrefetchResult:
-        return self.run(self.async_hub.prefetch(**selection))
+    def prefetch(
+        self,
+        *,
+        tags: list[str] | None = None,
+        models: list[str] | None = None,
+        all: bool = False,
+        repo: str = DEFAULT_REPO,
+        all_opsets: bool = False,
+        with_test_data: bool = False,
+        extract: bool = True,
+        force_reload: bool = False,
+        check_space: bool = True,
+        silent: bool = False,
+        trust_repo: bool = False,
+    ) -> PrefetchResult:
+        """Fetch a selection of ``repo`` into the cache under one connection budget.
+
+        Select with ``tags`` (any tag matches, case-insensitive), ``models`` (names), or
+        ``all=True``; ``all_opsets`` takes every opset of each name, not only the latest.
+        ``with_test_data`` adds each entry's test-data archive (extracted unless
+        ``extract=False``); ``force_reload`` downloads everything again; ``check_space=False``
+        skips the free-space check; ``silent`` / ``trust_repo`` are as for ``load``. Failures
+        of single files are collected in the result, not raised."""
+        return self.run(
+            self.async_hub.prefetch(
+                tags=tags,
+                models=models,
+                all=all,
+                repo=repo,
+                all_opsets=all_opsets,
+                with_test_data=with_test_data,
+                extract=extract,
+                force_reload=force_reload,
+                check_space=check_space,
+                silent=silent,
+                trust_repo=trust_repo,
+            )
+        )
 
 
 _default: Hub | None = None

@@ -28,6 +28,7 @@ from .._exceptions import (
     ManifestNotFoundError,
     OfflineError,
     TransferError,
+    amend,
 )
 from .._loops import PerLoop
 from . import trust
@@ -38,7 +39,13 @@ from .warm import ManifestMemo, cached_entry, manifest_cache_file
 if TYPE_CHECKING:
     from .._hub.source import SourceHost
 
-__all__ = ["OnnxSource"]
+__all__ = ["MANIFEST_HINT", "OnnxSource"]
+
+#: What to do when the manifest cannot be fetched (after the network error's own hint).
+MANIFEST_HINT = (
+    ". With a cached manifest, offline mode (--offline, ASYNCHUB_OFFLINE=1) works without "
+    "the network; ASYNCHUB_MANIFEST_URL and ASYNCHUB_FILE_URLS point asynchub at a mirror"
+)
 
 
 @dataclass
@@ -102,11 +109,16 @@ class OnnxSource:
             )
         except OfflineError as exc:
             raise ManifestNotFoundError(f"Manifest not found for {spec}: {exc}") from exc
-        except (HTTPStatusError, TransferError) as exc:
+        except HTTPStatusError as exc:
+            # onnx.hub raised AssertionError for an HTTP error answer: so do we
             raise ManifestNotFoundError(
-                f"Manifest not found at {url} ({exc}). Check the repo name and ref, or set "
-                "ASYNCHUB_MANIFEST_URL to a mirror that serves it"
+                f"Manifest not found for {spec}: {exc}. Check the repo name and ref "
+                "(owner/name[:ref]), or set ASYNCHUB_MANIFEST_URL to a mirror that serves it"
             ) from exc
+        except TransferError as exc:
+            # the server could not be reached: a network error, not "not found"
+            before = f"could not fetch the manifest of {spec}: "
+            raise amend(exc, before=before, after=MANIFEST_HINT)  # noqa: B904 - the same error
         entries: list[ModelInfo] = await host.run_blocking(
             functools.partial(parse_manifest, data, source=url)
         )

@@ -1,8 +1,10 @@
 """HTTP transport: the one module of asynchub that uses aiohttp.
 
 Every aiohttp, ``OSError`` and timeout exception is translated here into the asynchub error
-tree (:class:`TransferError`, :class:`HTTPStatusError`, :class:`ProtocolError`,
-:class:`StallError`), so the rest of the package never sees a lower-layer exception.
+tree (:class:`TransferError` and its subclasses), so the rest of the package never sees a
+lower-layer exception: aiohttp's wrappers are unwrapped to the standard exception inside
+(``ClientConnectorError.os_error``, the ``socket.gaierror`` behind a DNS error, the certificate
+error) and :func:`._transport.errors.translate_os_error` words it, as for any transport.
 
 Choices:
 
@@ -18,6 +20,13 @@ Choices:
 * **Redirects by hand.** At most :data:`MAX_REDIRECTS` hops, only to ``http``/``https``, never
   from ``https`` down to ``http``; ``Authorization`` and ``Cookie`` are dropped when the origin
   (scheme, host, port) changes. A refused redirect raises :class:`RedirectError`.
+* **Proxies.** Each request (and each redirect hop) asks :func:`.proxy.proxy_for` which proxy
+  its URL goes through; aiohttp sends ``http://`` URLs to the proxy in absolute form and opens
+  a ``CONNECT`` tunnel for ``https://`` ones, and takes the credentials of the proxy URL as
+  ``Proxy-Authorization``. The session keeps ``trust_env=False``: the environment is read by
+  ``HubConfig.from_env`` only. A proxy that cannot be reached, or that refuses (``407``,
+  a ``CONNECT`` answered with an error), raises :class:`ProxyError` naming the proxy with its
+  password redacted.
 * **Timeouts.** ``sock_connect = config.connect_timeout`` bounds each TCP (and TLS) connect,
   ``sock_read = config.stall_timeout`` bounds the wait for any byte (headers or body). There is
   no total timeout (it would kill a legitimate multi-GB download) and no pool-wait timeout:
@@ -55,12 +64,15 @@ import anyio.to_thread
 from .._config import HubConfig
 from .._exceptions import (
     ProtocolError,
+    ProxyError,
     RedirectError,
     StallError,
     TLSError,
     TransferError,
 )
 from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length
+from .errors import PROXY_HINT, describe_os_error, host_port, translate_os_error
+from .proxy import proxy_for, redact_url
 
 __all__ = ["AiohttpResponse", "AiohttpTransport"]
 
@@ -79,27 +91,55 @@ def _origin(url: URL) -> tuple[str, str, int | None]:
     return (url.scheme.lower(), (url.host or "").lower(), url.port)
 
 
-def _translate(exc: BaseException, url: str) -> NoReturn:
-    """Raise the asynchub error for a lower-layer exception met while talking to ``url``."""
+def _translate(
+    exc: BaseException, url: str, *, proxy: str | None = None, config: HubConfig | None = None
+) -> NoReturn:
+    """Raise the asynchub error for a lower-layer exception met while talking to ``url``
+    (through ``proxy``, when one was used)."""
+    import socket
+
     import aiohttp
 
-    if isinstance(exc, (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError)):
-        raise TLSError(
-            f"TLS failed for {url}: {exc}; check the server certificate or set ca_bundle",
+    connect_timeout = config.connect_timeout if config is not None else None
+    stall = f"{config.stall_timeout:g} s" if config is not None else "the stall timeout"
+    where = host_port(url)[1]
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        raise ProxyError(
+            f"the proxy {redact_url(proxy or '?')} refused to reach {where} "
+            f"(HTTP {exc.status} {exc.message}); {PROXY_HINT}",
+            url=url,
+            status=exc.status,
+        ) from exc
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        raise translate_os_error(exc.certificate_error, url=url) from exc
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        cause = exc.os_error.__cause__
+        lookup = cause if isinstance(cause, socket.gaierror) else socket.gaierror(socket.EAI_NONAME)
+        raise translate_os_error(lookup, url=url, proxy=proxy) from exc
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        raise translate_os_error(exc.os_error, url=url, proxy=proxy) from exc
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        raise translate_os_error(
+            TimeoutError(), url=url, proxy=proxy, connect_timeout=connect_timeout
+        ) from exc
+    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError)):
+        raise StallError(
+            f"no bytes from {where} for {stall}: the server or the network is stalled ({url})",
             url=url,
         ) from exc
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        raise TransferError(f"connecting to {url} timed out", url=url) from exc
-    if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError)):
-        raise StallError(f"no bytes from {url} within the stall timeout", url=url) from exc
     if isinstance(exc, aiohttp.ClientPayloadError):
-        raise TransferError(f"the body from {url} was cut short: {exc}", url=url) from exc
+        raise TransferError(f"the body from {url} was cut short", url=url) from exc
     if isinstance(exc, aiohttp.InvalidURL):
-        raise RedirectError(f"invalid URL {url}: {exc}", url=url) from exc
+        raise RedirectError(f"invalid URL {url}", url=url) from exc
     if isinstance(exc, aiohttp.ClientResponseError):
-        raise ProtocolError(f"malformed HTTP response from {url}: {exc}", url=url) from exc
-    if isinstance(exc, (aiohttp.ClientError, OSError)):
-        raise TransferError(f"connection to {url} failed: {exc!r}", url=url) from exc
+        raise ProtocolError(f"malformed HTTP response from {url} ({exc.message})", url=url) from exc
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        raise TransferError(f"{where} closed the connection early ({url})", url=url) from exc
+    if isinstance(exc, OSError):
+        words = describe_os_error(exc)
+        raise TransferError(f"the connection to {where} failed ({words}) ({url})", url=url) from exc
+    if isinstance(exc, aiohttp.ClientError):
+        raise TransferError(f"the connection to {where} failed ({url})", url=url) from exc
     raise exc
 
 
@@ -115,8 +155,9 @@ class AiohttpResponse:
     """A response with translated errors: ``status``, case-insensitive ``headers`` and the final
     ``url`` after redirects."""
 
-    def __init__(self, raw: aiohttp.ClientResponse) -> None:
+    def __init__(self, raw: aiohttp.ClientResponse, config: HubConfig | None = None) -> None:
         self._raw = raw
+        self._config = config
         self.status: int = raw.status
         self.headers: Mapping[str, str] = raw.headers
         self.url: str = str(raw.url)
@@ -144,7 +185,7 @@ class AiohttpResponse:
                     for start in range(0, len(data), size):
                         yield data[start : start + size]
         except _translated() as exc:
-            _translate(exc, self.url)
+            _translate(exc, self.url, config=self._config)
 
     async def read(self, limit: int) -> bytes:
         """The whole body; :class:`ProtocolError` if it is longer than ``limit`` bytes."""
@@ -287,7 +328,7 @@ class AiohttpTransport:
         self, url: str, headers: Mapping[str, str] | None
     ) -> AsyncIterator[AiohttpResponse]:
         raw = await self._open(url, headers)
-        response = AiohttpResponse(raw)
+        response = AiohttpResponse(raw, self._config)
         try:
             encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding not in ("", "identity"):
@@ -317,10 +358,20 @@ class AiohttpTransport:
         if current.scheme not in ("http", "https") or not current.host:
             raise RedirectError(f"{url!r} is not an http(s) URL", url=url)
         for hop in range(MAX_REDIRECTS + 1):
+            proxy = proxy_for(str(current), self._config)
             try:
-                raw = await session.get(current, headers=send, allow_redirects=False)
+                raw = await session.get(current, headers=send, allow_redirects=False, proxy=proxy)
             except _translated() as exc:
-                _translate(exc, str(current))
+                _translate(exc, str(current), proxy=proxy, config=self._config)
+            if proxy is not None and raw.status == 407:
+                raw.close()
+                raise ProxyError(
+                    f"the proxy {redact_url(proxy)} refused to carry the request for "
+                    f"{current} (HTTP 407 Proxy Authentication Required); check the user "
+                    f"and password in the proxy URL; {PROXY_HINT}",
+                    url=str(current),
+                    status=407,
+                )
             if raw.status not in REDIRECT_STATUSES:
                 return raw
             location = raw.headers.get("Location")

@@ -86,6 +86,8 @@ def _hub(args: argparse.Namespace) -> Any:
         overrides["cache_dir"] = Path(args.cache_dir)
     if getattr(args, "offline", False):
         overrides["offline"] = True
+    if getattr(args, "proxy", None):
+        overrides["proxy"] = args.proxy
     return Hub(HubConfig.from_env(**overrides))
 
 

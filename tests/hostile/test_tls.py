@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from asynchub import AsyncHub, HubConfig, HubError, ManifestNotFoundError, MirrorsExhaustedError
+from asynchub import AsyncHub, HubConfig, HubError, MirrorsExhaustedError
 from asynchub._exceptions import TLSError
 from tests.conftest import mirror_config
 from tests.hostile.helpers import entry, final_model, leftovers
@@ -94,7 +94,7 @@ async def test_unknown_ca_fails_closed_for_the_manifest(
     config = mirror_config(secure.server.url, tmp_path / "cache", **extra)
     assert config.manifest_url.startswith("https://")
     outcome = await _load(config)
-    assert isinstance(outcome, ManifestNotFoundError), outcome
+    assert isinstance(outcome, TLSError), outcome
     assert _has_tls_error(outcome), _chain(outcome)
     assert "TLS" in str(outcome) and "ca_bundle" in str(outcome)
     assert secure.server.requests == [], "an HTTP request went through an unverified channel"
@@ -153,7 +153,7 @@ async def test_right_ca_but_wrong_host_name_fails_closed(
 ) -> None:
     config = mirror_config(wrong_name.server.url, tmp_path / "cache", ca_bundle=wrong_name.bundle)
     outcome = await _load(config)
-    assert isinstance(outcome, ManifestNotFoundError), outcome
+    assert isinstance(outcome, TLSError), outcome
     assert _has_tls_error(outcome)
     assert wrong_name.server.requests == []
     _assert_nothing_cached(config)
