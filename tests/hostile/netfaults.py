@@ -93,7 +93,7 @@ class RawServer:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
-            method, path, _ = (lines[0].split(" ") + ["", "", ""])[:3]
+            method, path, _ = [*lines[0].split(" "), "", "", ""][:3]
             headers: dict[str, str] = {}
             for line in lines[1:]:
                 name, sep, value = line.partition(":")
