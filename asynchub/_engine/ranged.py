@@ -56,6 +56,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -113,6 +114,8 @@ PIECE = 1024 * 1024
 #: Seconds between resume-state saves (and the longest a connection holds unwritten bytes).
 STATE_PERIOD = 0.25
 MAX_RESTARTS = 3
+#: ``bytes <first>-<last>/<total>`` in ASCII digits (``re.ASCII``: ``[0-9]``, never ``\\d``).
+_CONTENT_RANGE = re.compile(r"(?i:bytes)[ ]+([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20})", re.ASCII)
 
 
 class Restart(Exception):
@@ -125,15 +128,16 @@ class Unranged(Exception):
 
 
 def parse_content_range(value: str | None, url: str) -> tuple[int, int, int]:
-    """``bytes a-b/n`` → ``(a, b, n)``; :class:`ProtocolError` for anything else."""
-    unit, _, rest = (value or "").strip().partition(" ")
-    span, _, total = rest.strip().partition("/")
-    first, _, last = span.partition("-")
-    if unit.lower() != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
-        raise ProtocolError(f"{url} sent an unusable Content-Range {value!r}", url=url)
+    """``bytes a-b/n`` → ``(a, b, n)``; :class:`ProtocolError` for anything else. Only ASCII
+    digits count: ``"²".isdigit()`` is true but ``int("²")`` fails, and ``int("١٢")`` reads
+    digits HTTP does not allow."""
+    match = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if match is None:
+        raise ProtocolError(f"{url} sent an unusable Content-Range {value!r:.80}", url=url)
+    first, last, total = match.groups()
     start, end = int(first), int(last)
     if end < start:
-        raise ProtocolError(f"{url} sent an empty Content-Range {value!r}", url=url)
+        raise ProtocolError(f"{url} sent an empty Content-Range {value!r:.80}", url=url)
     return start, end, int(total)
 
 

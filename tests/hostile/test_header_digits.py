@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from asynchub import AsyncHub, HubConfig, HubError, ProtocolError
-from asynchub._download import parse_content_range
-from asynchub._retry import parse_retry_after
+from asynchub._engine.ranged import parse_content_range
+from asynchub._engine.retry import parse_retry_after
 from tests.conftest import REPO_PREFIX, mirror_config
 from tests.hostile.helpers import write_manifest
 from tests.hostile.netfaults import RawServer, blob_entry, fixed, ranged_file
