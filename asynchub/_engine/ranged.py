@@ -24,8 +24,9 @@ How a mirror is used (:meth:`FileDownload.run_mirror`):
    on the server: the file restarts from scratch (:data:`MAX_RESTARTS` times at most).
 4. **Retries.** Connection and payload errors, stalls, protocol slips, 408/425/429/5xx are
    retried from the last byte written, after ``config.retry.delay(attempt, retry_after)``; the
-   attempt counter restarts whenever a try wrote bytes, except a try that ended in a stall
-   (so a server that sends a few bytes and stalls, forever, exhausts the budget). 403/410
+   budget is given back only once failed tries wrote :data:`MEANINGFUL` bytes of the range
+   (1 MiB, or a quarter of the range), never after a stall, so a server that sends a few bytes
+   and resets or stalls, forever, exhausts the budget and the next mirror is tried. 403/410
    from a redirected (signed) URL resolves the original URL again at once. Other statuses
    (401, 404, 410, ...) fail the mirror.
 5. **Watchdog.** A per-file task checks every active request every ``min(stall_timeout,
@@ -114,6 +115,10 @@ PIECE = 1024 * 1024
 #: Seconds between resume-state saves (and the longest a connection holds unwritten bytes).
 STATE_PERIOD = 0.25
 MAX_RESTARTS = 3
+#: A failed try gives the retry budget back only once the tries since the last reset wrote
+#: this much of their range (or a quarter of it, for a smaller range): real progress, not
+#: "some bytes flowed".
+MEANINGFUL = 1024 * 1024
 #: ``bytes <first>-<last>/<total>`` in ASCII digits (``re.ASCII``: ``[0-9]``, never ``\\d``).
 _CONTENT_RANGE = re.compile(r"(?i:bytes)[ ]+([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20})", re.ASCII)
 
@@ -435,7 +440,11 @@ class FileDownload:
 
     async def _fetch_chunk(self, index: int, ready: anyio.Event | None) -> None:
         retrier = Retrier(
-            self.ctx.config.retry, self.ctx.sleep, self.name, self.ctx.notify_retry(self.name)
+            self.ctx.config.retry,
+            self.ctx.sleep,
+            self.name,
+            self.ctx.notify_retry(self.name),
+            meaningful=min(MEANINGFUL, max(1, self.plan.remaining(index) // 4)),
         )
         while not self.plan.is_done(index):
             before = self.plan.written[index]
@@ -449,8 +458,8 @@ class FileDownload:
                 if retryable(exc) and self.plan.is_done(index):
                     log.debug("%s: %s (the range was complete)", self.name, exc)
                     return
-                if self.plan.written[index] > before and not isinstance(exc, StallError):
-                    retrier.progressed()  # bytes flowed; a stall always counts, however it began
+                if not isinstance(exc, StallError):  # a stall always counts, however it began
+                    retrier.progressed(self.plan.written[index] - before)
                 await retrier.failed(exc)
 
     async def _request(self, index: int, ready: anyio.Event | None) -> None:

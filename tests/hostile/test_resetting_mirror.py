@@ -22,7 +22,7 @@ from tests.hostile.helpers import leftovers, write_manifest
 from tests.hostile.netfaults import blob_entry, run_netchild
 from tests.mirror import Fault, MirrorServer
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.xfail(reason="fix in progress", run=False)]
+pytestmark = pytest.mark.timeout(120)
 
 REL = "validated/blob/blob.bin"
 FILES = "/{owner}/{repo}/{ref}/{path}"
