@@ -60,8 +60,9 @@ import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.lowlevel
@@ -205,6 +206,25 @@ class Context:
     sleep: Callable[[float], Awaitable[None]]
     clock: Callable[[], float]
     emit: Callable[[ProgressEvent], None]
+    #: One ``max_connections_per_host`` limiter per (scheme, host, port), shared by the
+    #: engine's downloads on one loop (see :meth:`host_slot`).
+    host_slots: dict[tuple[str, str, int | None], anyio.CapacityLimiter] = field(
+        default_factory=dict
+    )
+
+    def host_slot(self, url: str) -> anyio.CapacityLimiter:
+        """The connection slots of ``url``'s host. A request takes one *before* the watchdog
+        starts timing it: with ``max_connections_per_host`` below ``max_connections``, the
+        workers queued for a connection to one host are waiting, not stalled (the transport's
+        own per-host limit then never makes a watched request wait)."""
+        parts = urlsplit(url)
+        key = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+        slot = self.host_slots.get(key)
+        if slot is None:
+            slot = self.host_slots[key] = anyio.CapacityLimiter(
+                self.config.max_connections_per_host
+            )
+        return slot
 
     def notify_retry(self, name: str) -> Callable[[str], None]:
         """What a :class:`Retrier` calls on each retry of ``name``: a ``retry`` event."""
@@ -468,17 +488,18 @@ class FileDownload:
         headers = {"Range": f"bytes={start}-{last}"}
         if self.etag:
             headers["If-Range"] = self.etag
-        active = _Active(self.ctx.clock())
-        self._active.add(active)
-        try:
-            with anyio.CancelScope() as scope:
-                active.scope = scope
-                sent = self.url
-                async with self.ctx.transport.request(sent, headers=headers) as response:
-                    active.last = self.ctx.clock()
-                    await self._answer(index, response, sent, start, last, ready, active)
-        finally:
-            self._active.discard(active)
+        sent = self.url
+        async with self.ctx.host_slot(sent):
+            active = _Active(self.ctx.clock())
+            self._active.add(active)
+            try:
+                with anyio.CancelScope() as scope:
+                    active.scope = scope
+                    async with self.ctx.transport.request(sent, headers=headers) as response:
+                        active.last = self.ctx.clock()
+                        await self._answer(index, response, sent, start, last, ready, active)
+            finally:
+                self._active.discard(active)
         if scope.cancelled_caught and active.reason is not None:
             raise StallError(f"{self.url}: {active.reason}", url=self.url)
 

@@ -46,7 +46,7 @@ async def stream_whole(ctx: Context, name: str, url: str, fd: int) -> tuple[int,
     retrier = Retrier(ctx.config.retry, ctx.sleep, name, ctx.notify_retry(name))
 
     async def once() -> tuple[int, str, str]:
-        async with ctx.limiter:  # waiting for a connection is not watched
+        async with ctx.limiter, ctx.host_slot(url):  # waiting for a connection is not watched
             return await run_watched(
                 lambda watched: _stream_whole_once(ctx, name, url, fd, watched),
                 config=ctx.config,
