@@ -23,7 +23,7 @@ from tests.hostile.helpers import leftovers, write_manifest
 from tests.hostile.netfaults import RawRequest, RawServer, blob_entry
 from tests.mirror import MirrorServer
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.xfail(reason="fix in progress", strict=False)]
+pytestmark = pytest.mark.timeout(60)
 
 REL = "validated/blob/blob.bin"
 FILES = "/{owner}/{repo}/{ref}/{path}"
