@@ -211,10 +211,20 @@ class HubConfig:
     https_proxy: str | None = None
     #: Hosts reached directly, curl's ``NO_PROXY`` syntax (see ``_transport/proxy.py``).
     no_proxy: str | None = None
+    #: Largest file accepted when the manifest (or card) gives no size: a size the server
+    #: announces (the probe's ``Content-Range`` total) above it is refused before anything is
+    #: reserved, and a body without any size is cut there. The default is the manifest's own
+    #: cap on sizes (2**50 bytes, ``asynchub._onnx.manifest.MAX_SIZE``).
+    max_learned_size: int = 2**50
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
-        for name in ("max_connections", "max_connections_per_host", "chunk_size"):
+        for name in (
+            "max_connections",
+            "max_connections_per_host",
+            "chunk_size",
+            "max_learned_size",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"HubConfig.{name} must be at least 1")
         if self.limit_rate is not None and self.limit_rate <= 0:

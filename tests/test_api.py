@@ -223,7 +223,7 @@ async def test_commit_ref_manifest_is_never_revalidated(
 
 
 async def test_missing_manifest_is_assertion_error(ahub: AsyncHub) -> None:
-    with pytest.raises(AssertionError, match="Manifest not found"):
+    with pytest.raises(AssertionError, match="Could not find manifest at "):
         await ahub.list_models(repo="nobody/nothing:main")
 
 

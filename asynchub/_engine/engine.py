@@ -141,6 +141,9 @@ class _LoopResources:
     limiter: anyio.CapacityLimiter
     bucket: TokenBucket | None
     inflight: dict[Path, _Shared] = field(default_factory=dict)
+    host_slots: dict[tuple[str, str, int | None], anyio.CapacityLimiter] = field(
+        default_factory=dict
+    )
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -299,6 +302,7 @@ class Engine:
             sleep=self._sleep,
             clock=self._clock,
             emit=self._emit,
+            host_slots=res.host_slots,
         )
 
     # ------------------------------------------------------------------ public API

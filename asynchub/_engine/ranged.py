@@ -19,13 +19,18 @@ How a mirror is used (:meth:`FileDownload.run_mirror`):
 3. **Strict HTTP.** Every 206 ``Content-Range`` is checked against what was asked (start, end,
    total); a ``Content-Length`` longer than the range is refused, a shorter one (a short 206)
    is accepted and the rest asked again; bytes past the range are never written; a
-   ``multipart/byteranges`` answer is refused. ``If-Range`` carries the recorded strong ETag; a
-   200 to a range request mid-download, 412, 416, or a different ETag means the file changed
-   on the server: the file restarts from scratch (:data:`MAX_RESTARTS` times at most).
+   ``multipart/byteranges`` answer is refused. No ``If-Range`` is sent and a different
+   ``ETag`` or ``Last-Modified`` is not a reason to discard bytes (load-balanced backends
+   disagree on validators for the same bytes; the SHA-256 verifies the file end to end and a
+   real change of content fails it). A 200 to a range request mid-download (a CDN ignoring
+   Range now and then) is retried like any protocol slip. A different total size, 412 or 416
+   means the file changed on the server: the file restarts from scratch
+   (:data:`MAX_RESTARTS` times at most).
 4. **Retries.** Connection and payload errors, stalls, protocol slips, 408/425/429/5xx are
    retried from the last byte written, after ``config.retry.delay(attempt, retry_after)``; the
-   attempt counter restarts whenever a try wrote bytes, except a try that ended in a stall
-   (so a server that sends a few bytes and stalls, forever, exhausts the budget). 403/410
+   budget is given back only once failed tries wrote :data:`MEANINGFUL` bytes of the range
+   (1 MiB, or a quarter of the range), never after a stall, so a server that sends a few bytes
+   and resets or stalls, forever, exhausts the budget and the next mirror is tried. 403/410
    from a redirected (signed) URL resolves the original URL again at once. Other statuses
    (401, 404, 410, ...) fail the mirror.
 5. **Watchdog.** A per-file task checks every active request every ``min(stall_timeout,
@@ -56,10 +61,12 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.lowlevel
@@ -114,6 +121,12 @@ PIECE = 1024 * 1024
 #: Seconds between resume-state saves (and the longest a connection holds unwritten bytes).
 STATE_PERIOD = 0.25
 MAX_RESTARTS = 3
+#: A failed try gives the retry budget back only once the tries since the last reset wrote
+#: this much of their range (or a quarter of it, for a smaller range): real progress, not
+#: "some bytes flowed".
+MEANINGFUL = 1024 * 1024
+#: ``bytes <first>-<last>/<total>`` in ASCII digits (``re.ASCII``: ``[0-9]``, never ``\\d``).
+_CONTENT_RANGE = re.compile(r"(?i:bytes)[ ]+([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20})", re.ASCII)
 
 
 class Restart(Exception):
@@ -126,15 +139,16 @@ class Unranged(Exception):
 
 
 def parse_content_range(value: str | None, url: str) -> tuple[int, int, int]:
-    """``bytes a-b/n`` → ``(a, b, n)``; :class:`ProtocolError` for anything else."""
-    unit, _, rest = (value or "").strip().partition(" ")
-    span, _, total = rest.strip().partition("/")
-    first, _, last = span.partition("-")
-    if unit.lower() != "bytes" or not (first.isdigit() and last.isdigit() and total.isdigit()):
-        raise ProtocolError(f"{url} sent an unusable Content-Range {value!r}", url=url)
+    """``bytes a-b/n`` → ``(a, b, n)``; :class:`ProtocolError` for anything else. Only ASCII
+    digits count: ``"²".isdigit()`` is true but ``int("²")`` fails, and ``int("١٢")`` reads
+    digits HTTP does not allow."""
+    match = _CONTENT_RANGE.fullmatch((value or "").strip())
+    if match is None:
+        raise ProtocolError(f"{url} sent an unusable Content-Range {value!r:.80}", url=url)
+    first, last, total = match.groups()
     start, end = int(first), int(last)
     if end < start:
-        raise ProtocolError(f"{url} sent an empty Content-Range {value!r}", url=url)
+        raise ProtocolError(f"{url} sent an empty Content-Range {value!r:.80}", url=url)
     return start, end, int(total)
 
 
@@ -197,6 +211,25 @@ class Context:
     sleep: Callable[[float], Awaitable[None]]
     clock: Callable[[], float]
     emit: Callable[[ProgressEvent], None]
+    #: One ``max_connections_per_host`` limiter per (scheme, host, port), shared by the
+    #: engine's downloads on one loop (see :meth:`host_slot`).
+    host_slots: dict[tuple[str, str, int | None], anyio.CapacityLimiter] = field(
+        default_factory=dict
+    )
+
+    def host_slot(self, url: str) -> anyio.CapacityLimiter:
+        """The connection slots of ``url``'s host. A request takes one *before* the watchdog
+        starts timing it: with ``max_connections_per_host`` below ``max_connections``, the
+        workers queued for a connection to one host are waiting, not stalled (the transport's
+        own per-host limit then never makes a watched request wait)."""
+        parts = urlsplit(url)
+        key = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
+        slot = self.host_slots.get(key)
+        if slot is None:
+            slot = self.host_slots[key] = anyio.CapacityLimiter(
+                self.config.max_connections_per_host
+            )
+        return slot
 
     def notify_retry(self, name: str) -> Callable[[str], None]:
         """What a :class:`Retrier` calls on each retry of ``name``: a ``retry`` event."""
@@ -274,6 +307,7 @@ class FileDownload:
         self.single = False
         self._active: set[_Active] = set()
         self._retry_wave = RetryWave(ctx.clock)
+        self._ignored = 0  # 200 answers to a range request (Range ignored) so far
         self._saving = False
         self._dirty = False
         self._unsaved = 0  # bytes written since the last save started
@@ -438,6 +472,7 @@ class FileDownload:
             self.name,
             self.ctx.notify_retry(self.name),
             wave=self._retry_wave,
+            meaningful=min(MEANINGFUL, max(1, self.plan.remaining(index) // 4)),
         )
         while not self.plan.is_done(index):
             before = self.plan.written[index]
@@ -451,27 +486,26 @@ class FileDownload:
                 if retryable(exc) and self.plan.is_done(index):
                     log.debug("%s: %s (the range was complete)", self.name, exc)
                     return
-                if self.plan.written[index] > before and not isinstance(exc, StallError):
-                    retrier.progressed()  # bytes flowed; a stall always counts, however it began
+                if not isinstance(exc, StallError):  # a stall always counts, however it began
+                    retrier.progressed(self.plan.written[index] - before)
                 await retrier.failed(exc)
 
     async def _request(self, index: int, ready: anyio.Event | None) -> None:
         start = self.plan.next_offset(index)
         last = self.plan.bounds(index)[1] - 1
         headers = {"Range": f"bytes={start}-{last}"}
-        if self.etag:
-            headers["If-Range"] = self.etag
-        active = _Active(self.ctx.clock())
-        self._active.add(active)
-        try:
-            with anyio.CancelScope() as scope:
-                active.scope = scope
-                sent = self.url
-                async with self.ctx.transport.request(sent, headers=headers) as response:
-                    active.last = self.ctx.clock()
-                    await self._answer(index, response, sent, start, last, ready, active)
-        finally:
-            self._active.discard(active)
+        sent = self.url
+        async with self.ctx.host_slot(sent):
+            active = _Active(self.ctx.clock())
+            self._active.add(active)
+            try:
+                with anyio.CancelScope() as scope:
+                    active.scope = scope
+                    async with self.ctx.transport.request(sent, headers=headers) as response:
+                        active.last = self.ctx.clock()
+                        await self._answer(index, response, sent, start, last, ready, active)
+            finally:
+                self._active.discard(active)
         if scope.cancelled_caught and active.reason is not None:
             raise StallError(f"{self.url}: {active.reason}", url=self.url)
 
@@ -515,8 +549,15 @@ class FileDownload:
                 if not declared:
                     raise Unranged(f"{url} ignores Range and sends no Content-Length")
                 size = await self._learn_size(declared, url)
-            if self.validated and not self.single:
-                raise Restart("the server answered 200 to a range request")
+            if not self.single and (self.validated or (self.plan.done_bytes and not self._ignored)):
+                # a CDN that ignores Range now and then: ask for the range again (bounded by
+                # the retry budget) rather than start the file over; the SHA-256 verifies
+                # the bytes kept. On resume (nothing validated yet) once, then start over.
+                self._ignored += 1
+                raise ProtocolError(
+                    f"{url} answered 200 (the whole file) to a range request; asking again",
+                    url=url,
+                )
             if self.single or self.plan.done_bytes:
                 raise Restart("the whole file was sent (Range ignored, or the file changed)")
             declared = response.content_length
@@ -559,15 +600,19 @@ class FileDownload:
         return size
 
     def _check_validators(self, response: Response) -> None:
+        """Record the first answer's validators (kept in the resume state, for the record). A
+        different ``ETag`` or ``Last-Modified`` later is logged, never a reason to discard
+        bytes: load-balanced backends give the same bytes different strong ETags, and the
+        SHA-256 verifies the whole file anyway (a real change of content fails it, and the
+        engine then starts the file over; a change of size is caught here at once)."""
         etag = _strong_etag(response)
         modified = response.headers.get("Last-Modified")
-        if self.etag is not None and etag is not None and etag != self.etag:
-            raise Restart(f"the ETag changed from {self.etag} to {etag}")
-        if self.etag is None and self.last_modified and modified and modified != self.last_modified:
-            raise Restart("Last-Modified changed")
         if not self.validated:
             self.etag = etag
             self.last_modified = modified
+        elif etag is not None and self.etag is not None and etag != self.etag:
+            log.debug("%s: ETag %s differs from %s; the SHA-256 decides", self.name, etag,
+                      self.etag)  # fmt: skip
 
     async def _stream(
         self, index: int, response: Response, offset: int, length: int, active: _Active

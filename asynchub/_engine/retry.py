@@ -76,8 +76,8 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
 class RetryPolicy:
     """How often and how patiently to retry a failing request.
 
-    ``attempts`` counts tries after the first; the budget resets whenever bytes flow (the
-    engine calls it per *stalled* stretch, not per file). Waits are ``uniform(0, min(cap,
+    ``attempts`` counts tries after the first; the budget is given back once tries made real
+    progress (see :class:`Retrier`), not whenever a byte flowed. Waits are ``uniform(0, min(cap,
     base * 2**n))`` (full jitter); a server's ``Retry-After`` is honoured up to
     ``max_retry_after`` seconds.
 
@@ -200,6 +200,13 @@ class Retrier:
     Log lines: one INFO line per retry *wave*. Retriers that share a ``wave`` (the ranges of
     one file) log the first retry within :data:`RETRY_WAVE` seconds at INFO and the others of
     that burst at DEBUG, so forty connections failing together make one visible line.
+
+    **Progress-aware budget.** ``meaningful`` is how many bytes the tries since the budget was
+    last given back must add up to before it is given back again (``0``: any byte). A mirror
+    that resets every connection after ~100 bytes then spends its budget as fast as one that
+    sends nothing, and the caller moves on to the next mirror, instead of crawling through a
+    file 100 bytes per connection (~312 B/s, an hour for 1 MB) while the budget resets on
+    every byte.
     """
 
     def __init__(
@@ -209,17 +216,25 @@ class Retrier:
         name: str,
         notify: Callable[[str], None] | None = None,
         wave: RetryWave | None = None,
+        *,
+        meaningful: int = 0,
     ) -> None:
         self.policy = policy
         self._sleep = sleep
         self._name = name
         self._notify = notify
         self._wave = wave if wave is not None else RetryWave()
+        self.meaningful = meaningful
         self.attempt = 0
+        self._progress = 0
 
-    def progressed(self) -> None:
-        """A try moved the download forward: the budget starts again."""
-        self.attempt = 0
+    def progressed(self, nbytes: int | None = None) -> None:
+        """A try moved the download forward by ``nbytes`` (``None``: by a meaningful amount);
+        the budget starts again once the bytes since the last reset reach ``meaningful``."""
+        self._progress += self.meaningful if nbytes is None else nbytes
+        if self._progress >= self.meaningful:
+            self.attempt = 0
+            self._progress = 0
 
     async def failed(self, exc: HubError) -> None:
         """Wait before the next try, or raise ``exc`` (see the class docstring)."""

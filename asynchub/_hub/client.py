@@ -223,9 +223,17 @@ class AsyncHub:
     # -- documents and manifests ---------------------------------------------------------
     @_operation
     async def fetch_document(
-        self, url: str, cache_file: Path, *, what: str, immutable: bool = False
+        self,
+        url: str,
+        cache_file: Path,
+        *,
+        what: str,
+        immutable: bool = False,
+        validate: Callable[[bytes], object] | None = None,
     ) -> bytes:
-        """A small document (manifest, card) cached on disk and revalidated by ETag."""
+        """A small document (manifest, card) cached on disk and revalidated by ETag; a new
+        body replaces the cached copy only if ``validate`` (blocking, run in a worker thread)
+        accepts it."""
         return await fetch_document(
             self.transport,
             self.config,
@@ -234,6 +242,8 @@ class AsyncHub:
             what=what,
             immutable=immutable,
             sleep=self.sleep,
+            clock=self.clock,
+            validate=validate,
         )
 
     async def fetch_files(

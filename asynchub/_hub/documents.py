@@ -6,9 +6,16 @@ it came from, its ``ETag`` and ``Last-Modified``. Rules:
 * ``immutable=True`` (a manifest at a 40-hex commit): a cached copy is used without asking.
 * offline: the cached copy, else :class:`OfflineError`.
 * online: ``GET`` with ``If-None-Match`` / ``If-Modified-Since`` when the cached copy came from
-  the same URL; ``304`` keeps the copy, ``200`` replaces it atomically.
-* the network fails (connection, 5xx after retries) and a copy exists: the copy is used and a
-  warning is logged, so a flaky network never breaks a warm cache.
+  the same URL; ``304`` keeps the copy, ``200`` replaces it atomically, but only once the
+  caller's ``validate`` accepted the new body: a bad ``200`` (an HTML error page, a truncated
+  close-delimited body, JSON that fails validation) never replaces a good copy.
+* the request is watched like every file range (:mod:`asynchub._engine.watchdog`): the head
+  must arrive within ``stall_timeout``, the body must keep ``min_rate`` over ``rate_window``,
+  so a slow-but-alive server cannot hold a document forever.
+* a copy exists and revalidation fails in any way (connection, stall, 5xx, ``429``/``503``
+  with ``Retry-After``, a body that fails validation): the copy is used at once, with a
+  warning: one try, no back-off and no ``Retry-After`` wait, so a flaky or throttling server
+  never delays (or breaks) a warm cache. Without a copy, the retry policy applies.
 * ``404``/``410``: :class:`HTTPStatusError` (a missing document is not papered over).
 * a cache directory on the way that is a symbolic link (or not a directory) is refused, as
   everywhere in the cache: the document is used but not cached, and a warning says why.
@@ -16,10 +23,12 @@ it came from, its ``ETag`` and ``Last-Modified``. Rules:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +38,17 @@ import anyio
 
 from .._cache.layout import ensure_dir
 from .._config import HubConfig
-from .._engine.retry import Retrier, retry_call, status_failure
-from .._exceptions import HTTPStatusError, OfflineError, ProtocolError, TransferError
-from .._transport.base import Transport
+from .._engine.retry import Retrier, RetryPolicy, retry_call, status_failure
+from .._engine.watchdog import Watched, run_watched
+from .._exceptions import (
+    HTTPStatusError,
+    HubError,
+    ManifestError,
+    OfflineError,
+    ProtocolError,
+    TransferError,
+)
+from .._transport.base import Response, Transport
 
 __all__ = ["MAX_DOCUMENT_BYTES", "fetch_document"]
 
@@ -39,6 +56,7 @@ log = logging.getLogger("asynchub")
 
 #: Largest document accepted (the real ONNX manifest is ~0.5 MB).
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+READ_PIECE = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -98,9 +116,13 @@ async def fetch_document(
     what: str,
     immutable: bool = False,
     sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    validate: Callable[[bytes], object] | None = None,
 ) -> bytes:
     """The document at ``url``, cached at ``cache_file`` (see the module docstring); retry
-    waits go through ``sleep`` (the hub's injected one)."""
+    waits go through ``sleep`` and the watchdog measures with ``clock`` (the hub's injected
+    ones). ``validate`` (blocking, run in a worker thread) raises a :class:`HubError` for a
+    document that must not replace the cached copy."""
     cached = await anyio.to_thread.run_sync(_read_cached, cache_file)
     if cached is not None and (immutable or config.offline):
         return cached.body
@@ -115,15 +137,22 @@ async def fetch_document(
             headers["If-None-Match"] = str(cached.meta["etag"])
         if cached.meta.get("last_modified"):
             headers["If-Modified-Since"] = str(cached.meta["last_modified"])
+    # With a good copy at hand, revalidation gets one try: waiting (back-off, Retry-After,
+    # a slow server) would only delay what the copy already answers.
+    policy = config.retry if cached is None else dataclasses.replace(config.retry, attempts=0)
     try:
-        status, body, meta = await _get_with_retries(transport, config, url, headers, sleep)
+        status, body, meta = await _get_with_retries(
+            transport, config, url, headers, policy, sleep, clock
+        )
+        if status == 200 and validate is not None:
+            await anyio.to_thread.run_sync(validate, body)
     except HTTPStatusError as exc:
         if exc.status in (404, 410) or cached is None:
             raise
         log.warning("could not revalidate the %s (%s); using the cached copy", what, exc)
         return cached.body
-    except TransferError as exc:
-        if cached is None:
+    except HubError as exc:
+        if cached is None or not isinstance(exc, (TransferError, ManifestError)):
             raise
         log.warning("could not revalidate the %s (%s); using the cached copy", what, exc)
         return cached.body
@@ -141,15 +170,18 @@ async def _get_with_retries(
     config: HubConfig,
     url: str,
     headers: dict[str, str],
+    policy: RetryPolicy,
     sleep: Callable[[float], Awaitable[None]],
+    clock: Callable[[], float],
 ) -> tuple[int, bytes, dict[str, Any]]:
-    async def once() -> tuple[int, bytes, dict[str, Any]]:
+    async def once(watched: Watched) -> tuple[int, bytes, dict[str, Any]]:
         async with transport.request(url, headers=headers) as response:
+            watched.saw(0, clock())
             if response.status == 304:
                 return 304, b"", {}
             if response.status != 200:
                 raise status_failure(response.status, response.headers, url, "GET")
-            body = await response.read(MAX_DOCUMENT_BYTES)
+            body = await _read_body(response, watched, clock)
             meta = {
                 "url": url,
                 "etag": response.headers.get("ETag"),
@@ -157,4 +189,30 @@ async def _get_with_retries(
             }
             return 200, body, meta
 
-    return await retry_call(once, Retrier(config.retry, sleep, url))
+    async def watched_once() -> tuple[int, bytes, dict[str, Any]]:
+        return await run_watched(once, config=config, url=url, sleep=sleep, clock=clock)
+
+    return await retry_call(watched_once, Retrier(policy, sleep, url))
+
+
+async def _read_body(response: Response, watched: Watched, clock: Callable[[], float]) -> bytes:
+    """The whole body, at most :data:`MAX_DOCUMENT_BYTES`, each piece reported to the
+    watchdog."""
+    limit = MAX_DOCUMENT_BYTES
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        raise ProtocolError(
+            f"{response.url} announced {declared} bytes, more than the {limit} allowed",
+            url=response.url,
+        )
+    parts: list[bytes] = []
+    total = 0
+    async for data in response.iter_chunks(READ_PIECE):
+        total += len(data)
+        watched.saw(len(data), clock())
+        if total > limit:
+            raise ProtocolError(
+                f"{response.url} sent more than the {limit} bytes allowed", url=response.url
+            )
+        parts.append(data)
+    return b"".join(parts)

@@ -47,9 +47,16 @@ class SourceHost(Protocol):
     def config(self) -> HubConfig: ...
 
     async def fetch_document(
-        self, url: str, cache_file: Path, *, what: str, immutable: bool = False
+        self,
+        url: str,
+        cache_file: Path,
+        *,
+        what: str,
+        immutable: bool = False,
+        validate: Callable[[bytes], object] | None = None,
     ) -> bytes:
-        """A small document cached on disk, revalidated by ETag, usable offline."""
+        """A small document cached on disk, revalidated by ETag, usable offline; a new body
+        replaces the cached copy only if ``validate`` accepts it."""
         ...
 
     async def fetch_files(

@@ -48,6 +48,12 @@ MANIFEST_HINT = (
 )
 
 
+def _short(exc: BaseException, limit: int = 500) -> str:
+    """An error's message cut to ``limit`` characters (messages stay readable and bounded)."""
+    text = str(exc)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 @dataclass
 class _Flight:
     """A manifest fetch in flight, shared by every coroutine that asks for it meanwhile."""
@@ -100,25 +106,39 @@ class OnnxSource:
 
     async def _fetch_manifest(self, spec: RepoSpec, url: str) -> list[ModelInfo]:
         host = self._host
+        fresh: list[tuple[bytes, list[ModelInfo]]] = []
+
+        def validate(data: bytes) -> None:
+            # a new manifest is parsed (and so validated) before it may replace the cached
+            # one; the result is kept so it is not parsed twice
+            fresh.append((data, parse_manifest(data, source=url)))
+
         try:
             data = await host.fetch_document(
                 url,
                 manifest_cache_file(host.config, spec),
                 what=f"manifest of {spec}",
                 immutable=is_commit_ref(spec.ref),
+                validate=validate,
             )
         except OfflineError as exc:
-            raise ManifestNotFoundError(f"Manifest not found for {spec}: {exc}") from exc
-        except HTTPStatusError as exc:
-            # onnx.hub raised AssertionError for an HTTP error answer: so do we
             raise ManifestNotFoundError(
-                f"Manifest not found for {spec}: {exc}. Check the repo name and ref "
-                "(owner/name[:ref]), or set ASYNCHUB_MANIFEST_URL to a mirror that serves it"
+                f"Could not find manifest at {url}: offline mode is on and no copy is cached. "
+                f"{_short(exc)}"
+            ) from exc
+        except HTTPStatusError as exc:
+            # onnx.hub raised AssertionError("Could not find manifest at <url>") for an HTTP
+            # error answer: so do we, with the same words first
+            raise ManifestNotFoundError(
+                f"Could not find manifest at {url} ({_short(exc)}). Check the repo name and "
+                "ref (owner/name[:ref]), or set ASYNCHUB_MANIFEST_URL to a mirror that serves it"
             ) from exc
         except TransferError as exc:
             # the server could not be reached: a network error, not "not found"
             before = f"could not fetch the manifest of {spec}: "
             raise amend(exc, before=before, after=MANIFEST_HINT)  # noqa: B904 - the same error
+        if fresh and fresh[-1][0] is data:
+            return fresh[-1][1]
         entries: list[ModelInfo] = await host.run_blocking(
             functools.partial(parse_manifest, data, source=url)
         )

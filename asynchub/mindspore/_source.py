@@ -86,7 +86,12 @@ async def fetch_card(hub: SourceHost, uid: str, *, refresh: bool = False) -> Ass
     cache_file = card_cache_file(hub.config.cache_dir, uid)
     await hub.run_blocking(ensure_dir, hub.config.cache_dir, cache_file.parent)
     try:
-        data = await hub.fetch_document(url, cache_file, what=f"MindSpore Hub card {uid}")
+        data = await hub.fetch_document(
+            url,
+            cache_file,
+            what=f"MindSpore Hub card {uid}",
+            validate=lambda body: parse_card(body, uid),
+        )
     except HTTPStatusError as exc:
         if exc.status in (404, 410):
             raise ModelNotFoundError(

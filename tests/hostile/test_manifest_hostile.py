@@ -294,8 +294,13 @@ entries = st.fixed_dictionaries(
     optional={"onnx_version": st.one_of(st.just("1.9"), json_scalars)},
 )
 finite_json_values = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False,
-              allow_infinity=False), st.text(max_size=10)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=10),
+    ),
     lambda inner: st.one_of(
         st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
     ),
@@ -435,8 +440,8 @@ SERVED_CASES: dict[str, Callable[[list[dict[str, Any]]], bytes]] = {
     "negative-size": lambda m: json.dumps(
         [{**m[0], "metadata": {**m[0]["metadata"], "model_bytes": -1}}]
     ).encode(),
-    "duplicate-key": lambda m: json.dumps(m).encode().replace(
-        b'"model":', b'"model": "Evil", "model":', 1
+    "duplicate-key": lambda m: (
+        json.dumps(m).encode().replace(b'"model":', b'"model": "Evil", "model":', 1)
     ),
     "deep-nesting": lambda m: b"[" * 5000 + b"]" * 5000,
     "nan-size": lambda m: json.dumps(
