@@ -35,7 +35,7 @@ from typing import Any
 
 VARIANTS = ("own", "portal", "portal-daemon")
 
-CHILD = r'''
+CHILD = r"""
 import asyncio, json, statistics, sys, threading, time
 import anyio, anyio.from_thread, anyio.to_thread
 import anyio._backends._asyncio  # imported up front by every variant: start-up compares threads
@@ -95,7 +95,7 @@ print(json.dumps({"start_ms": start_ms, "call_us": statistics.median(samples) * 
                   "to_thread_ms": to_thread_ms}), flush=True)
 import os
 os._exit(0)
-'''
+"""
 
 
 def _child(variant: str, mode: str) -> tuple[dict[str, Any], float | None]:
