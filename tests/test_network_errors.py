@@ -287,6 +287,8 @@ async def test_retries_and_failover_are_logged_at_info(
         await hub.download("TinyNet")
     infos = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     retries = [m for m in infos if "503" in m and "retry" in m]
+    waves = [r for r in caplog.records if getattr(r, "asynchub_retry_wave", False)]
+    assert [r.getMessage() for r in waves] == retries
     assert len(retries) == 2, infos
     assert "retry 1/3" in retries[0] and "retry 2/3" in retries[1]
     failover = [m for m in infos if "trying the next mirror" in m]
