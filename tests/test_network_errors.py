@@ -15,7 +15,7 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
@@ -204,6 +204,49 @@ async def test_a_server_that_never_answers(silent_server: int, tmp_path: Path) -
     assert took < 4 * 0.3 + 2.0  # 1 try + 3 retries of 0.3 s each, tiny waits
 
 
+@pytest.fixture
+def dropping_port() -> Iterator[int]:
+    """A port whose SYNs are dropped: a listener whose accept queue is full (never accepted),
+    as a firewall that drops packets looks to a client."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = int(server.getsockname()[1])
+    held: list[socket.socket] = []
+    try:
+        for _ in range(16):  # bounded: fill the queue until a connect times out
+            probe = socket.socket()
+            probe.settimeout(0.2)
+            held.append(probe)
+            try:
+                probe.connect(("127.0.0.1", port))
+            except (TimeoutError, OSError):
+                break
+        else:
+            pytest.skip("the kernel accepted every connection: cannot simulate dropped SYNs")
+        yield port
+    finally:
+        for probe in held:
+            probe.close()
+        server.close()
+
+
+async def test_a_network_that_drops_packets(dropping_port: int, tmp_path: Path) -> None:
+    config = _default_retry_config(f"http://127.0.0.1:{dropping_port}", tmp_path / "c")
+    config = config.replace(connect_timeout=0.3)
+    started = time.monotonic()
+    async with _hub(config) as hub:
+        with pytest.raises(ConnectTimeoutError) as info:
+            await hub.list_models()
+    took = time.monotonic() - started
+    message = str(info.value)
+    assert f"connecting to 127.0.0.1:{dropping_port} timed out after 0.3 s" in message
+    assert "proxy" in message and "--offline" in message
+    _clean(message)
+    # 3 tries (connect_attempts=2 retries) of 0.3 s, waits of at most 0.25 + 0.5 s
+    assert 0.9 <= took < 0.9 + 0.75 + 2.0, took
+
+
 async def test_manifest_404_says_it_does_not_exist(mirror: MirrorServer, tmp_path: Path) -> None:
     config = _default_retry_config(mirror.url, tmp_path / "c")
     async with _hub(config) as hub:
@@ -244,6 +287,8 @@ async def test_retries_and_failover_are_logged_at_info(
         await hub.download("TinyNet")
     infos = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
     retries = [m for m in infos if "503" in m and "retry" in m]
+    waves = [r for r in caplog.records if getattr(r, "asynchub_retry_wave", False)]
+    assert [r.getMessage() for r in waves] == retries
     assert len(retries) == 2, infos
     assert "retry 1/3" in retries[0] and "retry 2/3" in retries[1]
     failover = [m for m in infos if "trying the next mirror" in m]

@@ -199,7 +199,9 @@ class Retrier:
 
     Log lines: one INFO line per retry *wave*. Retriers that share a ``wave`` (the ranges of
     one file) log the first retry within :data:`RETRY_WAVE` seconds at INFO and the others of
-    that burst at DEBUG, so forty connections failing together make one visible line.
+    that burst at DEBUG, so forty connections failing together make one visible line. Each
+    record carries ``record.asynchub_retry_wave`` (``True`` on the first line of a wave), so a
+    front end (the CLI) can show wave lines as warnings without turning on all INFO logging.
 
     **Progress-aware budget.** ``meaningful`` is how many bytes the tries since the budget was
     last given back must add up to before it is given back again (``0``: any byte). A mirror
@@ -248,8 +250,14 @@ class Retrier:
             wait = self.policy.delay(self.attempt, after, connect=connect)
         self.attempt += 1
         message = f"{exc} (retry {self.attempt}/{limit} in {wait:.2f} s)"
-        level = logging.INFO if self._wave.starts(self.attempt) else logging.DEBUG
-        log.log(level, "%s: %s", self._name, message)
+        wave = self._wave.starts(self.attempt)
+        log.log(
+            logging.INFO if wave else logging.DEBUG,
+            "%s: %s",
+            self._name,
+            message,
+            extra={"asynchub_retry_wave": wave},
+        )
         if self._notify is not None:
             self._notify(message)
         if wait > 0:

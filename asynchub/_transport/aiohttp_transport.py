@@ -113,8 +113,9 @@ def _translate(
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         raise translate_os_error(exc.certificate_error, url=url) from exc
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        cause = exc.os_error.__cause__
-        lookup = cause if isinstance(cause, socket.gaierror) else socket.gaierror(socket.EAI_NONAME)
+        chain = (exc.os_error, exc.os_error.__cause__)
+        found = [e for e in chain if isinstance(e, socket.gaierror)]
+        lookup = found[0] if found else socket.gaierror(socket.EAI_NONAME, "lookup failed")
         raise translate_os_error(lookup, url=url, proxy=proxy) from exc
     if isinstance(exc, aiohttp.ClientConnectorError):
         raise translate_os_error(exc.os_error, url=url, proxy=proxy) from exc
