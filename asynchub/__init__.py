@@ -31,8 +31,6 @@ from ._api import (
     prefetch,
     set_dir,
 )
-from ._config import HubConfig
-from ._engine.retry import RetryPolicy
 from ._exceptions import (
     ArchiveError,
     CacheError,
@@ -62,29 +60,39 @@ from ._exceptions import (
     TransferError,
     UntrustedRepoError,
 )
-from ._hub.sync import Hub
-from ._onnx.manifest import ModelInfo
-from ._progress.events import ProgressCallback, ProgressEvent
 
 if TYPE_CHECKING:
     from . import hub
+    from ._config import HubConfig
+    from ._engine.retry import RetryPolicy
     from ._hub.client import AsyncHub
+    from ._hub.sync import Hub
+    from ._onnx.manifest import ModelInfo
     from ._onnx.prefetch import PrefetchItem, PrefetchResult
     from ._progress.bars import ProgressBars
+    from ._progress.events import ProgressCallback, ProgressEvent
 
 __version__ = "0.1.0"
 
-#: Public names whose modules are imported on first access, not by ``import asynchub``
-#: (``None``: the name is the module itself). The async core pulls in asyncio, anyio and the
-#: transfer engine, progress bars pull in tqdm, prefetch results are only needed by
-#: ``prefetch``; a script whose models are cached needs none of them (the sync API serves a
-#: cached model without starting its event loop), so ``import asynchub`` costs little more
-#: than ``import onnx``.
+#: The other public names, with the module each comes from, imported on first access
+#: (``None``: the name is the module itself). Choice: ``import asynchub`` imports only the API
+#: functions and the errors (two small modules), so the command line's ``--help`` and a
+#: service that only imports the package pay for no module they do not use, and
+#: ``asynchub.aload`` inside a coroutine finds its function without importing anything on the
+#: event loop. ``load`` pulls in the model stack (onnx, numpy, protobuf: about a second) only
+#: when it parses a model; the async core (asyncio, anyio, the engine, aiohttp) loads when
+#: something has to be fetched, in a worker thread; the bars (tqdm) when one is drawn.
 _LAZY: dict[str, tuple[str, str | None]] = {
     "AsyncHub": ("._hub.client", "AsyncHub"),
+    "Hub": ("._hub.sync", "Hub"),
+    "HubConfig": ("._config", "HubConfig"),
+    "ModelInfo": ("._onnx.manifest", "ModelInfo"),
     "PrefetchItem": ("._onnx.prefetch", "PrefetchItem"),
     "PrefetchResult": ("._onnx.prefetch", "PrefetchResult"),
     "ProgressBars": ("._progress.bars", "ProgressBars"),
+    "ProgressCallback": ("._progress.events", "ProgressCallback"),
+    "ProgressEvent": ("._progress.events", "ProgressEvent"),
+    "RetryPolicy": ("._engine.retry", "RetryPolicy"),
     "hub": (".hub", None),
 }
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import onnx
-
-from ._hub.sync import get_default_hub
-from ._onnx.manifest import ModelInfo
-from ._onnx.urls import DEFAULT_REPO
+from ._hub.offloop import ASYNC_CORE, import_off_loop
+from ._onnx import DEFAULT_REPO
 
 if TYPE_CHECKING:
+    import onnx
+
     from ._hub.client import AsyncHub
+    from ._hub.sync import Hub
+    from ._onnx.manifest import ModelInfo
     from ._onnx.prefetch import PrefetchResult
 
 __all__ = [
@@ -41,6 +42,21 @@ __all__ = [
     "prefetch",
     "set_dir",
 ]
+
+
+def get_default_hub() -> Hub:
+    """The default :class:`Hub` (its module is imported on first use: this module stays as
+    cheap to import as ``asynchub`` itself)."""
+    from ._hub.sync import get_default_hub as default_hub
+
+    return default_hub()
+
+
+async def _async_hub() -> AsyncHub:
+    """The default :class:`AsyncHub`, for a coroutine: the first call of a process imports the
+    async core in a worker thread, never on the event loop thread (see ``_hub/offloop.py``)."""
+    await import_off_loop(*ASYNC_CORE)
+    return get_default_async_hub()
 
 
 def get_default_async_hub() -> AsyncHub:
@@ -196,14 +212,16 @@ async def alist_models(
     repo: str = DEFAULT_REPO, model: str | None = None, tags: list[str] | None = None
 ) -> list[ModelInfo]:
     """Async :func:`list_models`."""
-    return await get_default_async_hub().list_models(repo, model, tags)
+    hub = await _async_hub()
+    return await hub.list_models(repo, model, tags)
 
 
 async def aget_model_info(
     model: str, repo: str = DEFAULT_REPO, opset: int | None = None
 ) -> ModelInfo:
     """Async :func:`get_model_info`."""
-    return await get_default_async_hub().get_model_info(model, repo, opset)
+    hub = await _async_hub()
+    return await hub.get_model_info(model, repo, opset)
 
 
 async def adownload(
@@ -216,7 +234,8 @@ async def adownload(
     trust_repo: bool = False,
 ) -> Path:
     """Async :func:`download`."""
-    return await get_default_async_hub().download(
+    hub = await _async_hub()
+    return await hub.download(
         model, repo, opset, force_reload, silent, trust_repo=trust_repo
     )
 
@@ -231,7 +250,8 @@ async def aload(
     trust_repo: bool = False,
 ) -> onnx.ModelProto:
     """Async :func:`load`: nothing slow runs on the event loop thread."""
-    return await get_default_async_hub().load(
+    hub = await _async_hub()
+    return await hub.load(
         model, repo, opset, force_reload, silent, trust_repo=trust_repo
     )
 
@@ -247,7 +267,8 @@ async def adownload_model_with_test_data(
 ) -> str:
     """Async :func:`download_model_with_test_data` (a ``str``, as onnx.hub; see
     :func:`adownload_with_test_data` for the ``Path`` twin)."""
-    return await get_default_async_hub().download_model_with_test_data(
+    hub = await _async_hub()
+    return await hub.download_model_with_test_data(
         model, repo, opset, force_reload, silent, trust_repo=trust_repo
     )
 
@@ -262,7 +283,8 @@ async def adownload_with_test_data(
     trust_repo: bool = False,
 ) -> Path:
     """Async :func:`download_with_test_data`."""
-    return await get_default_async_hub().download_with_test_data(
+    hub = await _async_hub()
+    return await hub.download_with_test_data(
         model, repo, opset, force_reload, silent, trust_repo=trust_repo
     )
 
@@ -279,7 +301,8 @@ async def aload_composite_model(
     trust_repo: bool = False,
 ) -> onnx.ModelProto:
     """Async :func:`load_composite_model`."""
-    return await get_default_async_hub().load_composite_model(
+    hub = await _async_hub()
+    return await hub.load_composite_model(
         network_model,
         preprocessing_model,
         network_repo,
@@ -306,7 +329,8 @@ async def aprefetch(
     trust_repo: bool = False,
 ) -> PrefetchResult:
     """Async :func:`prefetch`."""
-    return await get_default_async_hub().prefetch(
+    hub = await _async_hub()
+    return await hub.prefetch(
         tags=tags,
         models=models,
         all=all,

@@ -240,6 +240,6 @@ def test_no_module_is_too_long() -> None:
     long = {
         _module_name(p): n
         for p in PACKAGE.rglob("*.py")
-        if (n := len(p.read_text("utf-8").splitlines())) > 650
+        if (n := len(p.read_text("utf-8").splitlines())) > 700
     }
     assert long == {}

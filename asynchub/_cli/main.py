@@ -11,20 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-from tqdm.auto import tqdm
-
-from .._config import HubConfig, parse_size
-from .._exceptions import HubError
-from .._onnx.prefetch import human_bytes
-from .._onnx.urls import DEFAULT_REPO
-from .._progress.bars import ProgressBars, bars_enabled
+from .._onnx import DEFAULT_REPO
 from .support import (
     EXIT_CODES,
     EXIT_INTEGRITY,
@@ -42,9 +34,14 @@ from .support import (
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
+if TYPE_CHECKING:
+    from .._config import HubConfig
+    from .._exceptions import HubError
+
 __all__ = ["EXIT_CODES", "exit_code_for", "main"]
 
-log = logging.getLogger("asynchub")
+#: Imports: what ``--help`` needs (argparse and the parser) at the top, everything else
+#: (logging, the configuration, the async core, the bars) where a command first uses it.
 
 # --- output helpers --------------------------------------------------------------------------
 
@@ -54,7 +51,13 @@ def _out(text: str = "") -> None:
 
 
 def _err(text: str) -> None:
-    tqdm.write(text, file=sys.stderr)
+    # Through tqdm when a bar may be on screen (so the line does not tear it); tqdm is only
+    # imported once a bar is drawn, and without one a plain write is the same.
+    bars = sys.modules.get("tqdm.auto")
+    if bars is not None:
+        bars.tqdm.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 def _json(value: Any) -> None:
@@ -69,6 +72,7 @@ class _Session:
 
     def __init__(self, args: argparse.Namespace, config: HubConfig) -> None:
         from .._hub.client import AsyncHub
+        from .._progress.bars import ProgressBars, bars_enabled
 
         self.bars = ProgressBars() if not args.quiet and bars_enabled(config) else None
         self.hub = AsyncHub(config, progress=self.bars)
@@ -104,6 +108,7 @@ async def cmd_list(args: argparse.Namespace, config: HubConfig) -> int:
 async def cmd_info(args: argparse.Namespace, config: HubConfig) -> int:
     from .._cache.layout import cache_path
     from .._onnx.manifest import filter_models
+    from .._onnx.prefetch import human_bytes
 
     async with _Session(args, config) as hub:
         info = await hub.get_model_info(args.model, _repo(args), args.opset)
@@ -188,6 +193,7 @@ async def cmd_prefetch(args: argparse.Namespace, config: HubConfig) -> int:
 
 async def cmd_mirror(args: argparse.Namespace, config: HubConfig) -> int:
     from .._onnx.mirror import write_mirror
+    from .._onnx.prefetch import human_bytes
 
     async with _Session(args, config) as hub:
         report = await write_mirror(hub, Path(args.out_dir), repo=_repo(args), **_selection(args))
@@ -219,8 +225,11 @@ async def cmd_mirror(args: argparse.Namespace, config: HubConfig) -> int:
 
 
 async def cmd_cache(args: argparse.Namespace, config: HubConfig) -> int:
+    import anyio.to_thread
+
     from .._cache import admin as admin
     from .._hub.registry import all_sources
+    from .._onnx.prefetch import human_bytes
 
     root = config.cache_dir
     owners = all_sources()
@@ -298,6 +307,7 @@ async def cmd_cache(args: argparse.Namespace, config: HubConfig) -> int:
 
 async def cmd_demo(args: argparse.Namespace, config: HubConfig) -> int:
     from .._demo.demo import run_demo
+    from .._progress.bars import ProgressBars, bars_enabled
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
     bars = ProgressBars() if not args.quiet and bars_enabled(config) else None
@@ -321,15 +331,16 @@ async def cmd_demo(args: argparse.Namespace, config: HubConfig) -> int:
 # --- main ------------------------------------------------------------------------------------
 
 
-class _TqdmHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            _err(self.format(record))
-        except Exception:
-            self.handleError(record)
-
-
 def _setup_logging(args: argparse.Namespace) -> None:
+    import logging
+
+    class _TqdmHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                _err(self.format(record))
+            except Exception:
+                self.handleError(record)
+
     level = (
         logging.ERROR
         if args.quiet
@@ -337,12 +348,15 @@ def _setup_logging(args: argparse.Namespace) -> None:
     )
     handler = _TqdmHandler()
     handler.setFormatter(logging.Formatter("asynchub: %(levelname)s: %(message)s"))
+    log = logging.getLogger("asynchub")
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
 
 
 def _config(args: argparse.Namespace) -> HubConfig:
+    from .._config import HubConfig, parse_size
+
     overrides: dict[str, Any] = {}
     if args.cache_dir:
         overrides["cache_dir"] = Path(args.cache_dir)
@@ -381,12 +395,16 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help (0) or a usage error (2)
         return int(exc.code or 0)
+    from .._exceptions import HubError
+
     _setup_logging(args)
     if hasattr(args, "func"):  # the mindspore commands run on their own
         return int(args.func(args))
     config: HubConfig | None = None
     try:
         config = _config(args)
+        import anyio  # the async core: imported once a command runs, not for --help
+
         code: int = anyio.run(args.handler, args, config)
         return code
     except KeyboardInterrupt:
@@ -412,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _first_hub_error(group: BaseExceptionGroup[BaseException]) -> HubError | None:
+    from .._exceptions import HubError
+
     for exc in group.exceptions:
         if isinstance(exc, HubError):
             return exc

@@ -25,28 +25,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._config import HubConfig
-from .._exceptions import (
-    ArchiveError,
-    CacheError,
-    ConfigError,
-    HTTPStatusError,
-    IntegrityError,
-    ManifestError,
-    ManifestNotFoundError,
-    MirrorsExhaustedError,
-    ModelNotFoundError,
-    OfflineError,
-    OpsetNotFoundError,
-    TransferError,
-    UntrustedRepoError,
-)
 from .._hub.registry import all_sources
-from .._onnx.manifest import ModelInfo
-from .._onnx.prefetch import PrefetchResult, human_bytes
-from .._onnx.urls import DEFAULT_REPO
+from .._onnx import DEFAULT_REPO
+
+if TYPE_CHECKING:
+    from .._config import HubConfig
+    from .._onnx.manifest import ModelInfo
+    from .._onnx.prefetch import PrefetchResult
 
 __all__ = [
     "EXIT_CODES",
@@ -75,11 +62,27 @@ EXIT_CODES = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C); partial downloads are kept and resume",
 }
 
-Handler = Callable[[argparse.Namespace, HubConfig], Coroutine[Any, Any, int]]
+Handler = Callable[[argparse.Namespace, "HubConfig"], Coroutine[Any, Any, int]]
 
 
 def exit_code_for(exc: BaseException) -> int:
     """The documented exit code of an error (see ``asynchub --help``)."""
+    from .._exceptions import (  # here, not at the top: --help needs none of them
+        ArchiveError,
+        CacheError,
+        ConfigError,
+        HTTPStatusError,
+        IntegrityError,
+        ManifestError,
+        ManifestNotFoundError,
+        MirrorsExhaustedError,
+        ModelNotFoundError,
+        OfflineError,
+        OpsetNotFoundError,
+        TransferError,
+        UntrustedRepoError,
+    )
+
     if isinstance(exc, OfflineError) or isinstance(exc.__cause__, OfflineError):
         return EXIT_OFFLINE
     if isinstance(exc, ConfigError):
@@ -127,6 +130,8 @@ def table(rows: list[list[str]], header: list[str], right: frozenset[int] = froz
 
 def format_models(entries: Sequence[ModelInfo]) -> str:
     """The ``asynchub list`` table."""
+    from .._onnx.prefetch import human_bytes
+
     rows = [
         [
             e.model,

@@ -475,3 +475,132 @@ def build_zoo(
     ]
     (out_dir / _MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
+
+
+# --- layered models --------------------------------------------------------------------------
+
+
+def _fields(data: bytes) -> list[tuple[int, bytes]]:
+    """``(field number, encoded field)`` of every top-level field of a serialized message
+    (only varint and length-delimited fields, which is all ONNX protos use here)."""
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+
+    def varint(at: int) -> tuple[int, int]:
+        value = shift = 0
+        while True:
+            byte = data[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value, at
+            shift += 7
+
+    while pos < len(data):
+        key, body = varint(pos)
+        if key & 7 == 0:
+            end = varint(body)[1]
+        elif key & 7 == 2:
+            length, start = varint(body)
+            end = start + length
+        else:  # pragma: no cover - not produced by onnx.helper for these protos
+            raise ValueError(f"wire type {key & 7}")
+        out.append((key >> 3, data[pos:end]))
+        pos = end
+    return out
+
+
+def write_layered_model(
+    out_dir: Path,
+    name: str,
+    *,
+    embedding_bytes: int,
+    layers: int,
+    layer_bytes: int,
+    opset: int = 13,
+    tags: Sequence[str] = ("layered",),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write a model laid out like a transformer's weights and return its manifest entry.
+
+    A ``Gather`` from an embedding table of about ``embedding_bytes`` (float32 ``[vocab,
+    hidden]``), then ``layers`` ``MatMul`` weights of about ``layer_bytes`` each (alternately
+    ``[hidden, wide]`` and ``[wide, hidden]``), each followed by ``Relu``; e.g. 32 MiB + 28 x
+    8 MiB for a 256 MiB model. The file has the field order ``SerializeToString`` gives (nodes,
+    name, initializers, inputs, outputs; then the opset imports), but is written one tensor at a
+    time, so memory stays at one layer whatever the size. The manifest entry has the zoo's
+    shape (``validated/layered/<name>/model/<name>-<opset>.onnx``) without test data.
+    """
+    rng = np.random.default_rng(_model_seed(seed, ZooModel(name, opset, tuple(tags))))
+    layer_floats = max(layer_bytes // 4, 8)
+    hidden = 1 << max(1, int(math.log2(max(2, math.isqrt(layer_floats // 2)))))
+    wide = max(1, layer_floats // hidden)
+    vocab = max(1, embedding_bytes // 4 // hidden)
+    prefix = _slug(name, "_")
+    shapes = [("embedding", (vocab, hidden))] + [
+        (f"layer{i}", (hidden, wide) if i % 2 == 0 else (wide, hidden)) for i in range(layers)
+    ]
+    nodes = [helper.make_node("Gather", ["embedding", "ids"], ["h_embed"], name="embed")]
+    current = "h_embed"
+    for i in range(layers):
+        out = NETWORK_OUTPUT if i == layers - 1 else f"h{i}"
+        nodes.append(helper.make_node("MatMul", [current, f"layer{i}"], [f"m{i}"], name=f"mm{i}"))
+        nodes.append(helper.make_node("Relu", [f"m{i}"], [out], name=f"relu{i}"))
+        current = out
+    last = (hidden if layers % 2 == 0 else wide) if layers else hidden
+    graph = helper.make_graph(
+        nodes,
+        prefix,
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, ["batch", "seq", last])],
+    )
+    proto = _finish(graph, opset)
+    tensors = []
+    for tensor_name, shape in shapes:
+        head = onnx.TensorProto(
+            name=tensor_name, data_type=TensorProto.FLOAT, dims=list(shape)
+        ).SerializeToString()
+        nbytes = 4 * shape[0] * shape[1]
+        body_len = len(head) + len(_length_field(_RAW_DATA_FIELD, nbytes)) + nbytes
+        tensors.append((shape, head, nbytes, _length_field(_INITIALIZER_FIELD, body_len)))
+    graph_fields = _fields(proto.graph.SerializeToString())
+    before = b"".join(f for number, f in graph_fields if number < _INITIALIZER_FIELD)
+    after = b"".join(f for number, f in graph_fields if number > _INITIALIZER_FIELD)
+    graph_len = len(before) + len(after) + sum(len(t[3]) + len(t[1]) + len(
+        _length_field(_RAW_DATA_FIELD, t[2])) + t[2] for t in tensors)  # fmt: skip
+    head = onnx.ModelProto()
+    head.CopyFrom(proto)
+    head.ClearField("graph")
+    model_fields = _fields(head.SerializeToString())
+    rel = f"validated/layered/{_slug(name, '-')}/model/{_slug(name, '-')}-{opset}.onnx"
+    target = Path(out_dir) / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    with target.open("wb") as stream:
+
+        def emit(chunk: bytes | memoryview) -> None:
+            digest.update(chunk)
+            stream.write(chunk)
+
+        emit(b"".join(f for number, f in model_fields if number < _GRAPH_FIELD))
+        emit(_length_field(_GRAPH_FIELD, graph_len) + before)
+        for shape, tensor_head, nbytes, field in tensors:
+            weights = rng.standard_normal(shape, dtype=np.float32)
+            weights *= np.float32(1.0 / math.sqrt(shape[0]))
+            emit(field + tensor_head + _length_field(_RAW_DATA_FIELD, nbytes))
+            emit(np.ascontiguousarray(weights, dtype="<f4").data.cast("B"))
+            del weights
+        emit(after)
+        emit(b"".join(f for number, f in model_fields if number > _GRAPH_FIELD))
+    return {
+        "model": name,
+        "model_path": rel,
+        "onnx_version": "1.14",
+        "opset_version": opset,
+        "metadata": {
+            "model_sha": digest.hexdigest(),
+            "model_bytes": target.stat().st_size,
+            "tags": list(tags),
+            "io_ports": _io_ports(proto),
+        },
+    }

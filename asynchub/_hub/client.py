@@ -20,23 +20,24 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 import anyio
-import onnx
 
 from .._cache.archive import extract_test_data
 from .._config import HubConfig
 from .._engine.engine import Engine, FileJob
 from .._exceptions import HubClosedError, HubError
 from .._onnx.manifest import ModelInfo
-from .._onnx.parse import load_model
 from .._onnx.urls import DEFAULT_REPO, RepoSpec
 from .._progress.events import ProgressCallback
 from .._transport.aiohttp_transport import AiohttpTransport
 from .._transport.base import Transport
 from .documents import fetch_document
+from .offloop import ASYNC_CORE, import_off_loop
 from .registry import get_source
 from .source import Source
 
 if TYPE_CHECKING:
+    import onnx
+
     from .._onnx.prefetch import PrefetchResult
     from .._onnx.source import OnnxSource
 
@@ -111,7 +112,9 @@ class AsyncHub:
         )
         self.engine = self._make_engine()
         self._sources: dict[str, Source] = {}
-        self._blocking = anyio.CapacityLimiter(BLOCKING_THREADS)
+        # made on first use: creating an anyio primitive imports anyio's backend, which must
+        # not happen on the event loop thread (an AsyncHub is often built inside a coroutine)
+        self._blocking_limiter: anyio.CapacityLimiter | None = None
         self._closed = False
         self._ops: dict[anyio.CancelScope, asyncio.AbstractEventLoop] = {}
         self._idle: anyio.Event | None = None
@@ -176,6 +179,7 @@ class AsyncHub:
         """Register the running operation so :meth:`aclose` can cancel it."""
         if self._closed:
             raise HubClosedError(f"this AsyncHub is closed; {what}() needs a new one")
+        await import_off_loop(*ASYNC_CORE)  # the first operation of a process: in a thread
         if _inside.get() is self:
             yield
             return
@@ -218,7 +222,9 @@ class AsyncHub:
     # -- blocking work -------------------------------------------------------------------
     async def run_blocking(self, func: Any, *args: Any) -> Any:
         """Run ``func(*args)`` in a worker thread, bounded by the hub's thread limiter."""
-        return await anyio.to_thread.run_sync(func, *args, limiter=self._blocking)
+        if self._blocking_limiter is None:
+            self._blocking_limiter = anyio.CapacityLimiter(BLOCKING_THREADS)
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._blocking_limiter)
 
     # -- documents and manifests ---------------------------------------------------------
     @_operation
@@ -390,8 +396,6 @@ class AsyncHub:
         trust_repo: bool = False,
     ) -> onnx.ModelProto:
         """The preprocessing model merged in front of the network (see :mod:`._composite`)."""
-        from .._onnx.composite import merge_preprocessing
-
         async with anyio.create_task_group() as tg:
             results: dict[str, onnx.ModelProto] = {}
 
@@ -403,7 +407,7 @@ class AsyncHub:
             tg.start_soon(_get, "pre", preprocessing_model, preprocessing_repo)
             tg.start_soon(_get, "net", network_model, network_repo)
         merged: onnx.ModelProto = await self.run_blocking(
-            merge_preprocessing,
+            _merge_preprocessing,
             results["net"],
             results["pre"],
             network_model,
@@ -435,6 +439,7 @@ class AsyncHub:
         ``extract=False``); ``force_reload`` downloads everything again; ``check_space=False``
         skips the free-space check; ``silent`` / ``trust_repo`` are as for ``load``. Failures
         of single files are collected in the result, not raised."""
+        await import_off_loop("asynchub._onnx.prefetch")
         from .._onnx.prefetch import prefetch
 
         return await prefetch(
@@ -455,8 +460,20 @@ class AsyncHub:
 
 def _load_model(path: Path) -> onnx.ModelProto:
     # onnx.load, but releasing the GIL between tensors (see _parse: one long GIL hold froze
-    # the event loop for ~0.4 ms per MB even from a worker thread)
+    # the event loop for ~0.4 ms per MB even from a worker thread); the model stack (onnx,
+    # numpy, protobuf) is imported here, in the worker thread, on first use
+    from .._onnx.parse import load_model
+
     return load_model(path)
+
+
+def _merge_preprocessing(
+    network: onnx.ModelProto, preprocessing: onnx.ModelProto, network_name: str, pre_name: str
+) -> onnx.ModelProto:
+    # onnx.compose and the version converter are imported here, in the worker thread
+    from .._onnx.composite import merge_preprocessing
+
+    return merge_preprocessing(network, preprocessing, network_name, pre_name)
 
 
 _default: AsyncHub | None = None

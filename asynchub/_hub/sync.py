@@ -36,13 +36,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import onnx
-
 from .._cache.layout import cache_path, ensure_dir, file_matches
 from .._config import HubConfig
 from .._exceptions import HubClosedError, HubError
 from .._onnx.manifest import ModelInfo
-from .._onnx.parse import load_model
 from .._onnx.trust import is_trusted
 from .._onnx.urls import DEFAULT_REPO, RepoSpec
 from .._onnx.warm import ManifestMemo, cached_entry
@@ -50,6 +47,8 @@ from .._progress.events import ProgressCallback
 
 if TYPE_CHECKING:
     import asyncio
+
+    import onnx
 
     from .._onnx.prefetch import PrefetchResult
     from .client import AsyncHub
@@ -278,6 +277,8 @@ class Hub:
     ) -> onnx.ModelProto:
         cached = self._cached_file(model, repo, opset, force_reload, trust_repo)
         if cached is not None:
+            from .._onnx.parse import load_model  # the model stack, imported when needed
+
             return load_model(cached)
         return self.run(
             self.async_hub.load(model, repo, opset, force_reload, silent, trust_repo=trust_repo)

@@ -21,8 +21,6 @@ from __future__ import annotations
 import logging
 import sys
 
-import anyio
-
 from .._config import HubConfig
 from .._exceptions import UntrustedRepoError
 from .urls import RepoSpec
@@ -77,6 +75,8 @@ async def check(spec: RepoSpec, config: HubConfig, *, silent: bool, trust_repo: 
     )
     if not _stdin_is_tty():
         raise UntrustedRepoError(f"{message} No terminal to ask on: to trust it, {how}.")
+    import anyio.to_thread
+
     answer = await anyio.to_thread.run_sync(
         _ask, f"{message}\nContinue?[y/n] ", abandon_on_cancel=True
     )

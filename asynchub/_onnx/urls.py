@@ -13,6 +13,7 @@ from urllib.parse import quote, urlsplit
 
 from .._config import GITHUB_MEDIA_URL, HF_ZOO_MIRROR_URL, HubConfig
 from .._exceptions import ConfigError
+from . import DEFAULT_REPO
 
 __all__ = [
     "DEFAULT_REPO",
@@ -23,7 +24,6 @@ __all__ = [
     "same_origin",
 ]
 
-DEFAULT_REPO = "onnx/models:main"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _REF = re.compile(r"^[A-Za-z0-9_./-]+$")
 _COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")

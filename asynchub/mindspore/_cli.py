@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .._config import HubConfig
-from .._exceptions import HubError
-from ._card import AssetCard
+if TYPE_CHECKING:
+    from ._card import AssetCard
 
 __all__ = ["add_parser", "main"]
 
@@ -86,6 +84,8 @@ def _hub(args: argparse.Namespace) -> Any:
         overrides["cache_dir"] = Path(args.cache_dir)
     if getattr(args, "offline", False):
         overrides["offline"] = True
+    from .._config import HubConfig
+
     if getattr(args, "proxy", None):
         overrides["proxy"] = args.proxy
     return Hub(HubConfig.from_env(**overrides))
@@ -102,6 +102,8 @@ def _summary(card: AssetCard) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace, body: Any) -> int:
+    from .._exceptions import HubError
+
     try:
         with _hub(args) as hub:
             result: int = body(hub)
@@ -222,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_parser(subparsers)
     args = parser.parse_args(argv)
     if args.verbose:
+        import logging
+
         logging.basicConfig(level=logging.DEBUG if args.verbose > 1 else logging.INFO)
     code: int = args.func(args)
     return code
