@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ._hub import defaults
 from ._hub.offloop import ASYNC_CORE, import_off_loop
 from ._onnx import DEFAULT_REPO
 
@@ -45,11 +46,8 @@ __all__ = [
 
 
 def get_default_hub() -> Hub:
-    """The default :class:`Hub` (its module is imported on first use: this module stays as
-    cheap to import as ``asynchub`` itself)."""
-    from ._hub.sync import get_default_hub as default_hub
-
-    return default_hub()
+    """The default :class:`Hub` (see :mod:`._hub.defaults`)."""
+    return defaults.default_hub()
 
 
 async def _async_hub() -> AsyncHub:
@@ -60,17 +58,13 @@ async def _async_hub() -> AsyncHub:
 
 
 def get_default_async_hub() -> AsyncHub:
-    """The default :class:`AsyncHub` (its module, with asyncio, anyio and the transfer
-    engine, is imported on first use: a script that only loads cached models never needs it)."""
-    from ._hub.client import get_default_async_hub as default_async_hub
-
-    return default_async_hub()
+    """The default :class:`AsyncHub` (see :mod:`._hub.defaults`)."""
+    return defaults.default_async_hub()
 
 
 def set_dir(new_dir: str | Path) -> None:
     """Use ``new_dir`` as the cache directory (for the sync and the async API)."""
-    get_default_hub().set_dir(new_dir)
-    get_default_async_hub().set_dir(new_dir)
+    defaults.set_default_dir(new_dir)
 
 
 def get_dir() -> str:

@@ -73,6 +73,14 @@ _ORT_TYPES = {
 }  # fmt: skip
 
 
+def import_inference_stack() -> None:
+    """Import what :class:`Runner` uses (blocking; once, at start-up)."""
+    try:
+        import onnxruntime  # type: ignore[import-untyped,import-not-found,unused-ignore]  # noqa: F401
+    except ImportError:
+        import onnx.reference  # noqa: F401
+
+
 class Runner:
     """A model ready to run, opened from its file: onnxruntime if installed, else onnx's
     ReferenceEvaluator."""
@@ -253,6 +261,10 @@ async def open_store(config: HubConfig, *, inference_threads: int = 2) -> AsyncI
     """A :class:`ModelStore` with its hub and its task group. Leaving the block cancels the
     loads still in flight (they keep resumable partial files), then closes the hub."""
     store = ModelStore(inference_threads=inference_threads)
+    # The inference stack (onnxruntime, or onnx + numpy) is imported now, before the service
+    # takes requests: importing it later, even in a worker thread, holds the GIL for a second
+    # or more (C extension start-up) and every request waits meanwhile.
+    await anyio.to_thread.run_sync(import_inference_stack)
     async with (
         AsyncHub(config, progress=store.on_progress) as hub,
         anyio.create_task_group() as tasks,

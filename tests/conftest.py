@@ -68,12 +68,9 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[N
 
 
 def _reset_default_hubs() -> None:
-    sync = sys.modules.get("asynchub._hub.sync")
-    if sync is not None:
-        sync.reset_default_hub()
-    client = sys.modules.get("asynchub._hub.client")
-    if client is not None:
-        client.reset_default_async_hub()
+    defaults = sys.modules.get("asynchub._hub.defaults")
+    if defaults is not None:
+        defaults.reset_defaults()
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from .._onnx.prefetch import PrefetchResult
     from .._onnx.source import OnnxSource
 
-__all__ = ["AsyncHub", "get_default_async_hub", "reset_default_async_hub"]
+__all__ = ["AsyncHub"]
 
 log = logging.getLogger("asynchub")
 
@@ -474,20 +474,3 @@ def _merge_preprocessing(
     from .._onnx.composite import merge_preprocessing
 
     return merge_preprocessing(network, preprocessing, network_name, pre_name)
-
-
-_default: AsyncHub | None = None
-
-
-def get_default_async_hub() -> AsyncHub:
-    """The hub the module-level async functions use, created on first use."""
-    global _default
-    if _default is None:
-        _default = AsyncHub()
-    return _default
-
-
-def reset_default_async_hub(config: HubConfig | None = None) -> None:
-    """Forget the default hub (the next call builds a new one from ``config`` or the env)."""
-    global _default
-    _default = AsyncHub(config) if config is not None else None

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from .._onnx.prefetch import PrefetchResult
     from .client import AsyncHub
 
-__all__ = ["Hub", "get_default_hub", "reset_default_hub", "run"]
+__all__ = ["Hub"]
 
 T = TypeVar("T")
 
@@ -382,34 +382,6 @@ class Hub:
                 trust_repo=trust_repo,
             )
         )
-
-
-_default: Hub | None = None
-_default_lock = threading.Lock()
-
-
-def get_default_hub() -> Hub:
-    """The hub the module-level sync functions use, created on first use."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = Hub()
-        return _default
-
-
-def reset_default_hub(config: HubConfig | None = None) -> None:
-    """Close and forget the default sync hub; the next one uses ``config`` or the env."""
-    global _default
-    with _default_lock:
-        old, _default = _default, (Hub(config) if config is not None else None)
-    if old is not None:
-        old.close()
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on the default sync hub's loop (build it against
-    ``get_default_hub().async_hub``)."""
-    return get_default_hub().run(coro)
 
 
 @atexit.register

@@ -39,7 +39,8 @@ from .._exceptions import (
     ManifestError,
     MirrorsExhaustedError,
 )
-from .._hub.client import AsyncHub, get_default_async_hub
+from .._hub.client import AsyncHub
+from .._hub.defaults import default_async_hub
 from ._card import AssetCard, normalize_uid
 from ._source import asset_job, fetch_card, load_local_cards
 
@@ -82,7 +83,7 @@ class MindSporePrefetchResult:
 
 
 def _hub(hub: AsyncHub | None) -> AsyncHub:
-    return hub if hub is not None else get_default_async_hub()
+    return hub if hub is not None else default_async_hub()
 
 
 async def ainfo(uid: str, *, hub: AsyncHub | None = None) -> AssetCard:
@@ -251,9 +252,9 @@ def _key(item: UidOrCard) -> str:
 
 
 def _run(hub: Hub | None, make: Callable[[AsyncHub], Awaitable[T]]) -> T:
-    from .._hub.sync import get_default_hub
+    from .._hub.defaults import default_hub
 
-    sync_hub = hub if hub is not None else get_default_hub()
+    sync_hub = hub if hub is not None else default_hub()
 
     async def _call() -> T:
         return await make(sync_hub.async_hub)
