@@ -60,14 +60,21 @@ class FleetRun:
 
 
 def start_node(
-    home: Path, base_url: str, jobs: list[list[Any]], config: dict[str, Any]
+    home: Path,
+    base_url: str | None,
+    jobs: list[list[Any]],
+    config: dict[str, Any],
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[str]:
+    """A node process loading ``jobs`` into ``home``; URLs from ``base_url`` (a mirror) or,
+    when it is None, from ``extra_env`` (``ASYNCHUB_MANIFEST_URL``/``ASYNCHUB_FILE_URLS``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHUB_")}
     env.update(
         ONNX_HOME=str(home),
         ASYNCHUB_DISABLE_PROGRESS_BARS="1",
         PYTHONPATH=str(ROOT),
     )
+    env.update(extra_env or {})
     env.pop("XDG_CACHE_HOME", None)
     args = {"base_url": base_url, "jobs": jobs, "config": config}
     return subprocess.Popen(
@@ -80,7 +87,7 @@ def start_node(
     )
 
 
-def _finish(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
+def finish_node(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     out, err = proc.communicate(timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"node {proc.pid} exited {proc.returncode}: {err[-2000:]}")
@@ -157,7 +164,7 @@ def run_fleet(
                                                        node.jobs, config))
             )  # fmt: skip
     for node in [n for n in nodes if not n.killed] + restarted:
-        result = _finish(node.proc, timeout=180)
+        result = finish_node(node.proc, timeout=180)
         result["mount"] = node.mount
         result["jobs"] = node.jobs
         run.results.append(result)
