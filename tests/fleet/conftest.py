@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from asynchub._zoo import ZooModel, build_zoo
+from asynchub._demo.zoo import ZooModel, build_zoo
 from tests.conftest import REPO_PREFIX
 from tests.fleet.system import (
     GlusterVolume,
