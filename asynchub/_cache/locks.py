@@ -69,6 +69,8 @@ __all__ = [
     "owner_tag",
     "process_alive",
     "remove_abandoned",
+    "claim",
+    "remove_abandoned_temps",
 ]
 
 log = logging.getLogger("asynchub")
@@ -347,14 +349,13 @@ def is_abandoned(
     being written (a cancelled task left it; tasks of one process share downloads).
 
     Names written before partials carried a host (``F.<pid>-<hex>.partial``) are judged as
-    this host's; a name no version of asynchub writes has no live writer to protect."""
+    this host's; a name that tells no writer is judged by its age alone."""
     match = _TAG.search(path.name)
+    old = _OLD_TAG.search(path.name) if match is None else None
+    writer_host, pid = "", 0
     if match is not None:
         writer_host, pid = match.group("host"), int(match.group("pid"))
-    else:
-        old = _OLD_TAG.search(path.name)
-        if old is None:
-            return True
+    elif old is not None:
         writer_host, pid = host_tag(host), int(old.group("pid"))
     if writer_host == host_tag(host):
         if locked and pid == os.getpid():
@@ -391,6 +392,20 @@ def remove_abandoned(final: Path, *, host: str, stale_after: float) -> int:
             for victim in (path, path.with_name(path.name + ".json")):
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     os.unlink(victim)
+                    removed += 1
+    return removed
+
+
+def remove_abandoned_temps(directory: Path, *, host: str, stale_after: float) -> int:
+    """Delete ``*.tmp`` files in ``directory`` whose writer is gone; returns how many."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(directory):
+            if not entry.name.endswith(".tmp") or not entry.is_file(follow_symlinks=False):
+                continue
+            if is_abandoned(Path(entry.path), host=host, stale_after=stale_after):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
                     removed += 1
     return removed
 

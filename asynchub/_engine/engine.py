@@ -495,6 +495,10 @@ class Engine:
                 if not keep:
                     await anyio.to_thread.run_sync(remove_quietly, partial, state_path(partial))
             raise
+        # What killed writers left beside the file (possible without the lock) goes now.
+        await anyio.to_thread.run_sync(
+            lambda: remove_abandoned(job.dest, host=host, stale_after=stale)
+        )
         log.info("%s: verified and cached at %s (served by %s)", job.name, job.dest, mirror)
         self._emit(ProgressEvent("done", job.name, total=size, path=job.dest, mirror=mirror))
         return job.dest

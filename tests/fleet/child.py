@@ -6,13 +6,14 @@ like a service starting up), the cache taken from the environment (``ONNX_HOME``
 ``{"results": {"Name:opset": [path, sha256 of the file]}, "errors": [...]}``.
 
 JSON keys: ``jobs``; ``base_url`` (a mirror in GitHub layout, optional); ``config`` (extra
-``HubConfig`` fields, e.g. ``{"use_locks": false}``).
+``HubConfig`` fields, e.g. ``{"use_locks": false}``); ``umask`` (octal text, set first).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from typing import Any
 
@@ -41,6 +42,8 @@ def config_from(args: dict[str, Any]) -> HubConfig:
 
 def main() -> None:
     args: dict[str, Any] = json.loads(sys.argv[1])
+    if args.get("umask"):
+        os.umask(int(args["umask"], 8))
     results: dict[str, list[str]] = {}
     errors: list[str] = []
     hub = Hub(config_from(args))
