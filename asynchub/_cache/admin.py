@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .._exceptions import CacheError
 from .archive import COMPLETE_MARKER
 from .layout import (
     PARTIAL_SUFFIX,
@@ -285,13 +286,18 @@ def _lock_is_free(final: Path) -> bool:
     path = lock_path(final)
     if not path.exists():
         return True
+    return _lock_is_free_path(path)
+
+
+def _lock_is_free_path(path: Path) -> bool:
+    """Whether nobody holds the lock ``path``; taking and releasing it deletes the file."""
     lock = CacheLock(path, host=os.uname().nodename, lease=GRACE)
     try:
         if not lock.try_acquire():
             return False
-    except OSError:
+    except (OSError, CacheError):
         return False
-    lock.release()  # deletes the lock file: nobody held it
+    lock.release()
     return True
 
 
@@ -354,6 +360,7 @@ def prune_cache(
     now = time.time()
     found: list[tuple[Path, str]] = []
     in_use: list[Path] = []
+    stale_locks: list[tuple[Path, str, int]] = []
     for here, dirs, files in _walk(root):
         for name in files:
             path = here / name
@@ -368,6 +375,9 @@ def prune_cache(
             elif name.endswith(".tmp"):
                 if _abandoned(path, host, grace, now):
                     found.append((path, "temporary file"))
+            elif name.endswith(".lock") and not name.startswith("."):
+                if not dry_run and _lock_is_free_path(path):  # taking it deletes it
+                    stale_locks.append((path, "lock file of a gone holder", 0))
             elif _CACHED.match(name) and not name.endswith(".lock") and refs.prunable(root, path):
                 found.append((path, "not referenced by any cached manifest or card"))
         for name in list(dirs):
@@ -400,6 +410,7 @@ def prune_cache(
             except OSError as exc:
                 raise translate_oserror(exc, f"removing {path}") from exc
         removed.append((path, reason, size))
+    removed.extend(stale_locks)
     if not dry_run:
         _remove_empty_dirs(root)
     return PruneReport(tuple(removed), dry_run, tuple(in_use))

@@ -35,9 +35,10 @@ other process's files) when:
 **Partial files** are named ``F.<host>-<pid>-<hex>.partial`` (:func:`owner_tag`). A partial is
 *abandoned* (:func:`is_abandoned`) when its writer is on this host and that process is gone,
 or when neither it nor its resume state was modified for ``2 * lease`` seconds (a writer on
-another host, or a stopped one). Only abandoned partials are adopted (resumed: claimed first
-by an atomic rename, so two processes never continue the same one) or deleted; a partial
-whose writer may be alive is left alone, whoever we are. The same rule holds for temporary
+another host, or a stopped one). Only abandoned partials are touched: those of this host are
+adopted (resumed: claimed first by an atomic rename, so two processes never continue the same
+one), those of other hosts deleted (:func:`may_adopt` says why); a partial whose writer may
+be alive is left alone, whoever we are. The same rule holds for temporary
 files (``*.<host>-<pid>-<hex>.tmp``, manifest and resume-state writes).
 """
 
@@ -66,6 +67,7 @@ __all__ = [
     "LockWait",
     "host_tag",
     "is_abandoned",
+    "may_adopt",
     "owner_tag",
     "process_alive",
     "remove_abandoned",
@@ -173,6 +175,17 @@ class Holder:
             return None
 
 
+_BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
+#: Errors of a file deleted under us; GlusterFS answers ESTALE (even to ``close``) for a lock
+#: file another mount deleted while we had it open.
+_VANISHED = (errno.ENOENT, errno.ESTALE)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 class CacheLock:
     """An exclusive lock on ``path`` with a holder record renewed every ``lease / 4`` s.
 
@@ -211,14 +224,16 @@ class CacheLock:
         try:
             fd = os.open(self.path, flags, 0o666)  # the umask decides who else may read it
         except OSError as exc:
+            if exc.errno in _VANISHED:  # deleted by a release on another host meanwhile
+                return False
             raise CacheError(
                 exc.errno or errno.EIO, f"opening the lock {self.path}: {exc.strerror}"
             ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            _close_quietly(fd)
+            if exc.errno in _BUSY or exc.errno in _VANISHED:
                 return False
             raise CacheError(
                 exc.errno or errno.EIO, f"locking {self.path}: {exc.strerror}"
@@ -228,7 +243,7 @@ class CacheLock:
         except OSError:
             same = False
         if not same:  # released (and deleted) between our open and our flock: try again
-            os.close(fd)
+            _close_quietly(fd)
             return False
         now = time.time()
         self._record = {
@@ -277,7 +292,7 @@ class CacheLock:
                     if os.fstat(fd).st_ino == os.lstat(self.path).st_ino:
                         os.unlink(self.path)
             finally:
-                os.close(fd)
+                _close_quietly(fd)
 
     def holder(self) -> Holder | None:
         """The record of whoever holds the lock now (None: free, unreadable or being written)."""
@@ -358,8 +373,8 @@ def is_abandoned(
     elif old is not None:
         writer_host, pid = host_tag(host), int(old.group("pid"))
     if writer_host == host_tag(host):
-        if locked and pid == os.getpid():
-            return True
+        if pid == os.getpid():  # ours: abandoned only by a task the lock holder replaces
+            return locked
         if not process_alive(pid):
             return True
     now = time.time() if now is None else now
@@ -381,6 +396,20 @@ def _siblings(final: Path, suffixes: tuple[str, ...]) -> Iterator[Path]:
                 and entry.is_file(follow_symlinks=False)
             ):
                 yield Path(entry.path)
+
+
+def may_adopt(path: Path, *, host: str, stale_after: float, locked: bool = True) -> bool:
+    """Whether a partial may be continued here: abandoned, and written on this host.
+
+    A partial another machine wrote is never continued here, only deleted: that machine's
+    kernel may still cache pages of it, and once it becomes the final file those stale pages
+    are what that machine reads (seen on GlusterFS: after a resume across two mounts, the
+    first mount read 3239 stale bytes at the seam of the final file for seconds)."""
+    match = _TAG.search(path.name)
+    ours = host_tag(host) if match is None else match.group("host")
+    return ours == host_tag(host) and is_abandoned(
+        path, host=host, stale_after=stale_after, locked=locked
+    )
 
 
 def remove_abandoned(final: Path, *, host: str, stale_after: float) -> int:

@@ -79,7 +79,7 @@ from .._cache.layout import (
     state_path,
     translate_oserror,
 )
-from .._cache.locks import CacheLock, LockWait, is_abandoned, remove_abandoned
+from .._cache.locks import CacheLock, LockWait, may_adopt, remove_abandoned
 from .._cache.locks import claim as claim_partial
 from .._config import HubConfig
 from .._exceptions import (
@@ -414,6 +414,8 @@ class Engine:
         delay = LOCK_POLL_FIRST
         while not await anyio.to_thread.run_sync(lock.try_acquire):
             reason = await anyio.to_thread.run_sync(wait.verdict)
+            if reason is not None and await anyio.to_thread.run_sync(lock.try_acquire):
+                break  # a holder that died has released it meanwhile
             if reason is not None:
                 log.warning(
                     "%s: not waiting any longer for %s: %s; downloading it in parallel (the"
@@ -449,14 +451,14 @@ class Engine:
                     size=size,
                     chunk_size=chunk,
                     clean=True,
-                    abandoned=lambda p: is_abandoned(p, host=host, stale_after=stale, locked=True),
+                    abandoned=lambda p: may_adopt(p, host=host, stale_after=stale),
                     claim=lambda p: claim_partial(p, host),
                 )
             )
-        else:  # no lock: leave live writers alone, remove what dead ones left
-            await anyio.to_thread.run_sync(
-                lambda: remove_abandoned(job.dest, host=host, stale_after=stale)
-            )
+        # Leave live writers alone, remove what dead ones (of any host) left.
+        await anyio.to_thread.run_sync(
+            lambda: remove_abandoned(job.dest, host=host, stale_after=stale)
+        )
         partial = found[0] if found else new_partial_path(job.dest, host)
         state = found[1] if found else None
         size = state.size if state is not None else size

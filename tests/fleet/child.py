@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import sys
+import traceback
 from typing import Any
 
 from asynchub import Hub, HubConfig, RetryPolicy
@@ -56,7 +57,8 @@ def main() -> None:
                 assert proto.graph.node, "loaded an empty graph"
                 results[f"{model}:{opset}"] = [str(path), digest]
             except Exception as exc:
-                errors.append(f"{model}:{opset}: {type(exc).__name__}: {exc}")
+                where = traceback.format_exc(limit=-4)
+                errors.append(f"{model}:{opset}: {type(exc).__name__}: {exc}\n{where}")
     finally:
         hub.close()
     sys.stdout.write(json.dumps({"results": results, "errors": errors}) + "\n")

@@ -26,6 +26,8 @@ from tests.mirror import MirrorServer
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 256 * 1024
+#: Each mount plays one machine (``ASYNCHUB_HOST_ID``), as each machine of a fleet has its own.
+HOSTS = ("node-a", "node-b")
 _PARTIAL_PID = re.compile(r"\.(?:[A-Za-z0-9_.-]*?-)?(\d+)-[0-9a-f]+\.partial$")
 
 
@@ -55,6 +57,7 @@ class FleetRun:
     results: list[dict[str, Any]] = field(default_factory=list)
     killed_bytes: dict[str, int] = field(default_factory=dict)  # model path -> served at kill
     kills: int = 0
+    killed_pids: list[tuple[int, int]] = field(default_factory=list)  # (mount, pid)
     served: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -120,7 +123,8 @@ def run_fleet(
     for index in range(per_mount * 2):
         mount = index % 2
         jobs = [models[index % len(models)], models[(index + 1) % len(models)]]
-        nodes.append(Node(mount, jobs, start_node(homes[mount], server.url, jobs, config)))
+        nodes.append(Node(mount, jobs, start_node(homes[mount], server.url, jobs, config,
+                                                  {"ASYNCHUB_HOST_ID": HOSTS[mount]})))  # fmt: skip
     first_seen: dict[tuple[int, str], int] = {}
     deadline = time.monotonic() + kill_timeout
     while run.kills < kills and time.monotonic() < deadline:
@@ -148,6 +152,7 @@ def run_fleet(
                     live[pid].proc.wait(30)
                     live[pid].killed = True
                     run.kills += 1
+                    run.killed_pids.append((live[pid].mount, pid))
                     path = entry["model_path"]
                     run.killed_bytes[path] = run.killed_bytes.get(path, 0) + served - start
                     del live[pid]
@@ -161,7 +166,8 @@ def run_fleet(
             node.proc.communicate(timeout=30)
             restarted.append(
                 Node(node.mount, node.jobs, start_node(homes[node.mount], server.url,
-                                                       node.jobs, config))
+                                                       node.jobs, config,
+                                                       {"ASYNCHUB_HOST_ID": HOSTS[node.mount]}))
             )  # fmt: skip
     for node in [n for n in nodes if not n.killed] + restarted:
         result = finish_node(node.proc, timeout=180)
