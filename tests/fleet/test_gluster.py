@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from asynchub._cache.admin import prune_cache
+from asynchub._hub.registry import all_sources
 from tests.fleet.fleetrun import HOSTS, FleetRun, final_name, leftovers, run_fleet
 from tests.fleet.system import GlusterVolume
 from tests.hostile.helpers import FinalWatcher
@@ -60,7 +61,7 @@ def _only_partials_of_killed_writers_left(run: FleetRun, hub: Path, finals: set[
     assert all(n.endswith((".partial", ".partial.json")) for n in left), left
     assert all(any(tag in n for tag in tags) for n in left), (left, tags)
     for mount in set(tags.values()):
-        prune_cache(hub, host=HOSTS[mount])
+        prune_cache(hub, all_sources(), host=HOSTS[mount])
     assert leftovers(hub, finals) == []
 
 

@@ -25,6 +25,7 @@ import pytest
 from asynchub import Hub
 from asynchub._cache.admin import prune_cache
 from asynchub._cache.locks import CacheLock, LockWait
+from asynchub._hub.registry import all_sources
 from tests.conftest import mirror_config
 from tests.fleet.fleetrun import ROOT, final_name, finish_node
 from tests.fleet.system import wait_until
@@ -255,7 +256,7 @@ def test_manifest_tmp_files_of_killed_writers_are_removed(
     live = manifest.with_name(f".{manifest.name}.{host}-{os.getpid()}-0badcaff.tmp")
     dead.write_bytes(b"half a manifest")
     live.write_bytes(b"being written")
-    report = prune_cache(cache)
+    report = prune_cache(cache, all_sources())
     assert dead in [path for path, _why, _n in report.removed]
     assert not dead.exists()
     assert live.exists(), "a live writer's temporary file was removed"

@@ -24,6 +24,7 @@ import pytest
 from asynchub import Hub
 from asynchub._cache.admin import prune_cache
 from asynchub._cache.locks import CacheLock
+from asynchub._hub.registry import all_sources
 from tests.conftest import mirror_config
 from tests.fleet.fleetrun import CHUNK, final_name, finish_node, start_node
 from tests.fleet.system import GlusterVolume, wait_until
@@ -156,7 +157,7 @@ def test_partial_of_a_dead_host_is_left_while_fresh_then_removed_not_resumed(
         "the partial to age",
         30,
     )
-    report = prune_cache(home_b / "hub", host="node-b", grace=2 * LEASE)
+    report = prune_cache(home_b / "hub", all_sources(), host="node-b", grace=2 * LEASE)
     assert seen_from_b in [p for p, _why, _n in report.removed]
     assert not list(path.parent.glob(path.name + ".*")), "leftovers beside the file"
 
