@@ -28,6 +28,11 @@ Environment variables (all optional):
                                     ``REQUEST_METHOD`` is set (CGI, "httpoxy"), as urllib does
 ``all_proxy`` / ``ALL_PROXY``       proxy for both when the one above is not set
 ``no_proxy`` / ``NO_PROXY``         hosts reached directly (rules in ``_transport/proxy.py``)
+``ASYNCHUB_USE_LOCKS``              ``0``: no inter-process locks (default ``1``)
+``ASYNCHUB_HOST_ID``                this machine's name in lock records and partial names
+``ASYNCHUB_LOCK_LEASE``             seconds a lock holder may go without renewing (default 60)
+``ASYNCHUB_LOCK_TIMEOUT``           seconds a waiter waits at most, then downloads in parallel
+                                    (default 900; ``0``: no limit while the holder renews)
 ==================================  ==========================================================
 """
 
@@ -104,8 +109,23 @@ def _parse_int(value: str, *, name: str) -> int:
         raise ConfigError(f"{name}={value!r} is not an integer") from None
 
 
+def _parse_seconds(value: str, name: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a number of seconds") from None
+    if seconds < 0:
+        raise ConfigError(f"{name}={value!r} must not be negative")
+    return seconds
+
+
 def _split_list(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def default_host_id() -> str:
+    """This machine's name (``uname -n``), as lock records and partial names carry it."""
+    return os.uname().nodename or "localhost"
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -202,8 +222,21 @@ class HubConfig:
     limit_rate: int | None = None
     progress_bars: bool = True
     ca_bundle: Path | None = None
-    #: Inter-process file locks (``filelock``). Correctness never depends on them.
+    #: Inter-process file locks (:mod:`asynchub._cache.locks`). Correctness never depends on
+    #: them; they save bandwidth (one download per file for the whole fleet).
     use_locks: bool = True
+    #: This machine's name in lock records and partial file names; the default is the host
+    #: name. Set it when host names are not unique across machines sharing one cache.
+    host_id: str = field(default_factory=default_host_id)
+    #: A lock holder renews its lease every ``lock_lease / 4`` s; a waiter that sees no renewal
+    #: for ``lock_lease`` s (a stopped process, a dead host) stops waiting and downloads in
+    #: parallel, and partial files untouched for ``2 * lock_lease`` s count as abandoned.
+    #: 60 s: above a filesystem's hiccups (GlusterFS's ping timeout is 42 s), short enough that
+    #: a frozen node costs a minute, not forever.
+    lock_lease: float = 60.0
+    #: Longest wait for a lock whose holder renews it, in seconds (``None``: no limit). 900 s
+    #: lets a holder fetch ~9 GB at 10 MB/s before a waiter gives up and fetches in parallel.
+    lock_timeout: float | None = 900.0
     #: Resume state is written at least every this many bytes per file (and every 0.25 s).
     state_interval: int = 4 * MiB
     mindspore_card_url: str = DEFAULT_MINDSPORE_CARD_URL
@@ -231,6 +264,10 @@ class HubConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"HubConfig.{name} must be at least 1")
+        if self.lock_lease <= 0:
+            raise ConfigError("HubConfig.lock_lease must be positive (seconds)")
+        if self.lock_timeout is not None and self.lock_timeout < 0:
+            raise ConfigError("HubConfig.lock_timeout must not be negative (or None for no limit)")
         if self.limit_rate is not None and self.limit_rate <= 0:
             raise ConfigError("HubConfig.limit_rate must be positive (or None for no cap)")
         if self.file_urls is not None:
@@ -284,6 +321,9 @@ class HubConfig:
         progress_bars: bool | None = None,
         ca_bundle: Path | None = None,
         use_locks: bool | None = None,
+        host_id: str | None = None,
+        lock_lease: float | None = None,
+        lock_timeout: float | None = None,
         state_interval: int | None = None,
         mindspore_card_url: str | None = None,
         proxy: str | None = None,
@@ -302,7 +342,9 @@ class HubConfig:
             "min_split_size": min_split_size, "connect_timeout": connect_timeout,
             "stall_timeout": stall_timeout, "min_rate": min_rate, "rate_window": rate_window,
             "retry": retry, "limit_rate": limit_rate, "progress_bars": progress_bars,
-            "ca_bundle": ca_bundle, "use_locks": use_locks, "state_interval": state_interval,
+            "ca_bundle": ca_bundle, "use_locks": use_locks, "host_id": host_id,
+            "lock_lease": lock_lease, "lock_timeout": lock_timeout,
+            "state_interval": state_interval,
             "mindspore_card_url": mindspore_card_url, "proxy": proxy,
             "http_proxy": http_proxy, "https_proxy": https_proxy, "no_proxy": no_proxy,
             "max_learned_size": max_learned_size,
@@ -342,5 +384,14 @@ class HubConfig:
         values.update(_env_proxies(env))
         if env.get("ASYNCHUB_PROXY", "").strip():
             values["proxy"] = env["ASYNCHUB_PROXY"].strip()
+        if "ASYNCHUB_USE_LOCKS" in env:
+            values["use_locks"] = _parse_bool(env["ASYNCHUB_USE_LOCKS"], name="ASYNCHUB_USE_LOCKS")
+        if env.get("ASYNCHUB_HOST_ID"):
+            values["host_id"] = env["ASYNCHUB_HOST_ID"].strip()
+        if env.get("ASYNCHUB_LOCK_LEASE"):
+            values["lock_lease"] = _parse_seconds(env["ASYNCHUB_LOCK_LEASE"], "ASYNCHUB_LOCK_LEASE")
+        if env.get("ASYNCHUB_LOCK_TIMEOUT"):
+            timeout = _parse_seconds(env["ASYNCHUB_LOCK_TIMEOUT"], "ASYNCHUB_LOCK_TIMEOUT")
+            values["lock_timeout"] = timeout or None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

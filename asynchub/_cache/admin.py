@@ -18,12 +18,14 @@ Choices:
   re-hashed (in a thread pool, one thread per core: hashing releases the GIL) and compared to
   its own name. ``delete=True`` removes the bad ones.
 * **prune** removes leftovers: partial files (and their resume state) whose final file's lock
-  is free and that have not been touched for :data:`GRACE` seconds (a running download holds
-  the lock and writes often), extraction staging directories, temporary files, and files and
-  extracted directories that no cached document references, in each namespace whose source
-  named at least one file (a source that cannot tell keeps all of its files). Lock files are
-  kept: removing a lock another process may be waiting on would break mutual exclusion, and
-  they are empty. Top-level directories starting with ``_`` or ``.`` are never touched.
+  is free and whose writer is gone (a dead process of this host, or :data:`GRACE` seconds
+  untouched: see :mod:`.locks`), extraction staging directories, temporary files of gone
+  writers (manifest writes under ``_manifests`` included), and files and extracted
+  directories that no cached document references, in each namespace whose source named at
+  least one file (a source that cannot tell keeps all of its files). Lock files delete
+  themselves on release; prune removes one only by taking it. Top-level directories starting
+  with ``_`` or ``.`` are never touched, except that ``_manifests`` is searched for
+  temporary files of gone writers.
 """
 
 from __future__ import annotations
@@ -41,8 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import filelock
-
+from .._exceptions import CacheError
 from .archive import COMPLETE_MARKER
 from .layout import (
     PARTIAL_SUFFIX,
@@ -51,6 +52,7 @@ from .layout import (
     sha256_file,
     translate_oserror,
 )
+from .locks import CacheLock, is_abandoned
 
 __all__ = [
     "GRACE",
@@ -284,13 +286,38 @@ def _lock_is_free(final: Path) -> bool:
     path = lock_path(final)
     if not path.exists():
         return True
-    lock = filelock.FileLock(str(path), thread_local=False, is_singleton=False)
+    return _lock_is_free_path(path)
+
+
+def _lock_is_free_path(path: Path) -> bool:
+    """Whether nobody holds the lock ``path``; taking and releasing it deletes the file."""
+    lock = CacheLock(path, host=os.uname().nodename, lease=GRACE)
     try:
-        lock.acquire(timeout=0)
-    except (filelock.Timeout, OSError):
+        if not lock.try_acquire():
+            return False
+    except (OSError, CacheError):
         return False
     lock.release()
     return True
+
+
+def _document_temps(root: Path) -> Iterator[Path]:
+    """``*.tmp`` files in the top-level ``_*`` folders (cached documents), which
+    :func:`_walk` leaves out."""
+    with contextlib.suppress(OSError):
+        for top in os.scandir(root):
+            if not top.name.startswith("_") or not top.is_dir(follow_symlinks=False):
+                continue
+            for folder, _dirs, names in os.walk(top.path, followlinks=False):
+                for name in names:
+                    if name.endswith(".tmp"):
+                        yield Path(folder) / name
+
+
+def _abandoned(path: Path, host: str, grace: float, now: float) -> bool:
+    """A partial or temporary file whose writer is gone: a dead process of this host at
+    once, any other after ``grace`` seconds untouched (:func:`.locks.is_abandoned`)."""
+    return is_abandoned(path, host=host, stale_after=grace, now=now)
 
 
 def _size(path: Path) -> int:
@@ -319,24 +346,38 @@ def _final_of_partial(path: Path) -> Path:
 
 
 def prune_cache(
-    root: Path, owners: Sequence[CacheOwner], *, dry_run: bool = False, grace: float = GRACE
+    root: Path,
+    owners: Sequence[CacheOwner],
+    *,
+    dry_run: bool = False,
+    grace: float = GRACE,
+    host: str | None = None,
 ) -> PruneReport:
-    """Remove leftovers (see the module docstring). ``dry_run`` only reports. Blocking."""
+    """Remove leftovers (see the module docstring). ``dry_run`` only reports; ``host`` is this
+    machine's ``HubConfig.host_id`` (default: its host name). Blocking."""
+    host = host or os.uname().nodename
     refs = _references(root, owners)
     now = time.time()
     found: list[tuple[Path, str]] = []
     in_use: list[Path] = []
+    stale_locks: list[tuple[Path, str, int]] = []
     for here, dirs, files in _walk(root):
         for name in files:
             path = here / name
             if name.endswith((PARTIAL_SUFFIX, STATE_SUFFIX)):
-                if _age(path, now) < grace or not _lock_is_free(_final_of_partial(path)):
+                partial = path.with_name(name[: -len(".json")]) if name.endswith(".json") else path
+                if not _abandoned(partial, host, grace, now) or not _lock_is_free(
+                    _final_of_partial(path)
+                ):
                     in_use.append(path)
                 else:
                     found.append((path, "partial download"))
             elif name.endswith(".tmp"):
-                if _age(path, now) >= grace:
+                if _abandoned(path, host, grace, now):
                     found.append((path, "temporary file"))
+            elif name.endswith(".lock") and not name.startswith("."):
+                if not dry_run and _lock_is_free_path(path):  # taking it deletes it
+                    stale_locks.append((path, "lock file of a gone holder", 0))
             elif _CACHED.match(name) and not name.endswith(".lock") and refs.prunable(root, path):
                 found.append((path, "not referenced by any cached manifest or card"))
         for name in list(dirs):
@@ -352,6 +393,9 @@ def prune_cache(
                     a in refs.files for a in archives
                 ):
                     found.append((path, "extracted data of an unreferenced archive"))
+    for tmp in _document_temps(root):  # manifest and card writes of killed processes
+        if _abandoned(tmp, host, grace, now):
+            found.append((tmp, "temporary file"))
     removed: list[tuple[Path, str, int]] = []
     for path, reason in found:
         size = _size(path)
@@ -366,6 +410,7 @@ def prune_cache(
             except OSError as exc:
                 raise translate_oserror(exc, f"removing {path}") from exc
         removed.append((path, reason, size))
+    removed.extend(stale_locks)
     if not dry_run:
         _remove_empty_dirs(root)
     return PruneReport(tuple(removed), dry_run, tuple(in_use))

@@ -6,9 +6,9 @@ Layout (the same as onnx.hub, so caches are shared both ways)::
 
 Beside a final file ``F`` the engine may keep, while it works:
 
-* ``F.<token>.partial``      bytes being downloaded (process-unique token)
+* ``F.<host>-<pid>-<hex>.partial`` bytes being downloaded (process-unique, tells its writer)
 * ``F.<token>.partial.json`` its resume state
-* ``F.lock``                 the inter-process lock (``filelock``)
+* ``F.lock``                 the inter-process lock (:mod:`.locks`), deleted on release
 
 Only :func:`commit` ever creates ``F``, by ``os.replace`` of a file whose size and SHA-256 were
 checked, after ``fsync``. Directories inside the cache that are symbolic links are refused, so
@@ -24,7 +24,6 @@ import errno
 import hashlib
 import logging
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
@@ -163,10 +162,12 @@ def commit(verified: Path, final: Path, *, fsync: Callable[[int], None] = os.fsy
     fsync_dir(final.parent)
 
 
-def new_partial_path(final: Path) -> Path:
-    """A process-unique partial file name beside ``final``."""
-    token = f"{os.getpid()}-{secrets.token_hex(4)}"
-    return final.with_name(f"{final.name}.{token}{PARTIAL_SUFFIX}")
+def new_partial_path(final: Path, host: str | None = None) -> Path:
+    """A process-unique partial file name beside ``final``:
+    ``F.<host>-<pid>-<hex>.partial``, which tells who writes it (see :mod:`.locks`)."""
+    from .locks import owner_tag
+
+    return final.with_name(f"{final.name}.{owner_tag(host or os.uname().nodename)}{PARTIAL_SUFFIX}")
 
 
 def partials_for(final: Path) -> Iterator[Path]:

@@ -284,7 +284,7 @@ async def cmd_cache(args: argparse.Namespace, config: HubConfig) -> int:
             )
         return EXIT_INTEGRITY if report.bad else EXIT_OK
     pruned = await anyio.to_thread.run_sync(
-        lambda: admin.prune_cache(root, owners, dry_run=args.dry_run)
+        lambda: admin.prune_cache(root, owners, dry_run=args.dry_run, host=config.host_id)
     )
     if args.json:
         _json(

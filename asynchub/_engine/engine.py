@@ -12,13 +12,16 @@ watchdog) live in :mod:`asynchub._engine.ranged`; this module owns what surround
   download (an in-flight table per event loop). A waiter that is cancelled only stops waiting.
   If the task that runs the download is cancelled, the download stops with its resume state
   saved and the next waiter takes over, continuing from the partial file.
-* **Processes.** A per-file ``filelock`` (``<dest>.lock``) makes N processes download a file
-  once: the others wait, then find the verified file. The lock is polled with
-  ``acquire(timeout=0)`` in a worker thread every 20 ms growing to 0.5 s (a blocking acquire
-  would pin a thread and could not be cancelled), and waiting is logged once at INFO.
-  Correctness never depends on the lock (unique partial names, final hash, atomic rename);
-  ``config.use_locks=False`` turns it off, and with it resume and orphan cleanup, which are only
-  safe for the lock's holder.
+* **Processes.** A per-file lock (``<dest>.lock``, :mod:`asynchub._cache.locks`: ``flock`` plus
+  a holder record with a renewed lease) makes N processes, on one machine or on many sharing
+  the cache, download a file once: the others wait, then find the verified file. The lock is
+  tried in a worker thread every 20 ms growing to 0.5 s (a blocking acquire would pin a
+  thread and could not be cancelled); a waiter logs the holder and how long it waited, and
+  goes on without the lock (downloading in parallel) when the holder is gone, stopped or
+  stopped renewing, or after ``config.lock_timeout``. Correctness never depends on the lock
+  (unique partial names, final hash, atomic rename). Without the lock (``use_locks=False`` or
+  a waiter that went on) nothing of another live writer is touched: no resume, only the
+  partials of dead writers are deleted.
 * **Resume.** Under the lock, a partial left by an earlier run (error, cancellation, Ctrl-C,
   SIGKILL) is adopted when its state matches (:mod:`.resume`); its finished prefix is
   hashed again once and only the missing bytes are fetched (with ``If-Range``).
@@ -65,19 +68,19 @@ from pathlib import Path
 
 import anyio
 import anyio.to_thread
-import filelock
 
 from .._cache.layout import (
     commit,
     ensure_dir,
     file_matches,
     lock_path,
-    make_lock,
     new_partial_path,
     remove_quietly,
     state_path,
     translate_oserror,
 )
+from .._cache.locks import CacheLock, LockWait, may_adopt, remove_abandoned
+from .._cache.locks import claim as claim_partial
 from .._config import HubConfig
 from .._exceptions import (
     CacheError,
@@ -185,19 +188,7 @@ def _not_a_file(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISLNK(mode))
 
 
-def _try_lock(lock: filelock.FileLock) -> bool:
-    try:
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        return False
-    except OSError as exc:
-        raise translate_oserror(exc, f"locking {lock.lock_file}") from exc
-    return True
-
-
-async def _writeback(
-    fd: int, cursor: HashCursor, sync: Callable[[int], None] = _datasync
-) -> None:
+async def _writeback(fd: int, cursor: HashCursor, sync: Callable[[int], None] = _datasync) -> None:
     """Flush the partial to disk (``os.fdatasync`` in a worker thread) each time another
     :data:`WRITEBACK` bytes (64 MiB) are hashed, so the fsync before the rename has little
     left to do: the disk works while the network does (measured here: 1 GiB fsync-ed at the
@@ -382,7 +373,7 @@ class Engine:
                 f"{job.name} is not in the cache ({job.dest}) and offline mode is on; "
                 "fetch it once online, or turn offline mode off (ASYNCHUB_OFFLINE=0)"
             )
-        async with self._lock(job):
+        async with self._lock(job) as held:
             # Check again even if the lock was free: another process may have published the
             # file (and released its lock) since the check above.
             if not force and await self._cached(job):
@@ -396,7 +387,7 @@ class Engine:
                 )
             if not force and await anyio.to_thread.run_sync(os.path.lexists, job.dest):
                 log.warning("%s: %s fails verification; fetching it again", job.name, job.dest)
-                if config.use_locks:
+                if held:
                     # Only the lock's holder may delete it; without locks another process may
                     # have just replaced it with good bytes. The atomic rename of the new
                     # verified file replaces it either way.
@@ -404,32 +395,41 @@ class Engine:
             if job.size == 0:
                 return await self._download_unsized(job, res)
             try:
-                return await self._download(job, res, clean=config.use_locks)
+                return await self._download(job, res, clean=held)
             except Unranged as exc:
                 log.info("%s: %s; fetching it as one stream", job.name, exc)
                 return await self._download_unsized(job, res)
 
     @contextlib.asynccontextmanager
     async def _lock(self, job: FileJob) -> AsyncIterator[bool]:
-        """Hold the file's inter-process lock; yields whether we had to wait for it."""
-        if not self.config.use_locks:
+        """Hold the file's inter-process lock; yields whether we hold it. A waiter whose
+        holder is gone, stopped or not renewing its lease, or that waited
+        ``config.lock_timeout``, goes on without it (:mod:`asynchub._cache.locks`)."""
+        config = self.config
+        if not config.use_locks:
             yield False
             return
-        lock = await anyio.to_thread.run_sync(make_lock, job.dest)
-        waited = False
+        lock = CacheLock(lock_path(job.dest), host=config.host_id, lease=config.lock_lease)
+        wait = LockWait(lock, name=job.name, timeout=config.lock_timeout)
         delay = LOCK_POLL_FIRST
-        while not await anyio.to_thread.run_sync(_try_lock, lock):
-            if not waited:
-                log.info(
-                    "%s: another process is downloading it (it holds %s); waiting",
+        while not await anyio.to_thread.run_sync(lock.try_acquire):
+            reason = await anyio.to_thread.run_sync(wait.verdict)
+            if reason is not None and await anyio.to_thread.run_sync(lock.try_acquire):
+                break  # a holder that died has released it meanwhile
+            if reason is not None:
+                log.warning(
+                    "%s: not waiting any longer for %s: %s; downloading it in parallel (the"
+                    " verified atomic rename keeps the cache right)",
                     job.name,
-                    lock_path(job.dest),
+                    lock.path,
+                    reason,
                 )
-                waited = True
+                yield False
+                return
             await anyio.sleep(delay)
             delay = min(delay * 1.5, LOCK_POLL_MAX)
         try:
-            yield waited
+            yield True
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(lock.release)
@@ -442,13 +442,24 @@ class Engine:
         if size is not None and size < config.min_split_size:
             chunk = size
         found: tuple[Path, ResumeState] | None = None
+        host, stale = config.host_id, 2 * config.lock_lease
         if clean:
             found = await anyio.to_thread.run_sync(
                 lambda: find_resumable(
-                    job.dest, sha256=job.sha256, size=size, chunk_size=chunk, clean=True
+                    job.dest,
+                    sha256=job.sha256,
+                    size=size,
+                    chunk_size=chunk,
+                    clean=True,
+                    abandoned=lambda p: may_adopt(p, host=host, stale_after=stale),
+                    claim=lambda p: claim_partial(p, host),
                 )
             )
-        partial = found[0] if found else new_partial_path(job.dest)
+        # Leave live writers alone, remove what dead ones (of any host) left.
+        await anyio.to_thread.run_sync(
+            lambda: remove_abandoned(job.dest, host=host, stale_after=stale)
+        )
+        partial = found[0] if found else new_partial_path(job.dest, host)
         state = found[1] if found else None
         size = state.size if state is not None else size
         fd = await anyio.to_thread.run_sync(_open_partial, partial, size, found is None)
@@ -486,6 +497,10 @@ class Engine:
                 if not keep:
                     await anyio.to_thread.run_sync(remove_quietly, partial, state_path(partial))
             raise
+        # What killed writers left beside the file (possible without the lock) goes now.
+        await anyio.to_thread.run_sync(
+            lambda: remove_abandoned(job.dest, host=host, stale_after=stale)
+        )
         log.info("%s: verified and cached at %s (served by %s)", job.name, job.dest, mirror)
         self._emit(ProgressEvent("done", job.name, total=size, path=job.dest, mirror=mirror))
         return job.dest
@@ -573,7 +588,7 @@ class Engine:
 
     async def _download_unsized(self, job: FileJob, res: _LoopResources) -> Path:
         """A file of unknown (or zero) size: one stream per try, hashed as it is written."""
-        partial = new_partial_path(job.dest)
+        partial = new_partial_path(job.dest, self.config.host_id)
         fd = await anyio.to_thread.run_sync(_open_partial, partial, None, True)
         ctx = self._context(res)
         self._emit(ProgressEvent("planned", job.name, total=job.size))

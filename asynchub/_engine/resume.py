@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -315,17 +316,30 @@ def _load(partial: Path) -> ResumeState | None:
 
 
 def find_resumable(
-    final: Path, *, sha256: str, size: int | None, chunk_size: int, clean: bool
+    final: Path,
+    *,
+    sha256: str,
+    size: int | None,
+    chunk_size: int,
+    clean: bool,
+    abandoned: Callable[[Path], bool] | None = None,
+    claim: Callable[[Path], Path | None] | None = None,
 ) -> tuple[Path, ResumeState] | None:
     """The best partial of ``final`` to continue (most bytes written), if any. ``size=None``
     (a file of unknown size) accepts the size its state recorded.
 
     With ``clean`` (the caller holds the file's lock) every other partial, orphan state file
-    and stale temporary state beside ``final`` is deleted. Blocking.
+    and stale temporary state beside ``final`` is deleted. ``abandoned`` (a shared cache)
+    tells which partials have no live writer: the others are neither taken nor deleted, as
+    another process or machine may still be writing them. ``claim`` takes the chosen partial
+    over (an atomic rename, :func:`asynchub._cache.locks.claim`) and returns its new path, or
+    None when another process was faster. Blocking.
     """
     best: tuple[Path, ResumeState] | None = None
     rejected: list[Path] = []
     for partial in partials_for(final):
+        if abandoned is not None and not abandoned(partial):
+            continue
         state = _load(partial)
         usable = (
             state is not None
@@ -349,6 +363,12 @@ def find_resumable(
             log.debug("removing stale partial download %s", partial)
             remove_quietly(partial, state_path(partial))
         _remove_orphan_states(final)
+    if best is not None and claim is not None:
+        taken = claim(best[0])
+        reloaded = _load(taken) if taken is not None else None
+        if taken is not None and reloaded != best[1]:
+            remove_quietly(taken, state_path(taken))  # its state went missing meanwhile
+        best = (taken, reloaded) if taken is not None and reloaded == best[1] else None
     return best
 
 

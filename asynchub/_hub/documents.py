@@ -27,7 +27,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Any
 import anyio
 
 from .._cache.layout import ensure_dir
+from .._cache.locks import owner_tag, remove_abandoned_temps
 from .._config import HubConfig
 from .._engine.retry import Retrier, RetryPolicy, retry_call, status_failure
 from .._engine.watchdog import Watched, run_watched
@@ -83,9 +83,14 @@ def _read_cached(cache_file: Path) -> _Cached | None:
     return _Cached(body, meta)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, host: str) -> None:
+    """Write ``data`` to ``path`` atomically. The temporary ``.<name>.<host>-<pid>-<hex>.tmp``
+    is created with mode 0666 minus the umask (``tempfile.mkstemp`` would force 0600, locking
+    a group-shared cache's other users out of offline use) and tells its writer, so the one a
+    killed process left is removed (:mod:`asynchub._cache.locks`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{owner_tag(host)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -93,16 +98,21 @@ def _atomic_write(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
-def _store(cache_file: Path, body: bytes, meta: dict[str, Any], root: Path) -> None:
+def _store(
+    cache_file: Path, body: bytes, meta: dict[str, Any], root: Path, config: HubConfig
+) -> None:
     try:
         if cache_file.parent.is_relative_to(root):
             ensure_dir(root, cache_file.parent)  # refuses planted links on the way
-        _atomic_write(cache_file, body)
-        _atomic_write(_meta_path(cache_file), json.dumps(meta).encode())
+        _atomic_write(cache_file, body, config.host_id)
+        _atomic_write(_meta_path(cache_file), json.dumps(meta).encode(), config.host_id)
+        remove_abandoned_temps(
+            cache_file.parent, host=config.host_id, stale_after=2 * config.lock_lease
+        )
     except OSError as exc:
         log.warning("could not cache %s at %s: %s", meta.get("url"), cache_file, exc)
 
@@ -161,7 +171,7 @@ async def fetch_document(
             raise ProtocolError(f"GET {url} answered 304 to an unconditional request", url=url)
         log.debug("%s not modified: %s", what, url)
         return cached.body
-    await anyio.to_thread.run_sync(_store, cache_file, body, meta, config.cache_dir)
+    await anyio.to_thread.run_sync(_store, cache_file, body, meta, config.cache_dir, config)
     return body
 
 
