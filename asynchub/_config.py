@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._engine.retry import RetryPolicy
 from ._exceptions import ConfigError
+from ._hosts import is_private_host
 from ._transport.proxy import check_proxy_url, redact_url
 
 __all__ = [
@@ -253,6 +254,12 @@ class HubConfig:
     #: reserved, and a body without any size is cut there. The default is the manifest's own
     #: cap on sizes (2**50 bytes, ``asynchub._onnx.manifest.MAX_SIZE``).
     max_learned_size: int = 2**50
+    #: Whether a host (name or IP literal) is local: loopback, link-local, private, ...
+    #: A redirect or a card's link from a host that is not local to one that is, is refused
+    #: (see :mod:`asynchub._hosts`). Injectable, e.g. to call a test host "public".
+    private_host: Callable[[str], bool] = field(
+        default=is_private_host, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())

@@ -59,6 +59,7 @@ import errno
 import functools
 import logging
 import os
+import shutil
 import stat
 import sys
 import time
@@ -85,6 +86,7 @@ from .._config import HubConfig
 from .._exceptions import (
     CacheError,
     HubError,
+    InsufficientSpaceError,
     IntegrityError,
     MirrorsExhaustedError,
     OfflineError,
@@ -97,6 +99,7 @@ from .hashing import HashCursor
 from .ranged import Context, FileDownload, Unranged, collapse_group
 from .ratelimit import TokenBucket
 from .resume import ChunkPlan, ResumeState, find_resumable
+from .slots import HostSlots
 from .whole import stream_whole
 
 __all__ = ["Engine", "FileJob"]
@@ -143,10 +146,8 @@ class _LoopResources:
 
     limiter: anyio.CapacityLimiter
     bucket: TokenBucket | None
+    host_slots: HostSlots
     inflight: dict[Path, _Shared] = field(default_factory=dict)
-    host_slots: dict[tuple[str, str, int | None], anyio.CapacityLimiter] = field(
-        default_factory=dict
-    )
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -161,6 +162,20 @@ def _preallocate(fd: int, size: int) -> None:
             os.ftruncate(fd, size)
             return
         raise translate_oserror(exc, f"reserving {size} bytes for a download") from exc
+
+
+def _check_space(job: FileJob, size: int) -> None:
+    """Refuse a size the cache's file system cannot hold (blocking)."""
+    try:
+        free = shutil.disk_usage(job.dest.parent).free
+    except OSError as exc:
+        raise translate_oserror(exc, f"checking the free space for {job.name}") from exc
+    if size > free:
+        raise InsufficientSpaceError(
+            errno.ENOSPC,
+            f"no space left for {job.name}: its server says {size} bytes, {free} are free in "
+            f"{job.dest.parent}; free disk space or set another cache dir",
+        )
 
 
 def _open_partial(partial: Path, size: int | None, fresh: bool) -> int:
@@ -253,7 +268,11 @@ class Engine:
         bucket = None
         if self.config.limit_rate is not None:
             bucket = TokenBucket(self.config.limit_rate, clock=self._clock, sleep=self._sleep)
-        return _LoopResources(anyio.CapacityLimiter(self.config.max_connections), bucket)
+        return _LoopResources(
+            anyio.CapacityLimiter(self.config.max_connections),
+            bucket,
+            HostSlots(self.config.max_connections_per_host),
+        )
 
     def _resources(self) -> _LoopResources:
         return self._per_loop.get()
@@ -293,7 +312,7 @@ class Engine:
             sleep=self._sleep,
             clock=self._clock,
             emit=self._emit,
-            host_slots=res.host_slots,
+            host_slot=res.host_slots,
         )
 
     # ------------------------------------------------------------------ public API
@@ -506,7 +525,9 @@ class Engine:
         return job.dest
 
     async def _sized(self, job: FileJob, fd: int, size: int) -> None:
-        """The probe told the size of a file of unknown size: reserve the space now."""
+        """The probe told the size of a file of unknown size: check the free space, then
+        reserve it, before anything is planned."""
+        await anyio.to_thread.run_sync(_check_space, job, size)
         await anyio.to_thread.run_sync(_preallocate, fd, size)
         self._emit(ProgressEvent("planned", job.name, total=size))
 

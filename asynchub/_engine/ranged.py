@@ -58,15 +58,13 @@ one piece per connection, whichever is smaller: with 40 connections at 25 MB/s, 
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import re
 import sys
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.lowlevel
@@ -95,6 +93,9 @@ from .retry import (
     status_failure,
 )
 from .schedule import Scheduler
+from .slots import HostSlots
+from .watchdog import Watched as _Active
+from .watchdog import poll_interval
 
 __all__ = [
     "MAX_RESTARTS",
@@ -211,25 +212,9 @@ class Context:
     sleep: Callable[[float], Awaitable[None]]
     clock: Callable[[], float]
     emit: Callable[[ProgressEvent], None]
-    #: One ``max_connections_per_host`` limiter per (scheme, host, port), shared by the
-    #: engine's downloads on one loop (see :meth:`host_slot`).
-    host_slots: dict[tuple[str, str, int | None], anyio.CapacityLimiter] = field(
-        default_factory=dict
-    )
-
-    def host_slot(self, url: str) -> anyio.CapacityLimiter:
-        """The connection slots of ``url``'s host. A request takes one *before* the watchdog
-        starts timing it: with ``max_connections_per_host`` below ``max_connections``, the
-        workers queued for a connection to one host are waiting, not stalled (the transport's
-        own per-host limit then never makes a watched request wait)."""
-        parts = urlsplit(url)
-        key = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
-        slot = self.host_slots.get(key)
-        if slot is None:
-            slot = self.host_slots[key] = anyio.CapacityLimiter(
-                self.config.max_connections_per_host
-            )
-        return slot
+    #: The connection slots of a URL's host, taken before a request is watched (see
+    #: :mod:`.slots`: queued workers are waiting, not stalled).
+    host_slot: HostSlots
 
     def notify_retry(self, name: str) -> Callable[[str], None]:
         """What a :class:`Retrier` calls on each retry of ``name``: a ``retry`` event."""
@@ -242,30 +227,6 @@ class Context:
         if self.config.limit_rate is not None:
             floor = min(floor, self.config.limit_rate / (2 * self.config.max_connections))
         return floor
-
-
-class _Active:
-    """One request in flight, as the watchdog sees it."""
-
-    def __init__(self, now: float) -> None:
-        self.started = self.last = now
-        self.total = 0
-        self.samples: collections.deque[tuple[float, int]] = collections.deque([(now, 0)])
-        self.reason: str | None = None
-        self.scope: anyio.CancelScope | None = None
-
-    def check(self, now: float, config: HubConfig, min_rate: float) -> str | None:
-        if now - self.last > config.stall_timeout:
-            return f"no bytes for {now - self.last:.1f} s"
-        self.samples.append((now, self.total))
-        while len(self.samples) > 2 and self.samples[1][0] <= now - config.rate_window:
-            self.samples.popleft()
-        since, base = self.samples[0]
-        if now - since >= config.rate_window and min_rate > 0:
-            rate = (self.total - base) / (now - since)
-            if rate < min_rate:
-                return f"{rate:.0f} B/s over {now - since:.1f} s, below min_rate {min_rate:.0f}"
-        return None
 
 
 class FileDownload:
@@ -438,17 +399,13 @@ class FileDownload:
         config = self.ctx.config
         if config.min_rate <= 0:
             return  # off: the transport's read timeout still catches a dead connection
-        interval = max(0.01, min(config.stall_timeout, config.rate_window) / 4)
+        interval = poll_interval(config)
         while True:
             await self.ctx.sleep(interval)
             await anyio.lowlevel.checkpoint()  # even a fake sleep that never yields
             now = self.ctx.clock()
             for active in list(self._active):
-                if active.reason is None and active.scope is not None:
-                    reason = active.check(now, config, self.ctx.min_rate)
-                    if reason is not None:
-                        active.reason = reason
-                        active.scope.cancel()
+                active.cut(now, config, self.ctx.min_rate)
 
     # ------------------------------------------------------------------ chunk level
     async def _worker(self, index: int | None, ready: anyio.Event | None) -> None:
@@ -590,13 +547,23 @@ class FileDownload:
         await self._stream(index, response, start, length, active)
 
     async def _learn_size(self, size: int, url: str) -> int:
-        """The size of a file of unknown size, from the probe's answer: plan its chunks."""
+        """The size of a file of unknown size, from the probe's answer: capped like the
+        manifest's sizes (``config.max_learned_size``), then checked against the free space
+        and reserved (``on_size``), and only then planned: a server announcing 2**46 bytes
+        costs a typed error, not a chunk plan of millions of entries."""
+        cap = self.ctx.config.max_learned_size
+        if size > cap:
+            raise WrongMirror(
+                f"{url} announces {size} bytes for {self.name}, more than the {cap} accepted "
+                "for a file of unknown size (max_learned_size)",
+                url=url,
+            )
         log.info("%s: %s serves %d bytes", self.name, url, size)
+        if self._on_size is not None:
+            await self._on_size(size)
         self.plan.resize(size)
         self.plan.claimed = {0}  # the probe's range, which the caller holds
         self.size_known = True
-        if self._on_size is not None:
-            await self._on_size(size)
         return size
 
     def _check_validators(self, response: Response) -> None:

@@ -18,8 +18,10 @@ Choices:
   hash are the bytes the server stores. A ``Content-Encoding`` other than ``identity`` is a
   :class:`ProtocolError` (the SHA-256 of a compressed body would never match).
 * **Redirects by hand.** At most :data:`MAX_REDIRECTS` hops, only to ``http``/``https``, never
-  from ``https`` down to ``http``; ``Authorization`` and ``Cookie`` are dropped when the origin
-  (scheme, host, port) changes. A refused redirect raises :class:`RedirectError`.
+  from ``https`` down to ``http``, never from a public host to a local one (loopback,
+  link-local, private: :mod:`asynchub._hosts`); ``Authorization`` and ``Cookie`` are dropped
+  when the origin (scheme, host, port) changes. A refused redirect raises
+  :class:`RedirectError`.
 * **Proxies.** Each request (and each redirect hop) asks :func:`.proxy.proxy_for` which proxy
   its URL goes through; aiohttp sends ``http://`` URLs to the proxy in absolute form and opens
   a ``CONNECT`` tunnel for ``https://`` ones, and takes the credentials of the proxy URL as
@@ -70,6 +72,7 @@ from .._exceptions import (
     TLSError,
     TransferError,
 )
+from .._hosts import refuse_public_to_private
 from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length
 from .errors import PROXY_HINT, describe_os_error, host_port, translate_os_error
 from .proxy import proxy_for, redact_url
@@ -401,6 +404,7 @@ class AiohttpTransport:
                     f"{current} redirected from https down to plain http ({target}); refused",
                     url=str(current),
                 )
+            await refuse_public_to_private(self._config.private_host, str(current), str(target))
             if _origin(target) != _origin(current):
                 for name in _SENSITIVE:
                     send.popall(name, None)

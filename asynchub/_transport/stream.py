@@ -27,8 +27,8 @@ Choices:
   connection).
 * **TLS** is asyncio's SSL transport (which also fills the protocol's buffers) with a verifying
   context: the system trust store, plus ``ca_bundle`` when set.
-* **Redirects** are followed here, at most :data:`MAX_REDIRECTS` hops, never from https down to
-  http, dropping credentials when the origin changes; the caller reuses the final URL.
+* **Redirects**: at most :data:`MAX_REDIRECTS` hops, never https to http nor a public host to a
+  local one (:mod:`asynchub._hosts`), credentials dropped across origins; the final URL is reused.
 * **Timeouts.** Connecting is bounded by ``connect_timeout``; while waiting for the head or the
   body, ``stall_timeout`` seconds without a byte raise :class:`StallError`.
 """
@@ -48,7 +48,8 @@ from urllib.parse import urljoin, urlsplit
 import h11
 
 from .._config import HubConfig
-from .._exceptions import ProtocolError, StallError, TransferError
+from .._exceptions import ProtocolError, RedirectError, StallError, TransferError
+from .._hosts import refuse_public_to_private
 
 __all__ = ["BUFFERS", "Piece", "StreamResponse", "StreamTransport"]
 
@@ -66,10 +67,6 @@ _SENSITIVE = ("authorization", "cookie", "proxy-authorization")
 
 class _TLSError(TransferError):
     """TLS failed (the aiohttp transport's ``TLSError`` after the transport split)."""
-
-
-class _RedirectError(ProtocolError):
-    """A refused redirect."""
 
 
 class Piece:
@@ -466,11 +463,11 @@ def _split(url: str) -> tuple[tuple[str, str, int], str, str]:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise _RedirectError(f"invalid URL {url!r}: {exc}", url=url) from exc
+        raise RedirectError(f"invalid URL {url!r}: {exc}", url=url) from exc
     scheme = parts.scheme.lower()
     host = parts.hostname or ""
     if scheme not in ("http", "https") or not host:
-        raise _RedirectError(f"{url!r} is not an http(s) URL", url=url)
+        raise RedirectError(f"{url!r} is not an http(s) URL", url=url)
     default = 443 if scheme == "https" else 80
     port = port or default
     shown = f"[{host}]" if ":" in host else host
@@ -609,21 +606,22 @@ class StreamTransport:
             location = response.headers.get("Location")
             conn.close()
             if not location:
-                raise _RedirectError(
+                raise RedirectError(
                     f"{current} answered {head.status_code} without a Location", url=current
                 )
             if hop == MAX_REDIRECTS:
-                raise _RedirectError(
+                raise RedirectError(
                     f"{url} redirected more than {MAX_REDIRECTS} times", url=current
                 )
             target = urljoin(current, location.strip())
             old, _, _ = _split(current)
             new, _, _ = _split(target)
             if old[0] == "https" and new[0] == "http":
-                raise _RedirectError(
+                raise RedirectError(
                     f"{current} redirected from https down to plain http ({target}); refused",
                     url=current,
                 )
+            await refuse_public_to_private(self._config.private_host, current, target)
             if new != old:
                 send = [(k, v) for k, v in send if k.lower() not in _SENSITIVE]
             log.debug("redirect %s -> %s", current, target)

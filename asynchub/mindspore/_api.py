@@ -42,7 +42,7 @@ from .._exceptions import (
 from .._hub.client import AsyncHub
 from .._hub.defaults import default_async_hub
 from ._card import AssetCard, normalize_uid
-from ._source import asset_job, fetch_card, load_local_cards
+from ._source import asset_job, check_links, fetch_card, load_local_cards
 
 if TYPE_CHECKING:
     from .._hub.sync import Hub
@@ -132,7 +132,11 @@ async def adownload_weights(
     """Download (if needed) and verify the card's asset files; their cache paths
     ``<get_dir()>/mindspore/<uid>/<sha256>_<file>`` in card order."""
     hub = _hub(hub)
-    card = uid if isinstance(uid, AssetCard) else await fetch_card(hub, uid, refresh=force_reload)
+    if isinstance(uid, AssetCard):
+        card = uid
+    else:
+        card = await fetch_card(hub, uid, refresh=force_reload)
+        await check_links(hub, card)
     fmt = file_format.lstrip(".").lower() if file_format else None
     return await _download_card(hub, card, force_reload, fmt)
 

@@ -31,6 +31,7 @@ from .._exceptions import (
     IntegrityError,
     ModelNotFoundError,
 )
+from .._hosts import refuse_public_to_private
 from ._card import Asset, AssetCard, normalize_uid, parse_card
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "asset_job",
+    "check_links",
     "cached_references",
     "card_jobs",
     "card_cache_file",
@@ -157,10 +159,21 @@ def load_local_cards(cards_dir: Path) -> list[AssetCard]:
     return [parse_card(path.read_bytes(), uid) for uid, path in find_card_files(cards_dir)]
 
 
+async def check_links(host: SourceHost, card: AssetCard) -> None:
+    """Refuse a card served by a public host whose asset links point at a local or private
+    address (:mod:`asynchub._hosts`): the card could make the client call services on the
+    user's machine or network."""
+    url = card_url(host.config.mindspore_card_url, card.uid)
+    for asset in card.assets:
+        await refuse_public_to_private(host.config.private_host, url, asset.url, how="links")
+
+
 async def card_jobs(host: SourceHost, uid: str, *, refresh: bool = False) -> list[FileJob]:
     """The engine jobs of every asset of ``uid``'s card (refused as a whole when an asset has
-    no full SHA-256: nothing of a card is fetched half-verified)."""
+    no full SHA-256, or links a local address although the card came from a public host:
+    nothing of a card is fetched half-verified)."""
     card = await fetch_card(host, uid, refresh=refresh)
+    await check_links(host, card)
     return [asset_job(host.config.cache_dir, card, asset) for asset in card.assets]
 
 

@@ -24,7 +24,7 @@ from tests.hostile.helpers import leftovers, write_manifest
 from tests.hostile.netfaults import RawServer, blob_entry, endless_body, ranged_file, run_netchild
 from tests.mirror import MirrorServer
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.xfail(reason="fix in progress", strict=False)]
+pytestmark = pytest.mark.timeout(120)
 
 REL = "validated/blob/blob.bin"
 FILES = "/{owner}/{repo}/{ref}/{path}"

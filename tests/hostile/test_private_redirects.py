@@ -27,7 +27,7 @@ from tests.hostile.helpers import leftovers, write_manifest
 from tests.hostile.netfaults import RawServer, blob_entry, card_text, fixed
 from tests.mirror import Fault, MirrorServer, can_bind
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.xfail(reason="fix in progress", strict=False)]
+pytestmark = pytest.mark.timeout(60)
 
 REL = "validated/blob/blob.bin"
 PUBLIC = "127.0.0.2"
