@@ -290,9 +290,11 @@ class HubConfig:
         http_proxy: str | None = None,
         https_proxy: str | None = None,
         no_proxy: str | None = None,
+        max_learned_size: int | None = None,
     ) -> HubConfig:
         """Read the environment once (``environ``, else ``os.environ``); the keyword arguments
-        (one per field, ``None`` = not given) win over it."""
+        (one per field, ``None`` = not given) win over it. A new field needs its keyword here:
+        ``tests/test_typed_signatures.py`` checks that the two lists agree."""
         overrides: dict[str, Any] = {
             "cache_dir": cache_dir, "manifest_url": manifest_url, "file_urls": file_urls,
             "offline": offline, "trusted_repos": trusted_repos,
@@ -304,6 +306,7 @@ class HubConfig:
             "ca_bundle": ca_bundle, "use_locks": use_locks, "state_interval": state_interval,
             "mindspore_card_url": mindspore_card_url, "proxy": proxy,
             "http_proxy": http_proxy, "https_proxy": https_proxy, "no_proxy": no_proxy,
+            "max_learned_size": max_learned_size,
         }  # fmt: skip
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {"cache_dir": default_cache_dir(env)}
