@@ -151,6 +151,23 @@ async def test_refused_connection_for_a_file(mirror: MirrorServer, tmp_path: Pat
     assert took < DEAD_NETWORK_BOUND, f"two dead mirrors took {took:.1f} s to report"
 
 
+async def test_a_host_name_that_cannot_exist(tmp_path: Path) -> None:
+    """A label longer than 63 characters fails before any lookup (no packet leaves)."""
+    host = "a" * 64 + ".invalid"
+    config = _default_retry_config(f"http://{host}", tmp_path / "c")
+    started = time.monotonic()
+    async with _hub(config) as hub:
+        with pytest.raises(HostNotFoundError) as info:
+            await hub.list_models()
+    took = time.monotonic() - started
+    message = str(info.value)
+    assert f"{host} is not a valid host name" in message
+    assert "manifest of onnx/models:main" in message
+    _clean(message)
+    assert "UnicodeError" not in message and "idna" not in message
+    assert took < DEAD_NETWORK_BOUND
+
+
 async def test_tls_failure_is_not_retried(mirror_root: Path, tmp_path: Path) -> None:
     trustme = pytest.importorskip("trustme")
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

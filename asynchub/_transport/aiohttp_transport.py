@@ -110,6 +110,8 @@ def _translate(
             url=url,
             status=exc.status,
         ) from exc
+    if isinstance(exc, UnicodeError):  # the host name failed IDNA encoding
+        raise translate_os_error(exc, url=url) from exc
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         raise translate_os_error(exc.certificate_error, url=url) from exc
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -149,7 +151,7 @@ def _translated() -> tuple[type[BaseException], ...]:
     response or a session exists)."""
     import aiohttp
 
-    return (aiohttp.ClientError, OSError, asyncio.TimeoutError, TimeoutError)
+    return (aiohttp.ClientError, OSError, asyncio.TimeoutError, TimeoutError, UnicodeError)
 
 
 class AiohttpResponse:
