@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asynchub import AsyncHub, HubConfig, RetryPolicy
+from asynchub import AsyncHub, HubConfig, HubError, RetryPolicy
 from asynchub._exceptions import (
     ConnectError,
     ConnectTimeoutError,
@@ -166,6 +166,25 @@ async def test_a_host_name_that_cannot_exist(tmp_path: Path) -> None:
     _clean(message)
     assert "UnicodeError" not in message and "idna" not in message
     assert took < DEAD_NETWORK_BOUND
+
+
+@pytest.mark.parametrize(
+    ("base", "words"),
+    [
+        ("http://127.0.0.1:99999", "Port out of range"),
+        ("http://127.0.0.1:abc", "port can't be converted"),
+        ("http://[::1", "is not a valid URL"),
+    ],
+)
+async def test_a_malformed_url_is_an_error_not_a_traceback(
+    base: str, words: str, tmp_path: Path
+) -> None:
+    config = _default_retry_config(base, tmp_path / "c")
+    async with _hub(config) as hub:
+        with pytest.raises(HubError) as info:
+            await hub.list_models()
+    assert words in str(info.value)
+    assert base in str(info.value)
 
 
 async def test_tls_failure_is_not_retried(mirror_root: Path, tmp_path: Path) -> None:

@@ -356,6 +356,7 @@ class AiohttpTransport:
         send["Accept-Encoding"] = "identity"
         try:
             current = URL(url, encoded=True)
+            current.host, current.port  # noqa: B018 - yarl parses the authority lazily
         except (ValueError, TypeError) as exc:
             raise RedirectError(f"invalid URL {url!r}: {exc}", url=url) from exc
         if current.scheme not in ("http", "https") or not current.host:
@@ -389,6 +390,7 @@ class AiohttpTransport:
                 )
             try:
                 target = current.join(URL(location))
+                target.host, target.port  # noqa: B018 - yarl parses the authority lazily
             except (ValueError, TypeError) as exc:
                 raise RedirectError(
                     f"{current} redirected to an invalid URL {location!r}", url=str(current)
