@@ -340,7 +340,8 @@ class HubConfig:
         max_learned_size: int | None = None,
     ) -> HubConfig:
         """Read the environment once (``environ``, else ``os.environ``); the keyword arguments
-        (one per field, ``None`` = not given) win over it."""
+        (one per field, ``None`` = not given) win over it. A new field needs its keyword here:
+        ``tests/test_typed_signatures.py`` checks that the two lists agree."""
         overrides: dict[str, Any] = {
             "cache_dir": cache_dir, "manifest_url": manifest_url, "file_urls": file_urls,
             "offline": offline, "trusted_repos": trusted_repos,

@@ -46,7 +46,7 @@ import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +141,6 @@ class Entry:
     error: dict[str, str] | None = None
     bytes: int = 0
     total: int | None = None
-    done: anyio.Event = field(default_factory=anyio.Event)
 
     def status(self) -> dict[str, Any]:
         runner = self.runner
@@ -206,7 +205,7 @@ class ModelStore:
         if entry.state in ("loading", "ready"):
             return False
         assert self._tasks is not None, "use open_store()"
-        entry.state, entry.error, entry.bytes, entry.done = "loading", None, 0, anyio.Event()
+        entry.state, entry.error, entry.bytes = "loading", None, 0
         self._tasks.start_soon(self._load, entry, name=f"load {entry.model}")
         return True
 
@@ -224,8 +223,6 @@ class ModelStore:
             entry.state = "failed"
             entry.error = {"type": type(exc).__name__, "message": str(exc)}
             log.exception("loading %s failed", entry.model)
-        finally:
-            entry.done.set()
 
     async def predict(self, entry: Entry, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         runner = entry.runner

@@ -21,7 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asynchub import AsyncHub, HubConfig, RetryPolicy
+from asynchub import AsyncHub, HubConfig, HubError, RetryPolicy
 from asynchub._exceptions import (
     ConnectError,
     ConnectTimeoutError,
@@ -149,6 +149,42 @@ async def test_refused_connection_for_a_file(mirror: MirrorServer, tmp_path: Pat
     assert all(isinstance(error, ConnectError) for _, error in info.value.errors)
     _clean(message)
     assert took < DEAD_NETWORK_BOUND, f"two dead mirrors took {took:.1f} s to report"
+
+
+async def test_a_host_name_that_cannot_exist(tmp_path: Path) -> None:
+    """A label longer than 63 characters fails before any lookup (no packet leaves)."""
+    host = "a" * 64 + ".invalid"
+    config = _default_retry_config(f"http://{host}", tmp_path / "c")
+    started = time.monotonic()
+    async with _hub(config) as hub:
+        with pytest.raises(HostNotFoundError) as info:
+            await hub.list_models()
+    took = time.monotonic() - started
+    message = str(info.value)
+    assert f"{host} is not a valid host name" in message
+    assert "manifest of onnx/models:main" in message
+    _clean(message)
+    assert "UnicodeError" not in message and "idna" not in message
+    assert took < DEAD_NETWORK_BOUND
+
+
+@pytest.mark.parametrize(
+    ("base", "words"),
+    [
+        ("http://127.0.0.1:99999", "Port out of range"),
+        ("http://127.0.0.1:abc", "port can't be converted"),
+        ("http://[::1", "is not a valid URL"),
+    ],
+)
+async def test_a_malformed_url_is_an_error_not_a_traceback(
+    base: str, words: str, tmp_path: Path
+) -> None:
+    config = _default_retry_config(base, tmp_path / "c")
+    async with _hub(config) as hub:
+        with pytest.raises(HubError) as info:
+            await hub.list_models()
+    assert words in str(info.value)
+    assert base in str(info.value)
 
 
 async def test_tls_failure_is_not_retried(mirror_root: Path, tmp_path: Path) -> None:

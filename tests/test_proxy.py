@@ -185,6 +185,34 @@ async def test_https_goes_through_a_connect_tunnel(
     assert not proxy.targets("GET")
 
 
+async def test_a_tunnel_refused_by_the_proxy_is_not_retried(
+    mirror_root: Path, tmp_path: Path
+) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    async with (
+        MirrorServer(mirror_root, ssl_context=server_ctx) as tls_mirror,
+        ForwardProxy(credentials=("alice", "s3cret")) as proxy,
+    ):
+        bad = proxy.url_with_credentials("alice", "wr0ng")
+        env = _mirror_env(
+            tls_mirror, tmp_path / "c", HTTPS_PROXY=bad, ASYNCHUB_CA_BUNDLE=str(bundle)
+        )
+        async with _hub(_cfg(env, retry=RetryPolicy())) as hub:
+            with pytest.raises(ProxyError) as info:
+                await hub.list_models()
+        assert info.value.status == 407
+        assert [r.status for r in proxy.records] == [407]  # refused once, not retried
+        assert not tls_mirror.requests
+    message = str(info.value)
+    assert f"the proxy http://alice:***@127.0.0.1:{proxy.port} refused" in message
+    assert "407" in message and "wr0ng" not in message
+
+
 @pytest.mark.parametrize("no_proxy", ["127.0.0.1", "*", "127.0.0.0/8", "PORT"])
 async def test_no_proxy_goes_direct(
     mirror: MirrorServer, proxy: ForwardProxy, tmp_path: Path, no_proxy: str

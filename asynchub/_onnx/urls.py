@@ -74,7 +74,10 @@ def is_commit_ref(ref: str) -> bool:
 
 
 def _check_template(template: str, *, what: str) -> None:
-    parts = urlsplit(template.replace("{", "").replace("}", ""))
+    try:
+        parts = urlsplit(template.replace("{", "").replace("}", ""))
+    except ValueError as exc:  # "Invalid IPv6 URL"
+        raise ConfigError(f"{what} {template!r} is not a valid URL ({exc})") from None
     if parts.scheme not in {"http", "https"} or not parts.netloc:
         raise ConfigError(f"{what} {template!r} must be an http(s) URL template")
 

@@ -113,6 +113,8 @@ def _translate(
             url=url,
             status=exc.status,
         ) from exc
+    if isinstance(exc, UnicodeError):  # the host name failed IDNA encoding
+        raise translate_os_error(exc, url=url) from exc
     if isinstance(exc, aiohttp.ClientConnectorCertificateError):
         raise translate_os_error(exc.certificate_error, url=url) from exc
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
@@ -152,7 +154,7 @@ def _translated() -> tuple[type[BaseException], ...]:
     response or a session exists)."""
     import aiohttp
 
-    return (aiohttp.ClientError, OSError, asyncio.TimeoutError, TimeoutError)
+    return (aiohttp.ClientError, OSError, asyncio.TimeoutError, TimeoutError, UnicodeError)
 
 
 class AiohttpResponse:
@@ -357,6 +359,7 @@ class AiohttpTransport:
         send["Accept-Encoding"] = "identity"
         try:
             current = URL(url, encoded=True)
+            current.host, current.port  # noqa: B018 - yarl parses the authority lazily
         except (ValueError, TypeError) as exc:
             raise RedirectError(f"invalid URL {url!r}: {exc}", url=url) from exc
         if current.scheme not in ("http", "https") or not current.host:
@@ -390,6 +393,7 @@ class AiohttpTransport:
                 )
             try:
                 target = current.join(URL(location))
+                target.host, target.port  # noqa: B018 - yarl parses the authority lazily
             except (ValueError, TypeError) as exc:
                 raise RedirectError(
                     f"{current} redirected to an invalid URL {location!r}", url=str(current)

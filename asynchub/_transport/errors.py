@@ -14,6 +14,7 @@ failure                    message (then a hint)
 connection refused         ``could not connect to HOST:PORT (connection refused)``
 unreachable / reset        ``could not connect to HOST:PORT (network is unreachable)``
 name not found             ``HOST does not exist (DNS lookup failed)``
+name not valid             ``HOST is not a valid host name (...)``
 DNS not answering          ``could not look up HOST (the DNS server did not answer)``
 connect timeout            ``connecting to HOST:PORT timed out after N s``
 certificate                ``the TLS certificate of HOST:PORT could not be verified (...)``
@@ -115,6 +116,12 @@ def translate_os_error(
     """The asynchub error for ``exc``, met while connecting to ``url`` (through ``proxy`` when
     given: then the failure is the proxy's)."""
     host, where = host_port(url)
+    if isinstance(exc, UnicodeError):  # IDNA refused the name before any lookup
+        return HostNotFoundError(
+            f"{host} is not a valid host name (a label is empty or longer than 63 characters); "
+            "check the host in the URL",
+            url=url,
+        )
     if proxy is not None:
         shown = redact_url(proxy)
         words = describe_os_error(exc)
