@@ -220,6 +220,9 @@ class HubConfig:
     #: reserved, and a body without any size is cut there. The default is the manifest's own
     #: cap on sizes (2**50 bytes, ``asynchub._onnx.manifest.MAX_SIZE``).
     max_learned_size: int = 2**50
+    #: HTTP transport: ``"auto"`` (buffered receive path, aiohttp where a proxy applies),
+    #: ``"stream"`` or ``"aiohttp"`` (see ``asynchub/_transport/auto.py``).
+    transport: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
@@ -231,6 +234,10 @@ class HubConfig:
         ):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"HubConfig.{name} must be at least 1")
+        if self.transport not in ("auto", "stream", "aiohttp"):
+            raise ConfigError(
+                f"HubConfig.transport must be 'auto', 'stream' or 'aiohttp', not {self.transport!r}"
+            )
         if self.limit_rate is not None and self.limit_rate <= 0:
             raise ConfigError("HubConfig.limit_rate must be positive (or None for no cap)")
         if self.file_urls is not None:
@@ -335,6 +342,8 @@ class HubConfig:
             )
         if env.get("ASYNCHUB_CA_BUNDLE"):
             values["ca_bundle"] = Path(env["ASYNCHUB_CA_BUNDLE"])
+        if env.get("ASYNCHUB_TRANSPORT"):
+            values["transport"] = env["ASYNCHUB_TRANSPORT"].strip().lower()
         if env.get("ASYNCHUB_MINDSPORE_CARD_URL"):
             values["mindspore_card_url"] = env["ASYNCHUB_MINDSPORE_CARD_URL"].strip()
         values.update(_env_proxies(env))

@@ -22,7 +22,7 @@ from asynchub._engine.engine import Engine, FileJob
 from asynchub._engine.retry import RetryPolicy
 from asynchub._exceptions import HTTPStatusError, MirrorsExhaustedError, OfflineError
 from asynchub._progress.events import ProgressEvent
-from asynchub._transport.aiohttp_transport import AiohttpTransport as Transport
+from tests.transports import Transport
 from tests.mirror import MirrorServer
 
 KIB = 1024

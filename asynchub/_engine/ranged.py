@@ -63,7 +63,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -81,7 +81,7 @@ from .._exceptions import (
     TransferError,
 )
 from .._progress.events import ProgressEvent
-from .._transport.base import Response, Transport
+from .._transport.base import BufferedResponse, Piece, Response, Transport
 from .hashing import HashCursor
 from .ratelimit import TokenBucket
 from .resume import ChunkPlan, ResumeState, save_state
@@ -183,7 +183,10 @@ def collapse_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return min(leaves, key=rank)
 
 
-def pwrite_all(fd: int, buffers: list[bytes], offset: int) -> None:
+Bytes = bytes | memoryview
+
+
+def pwrite_all(fd: int, buffers: Sequence[Bytes], offset: int) -> None:
     """Write ``buffers`` contiguously at ``offset`` (blocking; runs in a worker thread)."""
     if len(buffers) > 256:
         buffers = [b"".join(buffers)]
@@ -346,7 +349,7 @@ class FileDownload:
         finally:
             self._saving = False
 
-    async def _flush(self, index: int, offset: int, buffers: list[bytes], active: _Active) -> None:
+    async def _flush(self, index: int, offset: int, buffers: list[Bytes], active: _Active) -> None:
         """Write ``buffers`` (the bytes from ``offset`` on) into range ``index``: only from its
         first unwritten byte (a flush cancelled after it counted its bytes is not counted
         again) up to its end (bytes past a split point belong to another connection)."""
@@ -614,6 +617,17 @@ class FileDownload:
             log.debug("%s: ETag %s differs from %s; the SHA-256 decides", self.name, etag,
                       self.etag)  # fmt: skip
 
+    @staticmethod
+    async def _body(response: Response) -> AsyncGenerator[tuple[Bytes, Piece | None], None]:
+        """The body as it arrives: the transport's own buffers when it lends them (no copy in
+        Python; each is released after it is written), else ``bytes``."""
+        if isinstance(response, BufferedResponse):
+            async for piece in response.iter_pieces():
+                yield piece.view, piece
+        else:
+            async for data in response.iter_chunks(PIECE):
+                yield data, None
+
     async def _stream(
         self, index: int, response: Response, offset: int, length: int, active: _Active
     ) -> None:
@@ -621,14 +635,18 @@ class FileDownload:
         early (dropping the connection) when the range was split before its end."""
         clock, bucket = self.ctx.clock, self.ctx.bucket
         piece = min(PIECE, max(self.ctx.config.state_interval, 16 * 1024))
-        buffers: list[bytes] = []
+        buffers: list[Bytes] = []
+        lent: list[Piece] = []
         buffered = 0
         remaining = length
         received = self.schedule.received
         received[index] = offset
         held_since = clock()
+        body = self._body(response)
         try:
-            async for data in response.iter_chunks(PIECE):
+            async for data, loan in body:
+                if loan is not None:
+                    lent.append(loan)
                 n = len(data)
                 active.total += n
                 active.last = clock()
@@ -651,7 +669,10 @@ class FileDownload:
                 now = clock()
                 full = buffered >= piece or offset + buffered >= end
                 if full or now - held_since >= STATE_PERIOD:
-                    await self._flush(index, offset, buffers, active)
+                    try:
+                        await self._flush(index, offset, buffers, active)
+                    finally:
+                        _give_back(lent)
                     offset += buffered
                     buffers, buffered = [], 0
                     held_since = now
@@ -660,7 +681,18 @@ class FileDownload:
                             response.close()  # the rest was handed to another connection
                         return
         finally:
-            if buffers:
+            try:
+                if buffers:
+                    with anyio.CancelScope(shield=True):
+                        await self._flush(index, offset, buffers, active)
+            finally:
+                _give_back(lent)
+                received.pop(index, None)
                 with anyio.CancelScope(shield=True):
-                    await self._flush(index, offset, buffers, active)
-            received.pop(index, None)
+                    await body.aclose()
+
+
+def _give_back(lent: list[Piece]) -> None:
+    for loan in lent:
+        loan.release()
+    lent.clear()

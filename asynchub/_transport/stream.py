@@ -29,6 +29,9 @@ Choices:
   context: the system trust store, plus ``ca_bundle`` when set.
 * **Redirects** are followed here, at most :data:`MAX_REDIRECTS` hops, never from https down to
   http, dropping credentials when the origin changes; the caller reuses the final URL.
+* **Credentials** in the URL (``user:pass@``) become a Basic ``Authorization`` header; cookies
+  a server sets go back to that host only (a minimal jar); both are dropped when a redirect
+  changes the origin.
 * **Timeouts.** Connecting is bounded by ``connect_timeout``; while waiting for the head or the
   body, ``stall_timeout`` seconds without a byte raise :class:`StallError`.
 """
@@ -36,40 +39,34 @@ Choices:
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
+import anyio.to_thread
 import h11
 
 from .._config import HubConfig
-from .._exceptions import ProtocolError, StallError, TransferError
+from .._exceptions import ProtocolError, RedirectError, StallError, TLSError, TransferError
+from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length
 
 __all__ = ["BUFFERS", "Piece", "StreamResponse", "StreamTransport"]
 
+
 log = logging.getLogger("asynchub")
 
-MAX_REDIRECTS = 5
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 USER_AGENT = "asynchub/0.1"
 BUFFER_SIZE = 1024 * 1024
 BUFFERS = 3
 HEAD_LIMIT = 64 * 1024
 MAX_INFORMATIONAL = 16
 _SENSITIVE = ("authorization", "cookie", "proxy-authorization")
-
-
-class _TLSError(TransferError):
-    """TLS failed (the aiohttp transport's ``TLSError`` after the transport split)."""
-
-
-class _RedirectError(ProtocolError):
-    """A refused redirect."""
 
 
 class Piece:
@@ -93,9 +90,13 @@ class _Headers(Mapping[str, str]):
 
     def __init__(self, items: list[tuple[bytes, bytes]]) -> None:
         self._items: dict[str, str] = {}
+        self.set_cookies: list[str] = []
         for name, value in items:
             key = name.decode("latin-1").lower()
-            self._items.setdefault(key, value.decode("latin-1"))
+            text = value.decode("latin-1")
+            self._items.setdefault(key, text)
+            if key == "set-cookie":
+                self.set_cookies.append(text)
 
     def __getitem__(self, key: str) -> str:
         return self._items[key.lower()]
@@ -316,11 +317,11 @@ class _Connection(asyncio.BufferedProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def _wait(self, timeout: float) -> None:
+    async def _wait(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
         self._waiter = loop.create_future()
         try:
-            await asyncio.wait_for(self._waiter, timeout)
+            await asyncio.wait_for(self._waiter, seconds)
         except asyncio.TimeoutError:
             pass
         finally:
@@ -394,19 +395,15 @@ class StreamResponse:
         self._conn = conn
         self._config = config
         self.status: int = head.status_code
-        self.headers: Mapping[str, str] = _Headers(list(head.headers))
+        headers = _Headers(list(head.headers))
+        self.headers: Mapping[str, str] = headers
+        self.set_cookies = headers.set_cookies
         self.url = url
         self.flush_interval = 0.1
 
     @property
     def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        if value is None:
-            return None
-        text = value.strip()
-        if not (text.isascii() and text.isdigit()):
-            raise ProtocolError(f"{self.url} sent Content-Length {value!r}", url=self.url)
-        return int(text)
+        return parse_content_length(self.headers.get("Content-Length"), self.url)
 
     async def iter_pieces(self) -> AsyncIterator[Piece]:
         """The body as filled buffers; release each one when its bytes are written."""
@@ -466,11 +463,11 @@ def _split(url: str) -> tuple[tuple[str, str, int], str, str]:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise _RedirectError(f"invalid URL {url!r}: {exc}", url=url) from exc
+        raise RedirectError(f"invalid URL {url!r}: {exc}", url=url) from exc
     scheme = parts.scheme.lower()
     host = parts.hostname or ""
     if scheme not in ("http", "https") or not host:
-        raise _RedirectError(f"{url!r} is not an http(s) URL", url=url)
+        raise RedirectError(f"{url!r} is not an http(s) URL", url=url)
     default = 443 if scheme == "https" else 80
     port = port or default
     shown = f"[{host}]" if ":" in host else host
@@ -490,6 +487,8 @@ class StreamTransport:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._guard: AsyncGenerator[None, None] | None = None
+        self._cookies: dict[str, dict[str, str]] = {}
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -498,7 +497,7 @@ class StreamTransport:
                 try:
                     context.load_verify_locations(cafile=str(self._config.ca_bundle))
                 except (OSError, ssl.SSLError) as exc:
-                    raise _TLSError(
+                    raise TLSError(
                         f"cannot load the CA bundle {self._config.ca_bundle}: {exc}; "
                         "point ca_bundle (ASYNCHUB_CA_BUNDLE) at a PEM file"
                     ) from exc
@@ -508,8 +507,11 @@ class StreamTransport:
     async def _connect(self, origin: tuple[str, str, int], url: str) -> _Connection:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # connections never cross event loops
-            self._idle.clear()
+            self._drop_pool()
             self._loop = loop
+            guard = self._close_at_loop_end(self._idle)
+            await guard.__anext__()
+            self._guard = guard
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
@@ -517,7 +519,9 @@ class StreamTransport:
                 conn.reused = True
                 return conn
         scheme, host, port = origin
-        context = self._ssl_context() if scheme == "https" else None
+        context = None
+        if scheme == "https":  # loading the trust store blocks: a worker thread, once
+            context = self._ssl or await anyio.to_thread.run_sync(self._ssl_context)
         conn = _Connection(origin, self.buffer_size)
         try:
             await asyncio.wait_for(
@@ -527,13 +531,13 @@ class StreamTransport:
                 self._config.connect_timeout,
             )
         except ssl.SSLCertVerificationError as exc:
-            raise _TLSError(
+            raise TLSError(
                 f"TLS failed for {url}: {exc.verify_message}; check the server certificate"
                 " or set ca_bundle",
                 url=url,
             ) from exc
         except ssl.SSLError as exc:
-            raise _TLSError(f"TLS failed for {url}: {exc.reason}", url=url) from exc
+            raise TLSError(f"TLS failed for {url}: {exc.reason}", url=url) from exc
         except asyncio.TimeoutError as exc:
             raise TransferError(f"connecting to {url} timed out", url=url) from exc
         except OSError as exc:
@@ -600,27 +604,40 @@ class StreamTransport:
     ) -> AsyncIterator[StreamResponse]:
         send = [(k, v) for k, v in (headers or {}).items() if k.lower() != "accept-encoding"]
         send.append(("Accept-Encoding", "identity"))
+        parts = urlsplit(url)
+        if parts.username is not None and not any(k.lower() == "authorization" for k, _ in send):
+            secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            send.append(("Authorization", "Basic " + base64.b64encode(secret.encode()).decode()))
         current = url
         for hop in range(MAX_REDIRECTS + 1):
-            conn, head = await self._send(current, send)
+            host = _split(current)[0][1]
+            jar = self._cookies.get(host)
+            extra = [("Cookie", "; ".join(f"{k}={v}" for k, v in jar.items()))] if jar else []
+            conn, head = await self._send(current, send + extra)
             response = StreamResponse(conn, head, current, self._config)
+            self._keep_cookies(host, response.set_cookies)
             if head.status_code not in REDIRECT_STATUSES:
                 break
             location = response.headers.get("Location")
             conn.close()
             if not location:
-                raise _RedirectError(
+                raise RedirectError(
                     f"{current} answered {head.status_code} without a Location", url=current
                 )
             if hop == MAX_REDIRECTS:
-                raise _RedirectError(
+                raise RedirectError(
                     f"{url} redirected more than {MAX_REDIRECTS} times", url=current
                 )
-            target = urljoin(current, location.strip())
+            try:
+                target = urljoin(current, location.strip())
+            except ValueError as exc:
+                raise RedirectError(
+                    f"{current} redirected to an invalid URL {location[:200]!r}", url=current
+                ) from exc
             old, _, _ = _split(current)
             new, _, _ = _split(target)
             if old[0] == "https" and new[0] == "http":
-                raise _RedirectError(
+                raise RedirectError(
                     f"{current} redirected from https down to plain http ({target}); refused",
                     url=current,
                 )
@@ -643,8 +660,63 @@ class StreamTransport:
         else:
             self._release(conn)
 
-    async def aclose(self) -> None:
-        for conns in self._idle.values():
+    def _keep_cookies(self, host: str, values: list[str]) -> None:
+        """A minimal cookie jar: ``name=value`` per host, sent back to that host only (never
+        to another one, redirects included); ``Max-Age=0`` deletes. Attributes such as Path
+        and Expires are not interpreted: a hub mirror uses cookies, if at all, for a session."""
+        for value in values:
+            pair, _, attributes = value.partition(";")
+            name, eq, content = pair.partition("=")
+            name = name.strip()
+            if not eq or not name:
+                continue
+            jar = self._cookies.setdefault(host, {})
+            if "max-age=0" in attributes.replace(" ", "").lower():
+                jar.pop(name, None)
+            else:
+                jar[name] = content.strip()
+
+    @staticmethod
+    def _close_pool(pool: dict[tuple[str, str, int], list[_Connection]]) -> None:
+        for conns in pool.values():
             for conn in conns:
-                conn.close()
-        self._idle.clear()
+                with contextlib.suppress(RuntimeError):  # its loop is already closed
+                    conn.close()
+        pool.clear()
+
+    @classmethod
+    async def _close_at_loop_end(
+        cls, pool: dict[tuple[str, str, int], list[_Connection]]
+    ) -> AsyncGenerator[None, None]:
+        """Parked on the pool's loop: ``asyncio.run`` (and anyio) finalize pending async
+        generators before closing the loop, which closes the idle connections there."""
+        try:
+            yield
+        finally:
+            cls._close_pool(pool)
+
+    def _drop_pool(self) -> None:
+        """Forget the idle connections of another loop, closing them on that loop."""
+        pool, loop = self._idle, self._loop
+        self._idle, self._guard = {}, None
+        if loop is not None and loop.is_running() and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._close_pool, pool)
+                return
+        self._close_pool(pool)
+
+    async def aclose(self) -> None:
+        """Close the idle connections of the running loop (another loop's are dropped)."""
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is not self._loop:
+            self._drop_pool()
+            self._loop = None
+            return
+        guard, self._guard = self._guard, None
+        self._close_pool(self._idle)
+        self._loop = None
+        if guard is not None:
+            await guard.aclose()
