@@ -220,6 +220,9 @@ class HubConfig:
     #: reserved, and a body without any size is cut there. The default is the manifest's own
     #: cap on sizes (2**50 bytes, ``asynchub._onnx.manifest.MAX_SIZE``).
     max_learned_size: int = 2**50
+    #: Connections per file adapt to measured throughput, up to ``max_connections``
+    #: (``asynchub/_engine/adaptive.py``); ``False`` always opens ``max_connections``.
+    adaptive_connections: bool = True
     #: HTTP transport: ``"auto"`` (buffered receive path, aiohttp where a proxy applies),
     #: ``"stream"`` or ``"aiohttp"`` (see ``asynchub/_transport/auto.py``).
     transport: str = "auto"
@@ -342,6 +345,10 @@ class HubConfig:
             )
         if env.get("ASYNCHUB_CA_BUNDLE"):
             values["ca_bundle"] = Path(env["ASYNCHUB_CA_BUNDLE"])
+        if "ASYNCHUB_ADAPTIVE_CONNECTIONS" in env:
+            values["adaptive_connections"] = _parse_bool(
+                env["ASYNCHUB_ADAPTIVE_CONNECTIONS"], name="ASYNCHUB_ADAPTIVE_CONNECTIONS"
+            )
         if env.get("ASYNCHUB_TRANSPORT"):
             values["transport"] = env["ASYNCHUB_TRANSPORT"].strip().lower()
         if env.get("ASYNCHUB_MINDSPORE_CARD_URL"):

@@ -15,7 +15,7 @@ __all__ = ["NAME", "Transport"]
 NAME = os.environ.get("ASYNCHUB_TEST_TRANSPORT", "stream")
 
 
-def Transport(config: HubConfig) -> TransportProtocol:  # noqa: N802 - stands in for a class
+def Transport(config: HubConfig) -> TransportProtocol:
     """A transport for ``config`` (see the module docstring)."""
     if NAME == "aiohttp":
         return AiohttpTransport(config)

@@ -63,12 +63,14 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
@@ -82,6 +84,7 @@ from .._exceptions import (
 )
 from .._progress.events import ProgressEvent
 from .._transport.base import BufferedResponse, Piece, Response, Transport
+from .adaptive import Widener
 from .hashing import HashCursor
 from .ratelimit import TokenBucket
 from .resume import ChunkPlan, ResumeState, save_state
@@ -314,6 +317,10 @@ class FileDownload:
         self._saving = False
         self._dirty = False
         self._unsaved = 0  # bytes written since the last save started
+        self._moved = 0  # bytes received (the adaptive width's measure)
+        self._live = 0  # workers running (or waiting for a connection token)
+        config = ctx.config
+        self._widener = Widener(config.max_connections) if config.adaptive_connections else None
         self._saved_at = ctx.clock()
 
     # ------------------------------------------------------------------ progress and state
@@ -422,12 +429,13 @@ class FileDownload:
                 outer.start_soon(self._watchdog)
                 async with anyio.create_task_group() as workers:
                     ready = anyio.Event()
+                    self._live = 0
                     workers.start_soon(self._worker, first, ready)
                     await ready.wait()
                     if not self.single:
-                        extra = min(self.ctx.config.max_connections - 1, self.schedule.wanted())
-                        for _ in range(extra):
-                            workers.start_soon(self._worker, None, None)
+                        self._widen(workers)
+                        if self._widener is not None:
+                            outer.start_soon(self._adapt, workers)
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise collapse_group(group) from None
@@ -436,6 +444,28 @@ class FileDownload:
                 await self.save_state()
         if not self.plan.complete:
             raise TransferError(f"{url}: the download stopped before the end", url=url)
+
+    def _widen(self, workers: anyio.abc.TaskGroup) -> None:
+        """Start workers up to the current width (as far as the plan has work for them)."""
+        width = self.ctx.config.max_connections if self._widener is None else self._widener.width
+        for _ in range(min(width - self._live, self.schedule.wanted())):
+            workers.start_soon(self._worker, None, None)
+
+    async def _adapt(self, workers: anyio.abc.TaskGroup) -> None:
+        """Feed the :class:`Widener` the bytes received; start workers when it widens (a
+        narrower width ends workers as they finish their range: see :meth:`_worker`). Real
+        time, not the injected clock: it measures real throughput."""
+        widener = self._widener
+        assert widener is not None
+        shed_for = widener.width
+        while True:
+            widener.observe(time.monotonic(), self._moved)
+            if widener.width > self._live:
+                self._widen(workers)
+            elif widener.width < self._live and widener.width < shed_for:
+                self.schedule.shed(self._live - widener.width)  # give connections back soon
+            shed_for = widener.width
+            await anyio.sleep(widener.window / 2)
 
     async def _watchdog(self) -> None:
         config = self.ctx.config
@@ -455,18 +485,25 @@ class FileDownload:
 
     # ------------------------------------------------------------------ chunk level
     async def _worker(self, index: int | None, ready: anyio.Event | None) -> None:
-        async with self.ctx.limiter:
-            if index is None:
-                index = self.schedule.take()
-            while index is not None:
-                try:
-                    await self._fetch_chunk(index, ready)
-                finally:
-                    self.schedule.release(index)
-                if self.single:
-                    return
-                ready = None
-                index = self.schedule.take()
+        self._live += 1
+        try:
+            async with self.ctx.limiter:
+                if index is None:
+                    index = self.schedule.take()
+                while index is not None:
+                    try:
+                        await self._fetch_chunk(index, ready)
+                    finally:
+                        self.schedule.release(index)
+                    if self.single:
+                        return
+                    widener = self._widener
+                    if widener is not None and self._live > widener.width:
+                        return  # fewer connections pay better: give this one back
+                    ready = None
+                    index = self.schedule.take()
+        finally:
+            self._live -= 1
 
     async def _fetch_chunk(self, index: int, ready: anyio.Event | None) -> None:
         retrier = Retrier(
@@ -648,6 +685,7 @@ class FileDownload:
                 if loan is not None:
                     lent.append(loan)
                 n = len(data)
+                self._moved += n
                 active.total += n
                 active.last = clock()
                 received[index] = offset + buffered + n
