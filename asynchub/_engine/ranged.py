@@ -58,24 +58,18 @@ one piece per connection, whichever is smaller: with 40 connections at 25 MB/s, 
 
 from __future__ import annotations
 
-import collections
 import logging
-import os
 import re
 import sys
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
-from .._cache.layout import translate_oserror
-from .._config import HubConfig
 from .._exceptions import (
     HubError,
     ProtocolError,
@@ -83,10 +77,10 @@ from .._exceptions import (
     TransferError,
 )
 from .._progress.events import ProgressEvent
-from .._transport.base import BufferedResponse, Piece, Response, Transport
+from .._transport.base import BufferedResponse, Piece, Response
 from .adaptive import Widener
+from .context import Active, Bytes, Context, pwrite_all
 from .hashing import HashCursor
-from .ratelimit import TokenBucket
 from .resume import ChunkPlan, ResumeState, save_state
 from .retry import (
     Retrier,
@@ -186,94 +180,6 @@ def collapse_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return min(leaves, key=rank)
 
 
-Bytes = bytes | memoryview
-
-
-def pwrite_all(fd: int, buffers: Sequence[Bytes], offset: int) -> None:
-    """Write ``buffers`` contiguously at ``offset`` (blocking; runs in a worker thread)."""
-    if len(buffers) > 256:
-        buffers = [b"".join(buffers)]
-    total = sum(map(len, buffers))
-    try:
-        done = os.pwritev(fd, buffers, offset)
-        if done < total:
-            rest = memoryview(b"".join(buffers))[done:]
-            while rest:
-                n = os.pwrite(fd, rest, offset + done)
-                done += n
-                rest = rest[n:]
-    except OSError as exc:
-        raise translate_oserror(exc, "writing a partial download") from exc
-
-
-@dataclass
-class Context:
-    """What every download of an engine shares."""
-
-    config: HubConfig
-    transport: Transport
-    limiter: anyio.CapacityLimiter
-    bucket: TokenBucket | None
-    sleep: Callable[[float], Awaitable[None]]
-    clock: Callable[[], float]
-    emit: Callable[[ProgressEvent], None]
-    #: One ``max_connections_per_host`` limiter per (scheme, host, port), shared by the
-    #: engine's downloads on one loop (see :meth:`host_slot`).
-    host_slots: dict[tuple[str, str, int | None], anyio.CapacityLimiter] = field(
-        default_factory=dict
-    )
-
-    def host_slot(self, url: str) -> anyio.CapacityLimiter:
-        """The connection slots of ``url``'s host. A request takes one *before* the watchdog
-        starts timing it: with ``max_connections_per_host`` below ``max_connections``, the
-        workers queued for a connection to one host are waiting, not stalled (the transport's
-        own per-host limit then never makes a watched request wait)."""
-        parts = urlsplit(url)
-        key = (parts.scheme.lower(), (parts.hostname or "").lower(), parts.port)
-        slot = self.host_slots.get(key)
-        if slot is None:
-            slot = self.host_slots[key] = anyio.CapacityLimiter(
-                self.config.max_connections_per_host
-            )
-        return slot
-
-    def notify_retry(self, name: str) -> Callable[[str], None]:
-        """What a :class:`Retrier` calls on each retry of ``name``: a ``retry`` event."""
-        return lambda message: self.emit(ProgressEvent("retry", name, message=message))
-
-    @property
-    def min_rate(self) -> float:
-        """The watchdog's floor; never above what the bandwidth cap leaves each connection."""
-        floor = float(self.config.min_rate)
-        if self.config.limit_rate is not None:
-            floor = min(floor, self.config.limit_rate / (2 * self.config.max_connections))
-        return floor
-
-
-class _Active:
-    """One request in flight, as the watchdog sees it."""
-
-    def __init__(self, now: float) -> None:
-        self.started = self.last = now
-        self.total = 0
-        self.samples: collections.deque[tuple[float, int]] = collections.deque([(now, 0)])
-        self.reason: str | None = None
-        self.scope: anyio.CancelScope | None = None
-
-    def check(self, now: float, config: HubConfig, min_rate: float) -> str | None:
-        if now - self.last > config.stall_timeout:
-            return f"no bytes for {now - self.last:.1f} s"
-        self.samples.append((now, self.total))
-        while len(self.samples) > 2 and self.samples[1][0] <= now - config.rate_window:
-            self.samples.popleft()
-        since, base = self.samples[0]
-        if now - since >= config.rate_window and min_rate > 0:
-            rate = (self.total - base) / (now - since)
-            if rate < min_rate:
-                return f"{rate:.0f} B/s over {now - since:.1f} s, below min_rate {min_rate:.0f}"
-        return None
-
-
 class FileDownload:
     """The bytes of one file, landing in ``partial`` (open as ``fd``), from one mirror at a
     time. The caller owns the file descriptor and runs :attr:`cursor` beside it."""
@@ -311,7 +217,7 @@ class FileDownload:
         self.last_modified: str | None = None
         self.validated = False
         self.single = False
-        self._active: set[_Active] = set()
+        self._active: set[Active] = set()
         self._retry_wave = RetryWave(ctx.clock)
         self._ignored = 0  # 200 answers to a range request (Range ignored) so far
         self._saving = False
@@ -356,7 +262,7 @@ class FileDownload:
         finally:
             self._saving = False
 
-    async def _flush(self, index: int, offset: int, buffers: list[Bytes], active: _Active) -> None:
+    async def _flush(self, index: int, offset: int, buffers: list[Bytes], active: Active) -> None:
         """Write ``buffers`` (the bytes from ``offset`` on) into range ``index``: only from its
         first unwritten byte (a flush cancelled after it counted its bytes is not counted
         again) up to its end (bytes past a split point belong to another connection)."""
@@ -536,7 +442,7 @@ class FileDownload:
         headers = {"Range": f"bytes={start}-{last}"}
         sent = self.url
         async with self.ctx.host_slot(sent):
-            active = _Active(self.ctx.clock())
+            active = Active(self.ctx.clock())
             self._active.add(active)
             try:
                 with anyio.CancelScope() as scope:
@@ -557,7 +463,7 @@ class FileDownload:
         start: int,
         last: int,
         ready: anyio.Event | None,
-        active: _Active,
+        active: Active,
     ) -> None:
         status, url, size = response.status, response.url, self.plan.size
         if status == 206:
@@ -666,7 +572,7 @@ class FileDownload:
                 yield data, None
 
     async def _stream(
-        self, index: int, response: Response, offset: int, length: int, active: _Active
+        self, index: int, response: Response, offset: int, length: int, active: Active
     ) -> None:
         """Write at most ``length`` body bytes at ``offset``; more is a ProtocolError. Stops
         early (dropping the connection) when the range was split before its end."""

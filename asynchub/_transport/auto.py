@@ -7,16 +7,19 @@ proxies (HTTP CONNECT, proxy authentication, ``NO_PROXY`` rules) because that is
 problem there and not worth a second implementation. ``HubConfig.transport`` chooses:
 ``"auto"`` (this dispatch), ``"stream"`` or ``"aiohttp"`` (one of them for everything).
 Both keep the same contract (:mod:`.base`), and the aiohttp one is only imported when used.
+``"stream"`` ignores proxy settings (for measurements); ``"auto"`` is the default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING
 
 from .._config import HubConfig
 from .base import Response, Transport
+from .proxy import proxy_for
 
 if TYPE_CHECKING:
     from .aiohttp_transport import AiohttpTransport
@@ -26,32 +29,52 @@ __all__ = ["AutoTransport", "default_transport"]
 
 
 class AutoTransport:
-    """Routes each request: through aiohttp when ``proxied(url)`` says a proxy applies, else
-    through the buffered stream transport."""
+    """Routes each request: through aiohttp when a proxy applies to its URL
+    (:func:`.proxy.proxy_for`), else through the buffered stream transport. A direct request
+    redirected to a URL that needs a proxy is asked again through aiohttp from the start."""
 
-    def __init__(self, config: HubConfig, *, proxied: Callable[[str], bool] | None = None) -> None:
+    def __init__(self, config: HubConfig) -> None:
         self._config = config
-        self._proxied = proxied or (lambda url: False)
         self._stream: StreamTransport | None = None
         self._aiohttp: AiohttpTransport | None = None
 
-    def _pick(self, url: str) -> Transport:
-        if self._proxied(url):
-            if self._aiohttp is None:
-                from .aiohttp_transport import AiohttpTransport
+    def _proxied(self, url: str) -> bool:
+        return proxy_for(url, self._config) is not None
 
-                self._aiohttp = AiohttpTransport(self._config)
-            return self._aiohttp
+    def _via_aiohttp(self) -> Transport:
+        if self._aiohttp is None:
+            from .aiohttp_transport import AiohttpTransport
+
+            self._aiohttp = AiohttpTransport(self._config)
+        return self._aiohttp
+
+    def _direct(self) -> StreamTransport:
         if self._stream is None:
             from .stream import StreamTransport
 
-            self._stream = StreamTransport(self._config)
+            self._stream = StreamTransport(self._config, needs_proxy=self._proxied)
         return self._stream
 
     def request(
         self, url: str, *, headers: Mapping[str, str] | None = None
     ) -> AbstractAsyncContextManager[Response]:
-        return self._pick(url).request(url, headers=headers)
+        return self._request(url, headers)
+
+    @contextlib.asynccontextmanager
+    async def _request(
+        self, url: str, headers: Mapping[str, str] | None
+    ) -> AsyncIterator[Response]:
+        from .stream import NeedsProxy
+
+        if not self._proxied(url):
+            try:
+                async with self._direct().request(url, headers=headers) as response:
+                    yield response
+                return
+            except NeedsProxy:
+                pass  # a redirect led to a proxied URL: the whole request through aiohttp
+        async with self._via_aiohttp().request(url, headers=headers) as response:
+            yield response
 
     async def aclose(self) -> None:
         for transport in (self._stream, self._aiohttp):
