@@ -6,7 +6,8 @@ the kernel's), which is what makes a verified download cost little CPU; aiohttp 
 proxies (HTTP CONNECT, proxy authentication, ``NO_PROXY`` rules) because that is a solved
 problem there and not worth a second implementation. ``HubConfig.transport`` chooses:
 ``"auto"`` (this dispatch), ``"stream"`` or ``"aiohttp"`` (one of them for everything).
-Both keep the same contract (:mod:`.base`), and the aiohttp one is only imported when used.
+Both keep the same contract (:mod:`.base`); both modules are imported with this one (off the
+event loop, with the async core), aiohttp itself only when a proxied request needs it.
 ``"stream"`` ignores proxy settings (for measurements); ``"auto"`` is the default.
 """
 
@@ -15,15 +16,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING
 
 from .._config import HubConfig
+from .aiohttp_transport import AiohttpTransport  # cheap: aiohttp itself loads on first use
 from .base import Response, Transport
 from .proxy import proxy_for
-
-if TYPE_CHECKING:
-    from .aiohttp_transport import AiohttpTransport
-    from .stream import StreamTransport
+from .stream import NeedsProxy, StreamTransport
 
 __all__ = ["AutoTransport", "default_transport"]
 
@@ -43,15 +41,11 @@ class AutoTransport:
 
     def _via_aiohttp(self) -> Transport:
         if self._aiohttp is None:
-            from .aiohttp_transport import AiohttpTransport
-
             self._aiohttp = AiohttpTransport(self._config)
         return self._aiohttp
 
     def _direct(self) -> StreamTransport:
         if self._stream is None:
-            from .stream import StreamTransport
-
             self._stream = StreamTransport(self._config, needs_proxy=self._proxied)
         return self._stream
 
@@ -64,8 +58,6 @@ class AutoTransport:
     async def _request(
         self, url: str, headers: Mapping[str, str] | None
     ) -> AsyncIterator[Response]:
-        from .stream import NeedsProxy
-
         if not self._proxied(url):
             try:
                 async with self._direct().request(url, headers=headers) as response:
@@ -85,11 +77,7 @@ class AutoTransport:
 def default_transport(config: HubConfig) -> Transport:
     """The transport ``config.transport`` names (see the module docstring)."""
     if config.transport == "aiohttp":
-        from .aiohttp_transport import AiohttpTransport
-
         return AiohttpTransport(config)
     if config.transport == "stream":
-        from .stream import StreamTransport
-
         return StreamTransport(config)
     return AutoTransport(config)
