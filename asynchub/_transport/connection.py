@@ -18,6 +18,7 @@ __all__ = ["BUFFERS", "HEAD_LIMIT", "Connection", "Headers", "Piece"]
 BUFFERS = 3
 HEAD_LIMIT = 64 * 1024
 
+
 class Piece:
     """A filled buffer: ``view`` holds the bytes; :meth:`release` returns it to its connection
     (once; the view must not be used after)."""
@@ -174,9 +175,9 @@ class Connection(asyncio.BufferedProtocol):
         headers = dict((k.lower(), v) for k, v in event.headers)
         leftover, _closed = conn.trailing_data
         chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
-        self.reusable = event.http_version == b"1.1" and headers.get(
-            b"connection", b""
-        ).lower() != b"close"
+        self.reusable = (
+            event.http_version == b"1.1" and headers.get(b"connection", b"").lower() != b"close"
+        )
         if event.status_code in (204, 304) or 100 <= event.status_code < 200:
             self._remaining = 0
         elif chunked:

@@ -74,9 +74,7 @@ class NeedsProxy(Exception):
 class StreamResponse:
     """One answer: ``status``, ``headers``, the final ``url``; its body as :class:`Piece` s."""
 
-    def __init__(
-        self, conn: Connection, head: h11.Response, url: str, config: HubConfig
-    ) -> None:
+    def __init__(self, conn: Connection, head: h11.Response, url: str, config: HubConfig) -> None:
         self._conn = conn
         self._config = config
         self.status: int = head.status_code
