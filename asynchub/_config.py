@@ -260,6 +260,12 @@ class HubConfig:
     private_host: Callable[[str], bool] = field(
         default=is_private_host, compare=False, repr=False
     )
+    #: Connections per file adapt to measured throughput, up to ``max_connections``
+    #: (``asynchub/_engine/adaptive.py``); ``False`` always opens ``max_connections``.
+    adaptive_connections: bool = True
+    #: HTTP transport: ``"auto"`` (buffered receive path, aiohttp where a proxy applies),
+    #: ``"stream"`` or ``"aiohttp"`` (see ``asynchub/_transport/auto.py``).
+    transport: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
@@ -275,6 +281,10 @@ class HubConfig:
             raise ConfigError("HubConfig.lock_lease must be positive (seconds)")
         if self.lock_timeout is not None and self.lock_timeout < 0:
             raise ConfigError("HubConfig.lock_timeout must not be negative (or None for no limit)")
+        if self.transport not in ("auto", "stream", "aiohttp"):
+            raise ConfigError(
+                f"HubConfig.transport must be 'auto', 'stream' or 'aiohttp', not {self.transport!r}"
+            )
         if self.limit_rate is not None and self.limit_rate <= 0:
             raise ConfigError("HubConfig.limit_rate must be positive (or None for no cap)")
         if self.file_urls is not None:
@@ -387,6 +397,12 @@ class HubConfig:
             )
         if env.get("ASYNCHUB_CA_BUNDLE"):
             values["ca_bundle"] = Path(env["ASYNCHUB_CA_BUNDLE"])
+        if "ASYNCHUB_ADAPTIVE_CONNECTIONS" in env:
+            values["adaptive_connections"] = _parse_bool(
+                env["ASYNCHUB_ADAPTIVE_CONNECTIONS"], name="ASYNCHUB_ADAPTIVE_CONNECTIONS"
+            )
+        if env.get("ASYNCHUB_TRANSPORT"):
+            values["transport"] = env["ASYNCHUB_TRANSPORT"].strip().lower()
         if env.get("ASYNCHUB_MINDSPORE_CARD_URL"):
             values["mindspore_card_url"] = env["ASYNCHUB_MINDSPORE_CARD_URL"].strip()
         values.update(_env_proxies(env))

@@ -106,7 +106,7 @@ async def child_fetch(args: argparse.Namespace) -> dict[str, float]:
     from asynchub._config import HubConfig
     from asynchub._engine.engine import Engine, FileJob
     from asynchub._progress.events import ProgressEvent
-    from asynchub._transport.aiohttp_transport import AiohttpTransport as Transport
+    from asynchub._transport.auto import default_transport as Transport
 
     marks = {"last_byte": 0.0, "hashed": 0.0, "backlog": 0.0}
     hashed = 0

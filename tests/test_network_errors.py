@@ -171,8 +171,8 @@ async def test_a_host_name_that_cannot_exist(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("base", "words"),
     [
-        ("http://127.0.0.1:99999", "Port out of range"),
-        ("http://127.0.0.1:abc", "port can't be converted"),
+        ("http://127.0.0.1:99999", "invalid URL"),
+        ("http://127.0.0.1:abc", "invalid URL"),
         ("http://[::1", "is not a valid URL"),
     ],
 )

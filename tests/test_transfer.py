@@ -22,8 +22,8 @@ from asynchub._engine.engine import Engine, FileJob
 from asynchub._engine.retry import RetryPolicy
 from asynchub._exceptions import HTTPStatusError, MirrorsExhaustedError, OfflineError
 from asynchub._progress.events import ProgressEvent
-from asynchub._transport.aiohttp_transport import AiohttpTransport as Transport
 from tests.mirror import MirrorServer
+from tests.transports import Transport
 
 KIB = 1024
 MIB = 1024 * KIB

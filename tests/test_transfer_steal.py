@@ -21,10 +21,10 @@ from asynchub._cache.layout import partials_for, state_path
 from asynchub._engine.engine import Engine
 from asynchub._engine.resume import SPLIT_STATE_VERSION, ChunkPlan, ResumeState, find_resumable
 from asynchub._engine.schedule import KEEP, MIN_AGE, MIN_PART, Scheduler
-from asynchub._transport.aiohttp_transport import AiohttpTransport as Transport
 from tests.mirror import Fault, MirrorServer
 from tests.test_resume import CHILD, ROOT, run_child
 from tests.test_transfer import KIB, MIB, Events, Rig, fast_config, fetch, job_for, put, rig
+from tests.transports import Transport
 
 __all__ = ["rig"]  # the fixture, re-used
 

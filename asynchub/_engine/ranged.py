@@ -59,19 +59,17 @@ one piece per connection, whichever is smaller: with 40 connections at 25 MB/s, 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
-from .._cache.layout import translate_oserror
-from .._config import HubConfig
 from .._exceptions import (
     HubError,
     ProtocolError,
@@ -79,9 +77,10 @@ from .._exceptions import (
     TransferError,
 )
 from .._progress.events import ProgressEvent
-from .._transport.base import Response, Transport
+from .._transport.base import BufferedResponse, Piece, Response
+from .adaptive import Widener
+from .context import Active, Bytes, Context, pwrite_all
 from .hashing import HashCursor
-from .ratelimit import TokenBucket
 from .resume import ChunkPlan, ResumeState, save_state
 from .retry import (
     Retrier,
@@ -93,8 +92,6 @@ from .retry import (
     status_failure,
 )
 from .schedule import Scheduler
-from .slots import HostSlots
-from .watchdog import Watched as _Active
 from .watchdog import poll_interval
 
 __all__ = [
@@ -184,51 +181,6 @@ def collapse_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return min(leaves, key=rank)
 
 
-def pwrite_all(fd: int, buffers: list[bytes], offset: int) -> None:
-    """Write ``buffers`` contiguously at ``offset`` (blocking; runs in a worker thread)."""
-    if len(buffers) > 256:
-        buffers = [b"".join(buffers)]
-    total = sum(map(len, buffers))
-    try:
-        done = os.pwritev(fd, buffers, offset)
-        if done < total:
-            rest = memoryview(b"".join(buffers))[done:]
-            while rest:
-                n = os.pwrite(fd, rest, offset + done)
-                done += n
-                rest = rest[n:]
-    except OSError as exc:
-        raise translate_oserror(exc, "writing a partial download") from exc
-
-
-@dataclass
-class Context:
-    """What every download of an engine shares."""
-
-    config: HubConfig
-    transport: Transport
-    limiter: anyio.CapacityLimiter
-    bucket: TokenBucket | None
-    sleep: Callable[[float], Awaitable[None]]
-    clock: Callable[[], float]
-    emit: Callable[[ProgressEvent], None]
-    #: The connection slots of a URL's host, taken before a request is watched (see
-    #: :mod:`.slots`: queued workers are waiting, not stalled).
-    host_slot: HostSlots
-
-    def notify_retry(self, name: str) -> Callable[[str], None]:
-        """What a :class:`Retrier` calls on each retry of ``name``: a ``retry`` event."""
-        return lambda message: self.emit(ProgressEvent("retry", name, message=message))
-
-    @property
-    def min_rate(self) -> float:
-        """The watchdog's floor; never above what the bandwidth cap leaves each connection."""
-        floor = float(self.config.min_rate)
-        if self.config.limit_rate is not None:
-            floor = min(floor, self.config.limit_rate / (2 * self.config.max_connections))
-        return floor
-
-
 class FileDownload:
     """The bytes of one file, landing in ``partial`` (open as ``fd``), from one mirror at a
     time. The caller owns the file descriptor and runs :attr:`cursor` beside it."""
@@ -266,12 +218,16 @@ class FileDownload:
         self.last_modified: str | None = None
         self.validated = False
         self.single = False
-        self._active: set[_Active] = set()
+        self._active: set[Active] = set()
         self._retry_wave = RetryWave(ctx.clock)
         self._ignored = 0  # 200 answers to a range request (Range ignored) so far
         self._saving = False
         self._dirty = False
         self._unsaved = 0  # bytes written since the last save started
+        self._moved = 0  # bytes received (the adaptive width's measure)
+        self._live = 0  # workers running (or waiting for a connection token)
+        config = ctx.config
+        self._widener = Widener(config.max_connections) if config.adaptive_connections else None
         self._saved_at = ctx.clock()
 
     # ------------------------------------------------------------------ progress and state
@@ -307,7 +263,7 @@ class FileDownload:
         finally:
             self._saving = False
 
-    async def _flush(self, index: int, offset: int, buffers: list[bytes], active: _Active) -> None:
+    async def _flush(self, index: int, offset: int, buffers: list[Bytes], active: Active) -> None:
         """Write ``buffers`` (the bytes from ``offset`` on) into range ``index``: only from its
         first unwritten byte (a flush cancelled after it counted its bytes is not counted
         again) up to its end (bytes past a split point belong to another connection)."""
@@ -380,12 +336,13 @@ class FileDownload:
                 outer.start_soon(self._watchdog)
                 async with anyio.create_task_group() as workers:
                     ready = anyio.Event()
+                    self._live = 0
                     workers.start_soon(self._worker, first, ready)
                     await ready.wait()
                     if not self.single:
-                        extra = min(self.ctx.config.max_connections - 1, self.schedule.wanted())
-                        for _ in range(extra):
-                            workers.start_soon(self._worker, None, None)
+                        self._widen(workers)
+                        if self._widener is not None:
+                            outer.start_soon(self._adapt, workers)
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise collapse_group(group) from None
@@ -394,6 +351,28 @@ class FileDownload:
                 await self.save_state()
         if not self.plan.complete:
             raise TransferError(f"{url}: the download stopped before the end", url=url)
+
+    def _widen(self, workers: anyio.abc.TaskGroup) -> None:
+        """Start workers up to the current width (as far as the plan has work for them)."""
+        width = self.ctx.config.max_connections if self._widener is None else self._widener.width
+        for _ in range(min(width - self._live, self.schedule.wanted())):
+            workers.start_soon(self._worker, None, None)
+
+    async def _adapt(self, workers: anyio.abc.TaskGroup) -> None:
+        """Feed the :class:`Widener` the bytes received; start workers when it widens (a
+        narrower width ends workers as they finish their range: see :meth:`_worker`). Real
+        time, not the injected clock: it measures real throughput."""
+        widener = self._widener
+        assert widener is not None
+        shed_for = widener.width
+        while True:
+            widener.observe(time.monotonic(), self._moved)
+            if widener.width > self._live:
+                self._widen(workers)
+            elif widener.width < self._live and widener.width < shed_for:
+                self.schedule.shed(self._live - widener.width)  # give connections back soon
+            shed_for = widener.width
+            await anyio.sleep(widener.window / 2)
 
     async def _watchdog(self) -> None:
         config = self.ctx.config
@@ -409,18 +388,25 @@ class FileDownload:
 
     # ------------------------------------------------------------------ chunk level
     async def _worker(self, index: int | None, ready: anyio.Event | None) -> None:
-        async with self.ctx.limiter:
-            if index is None:
-                index = self.schedule.take()
-            while index is not None:
-                try:
-                    await self._fetch_chunk(index, ready)
-                finally:
-                    self.schedule.release(index)
-                if self.single:
-                    return
-                ready = None
-                index = self.schedule.take()
+        self._live += 1
+        try:
+            async with self.ctx.limiter:
+                if index is None:
+                    index = self.schedule.take()
+                while index is not None:
+                    try:
+                        await self._fetch_chunk(index, ready)
+                    finally:
+                        self.schedule.release(index)
+                    if self.single:
+                        return
+                    widener = self._widener
+                    if widener is not None and self._live > widener.width:
+                        return  # fewer connections pay better: give this one back
+                    ready = None
+                    index = self.schedule.take()
+        finally:
+            self._live -= 1
 
     async def _fetch_chunk(self, index: int, ready: anyio.Event | None) -> None:
         retrier = Retrier(
@@ -453,7 +439,7 @@ class FileDownload:
         headers = {"Range": f"bytes={start}-{last}"}
         sent = self.url
         async with self.ctx.host_slot(sent):
-            active = _Active(self.ctx.clock())
+            active = Active(self.ctx.clock())
             self._active.add(active)
             try:
                 with anyio.CancelScope() as scope:
@@ -474,7 +460,7 @@ class FileDownload:
         start: int,
         last: int,
         ready: anyio.Event | None,
-        active: _Active,
+        active: Active,
     ) -> None:
         status, url, size = response.status, response.url, self.plan.size
         if status == 206:
@@ -581,22 +567,38 @@ class FileDownload:
             log.debug("%s: ETag %s differs from %s; the SHA-256 decides", self.name, etag,
                       self.etag)  # fmt: skip
 
+    @staticmethod
+    async def _body(response: Response) -> AsyncGenerator[tuple[Bytes, Piece | None], None]:
+        """The body as it arrives: the transport's own buffers when it lends them (no copy in
+        Python; each is released after it is written), else ``bytes``."""
+        if isinstance(response, BufferedResponse):
+            async for piece in response.iter_pieces():
+                yield piece.view, piece
+        else:
+            async for data in response.iter_chunks(PIECE):
+                yield data, None
+
     async def _stream(
-        self, index: int, response: Response, offset: int, length: int, active: _Active
+        self, index: int, response: Response, offset: int, length: int, active: Active
     ) -> None:
         """Write at most ``length`` body bytes at ``offset``; more is a ProtocolError. Stops
         early (dropping the connection) when the range was split before its end."""
         clock, bucket = self.ctx.clock, self.ctx.bucket
         piece = min(PIECE, max(self.ctx.config.state_interval, 16 * 1024))
-        buffers: list[bytes] = []
+        buffers: list[Bytes] = []
+        lent: list[Piece] = []
         buffered = 0
         remaining = length
         received = self.schedule.received
         received[index] = offset
         held_since = clock()
+        body = self._body(response)
         try:
-            async for data in response.iter_chunks(PIECE):
+            async for data, loan in body:
+                if loan is not None:
+                    lent.append(loan)
                 n = len(data)
+                self._moved += n
                 active.total += n
                 active.last = clock()
                 received[index] = offset + buffered + n
@@ -618,7 +620,10 @@ class FileDownload:
                 now = clock()
                 full = buffered >= piece or offset + buffered >= end
                 if full or now - held_since >= STATE_PERIOD:
-                    await self._flush(index, offset, buffers, active)
+                    try:
+                        await self._flush(index, offset, buffers, active)
+                    finally:
+                        _give_back(lent)
                     offset += buffered
                     buffers, buffered = [], 0
                     held_since = now
@@ -627,7 +632,18 @@ class FileDownload:
                             response.close()  # the rest was handed to another connection
                         return
         finally:
-            if buffers:
+            try:
+                if buffers:
+                    with anyio.CancelScope(shield=True):
+                        await self._flush(index, offset, buffers, active)
+            finally:
+                _give_back(lent)
+                received.pop(index, None)
                 with anyio.CancelScope(shield=True):
-                    await self._flush(index, offset, buffers, active)
-            received.pop(index, None)
+                    await body.aclose()
+
+
+def _give_back(lent: list[Piece]) -> None:
+    for loan in lent:
+        loan.release()
+    lent.clear()

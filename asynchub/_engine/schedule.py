@@ -119,6 +119,22 @@ class Scheduler:
         self._since.pop(index, None)
         self.received.pop(index, None)
 
+    def shed(self, count: int) -> int:
+        """Make ``count`` holders finish soon (the adaptive width shrank): cut their ranges
+        just past what they received, the longest first; the rest becomes unclaimed work for
+        the connections that stay. Returns how many were cut."""
+        plan = self.plan
+        cut = 0
+        for index in sorted(plan.claimed, key=plan.remaining, reverse=True):
+            if cut >= count:
+                break
+            base = self._position(index) + KEEP
+            if plan.ends[index] - base < 2 * _ALIGN:
+                continue
+            plan.split(index, _align(base + _ALIGN, base))
+            cut += 1
+        return cut
+
     def wanted(self) -> int:
         """How many more workers this plan can keep busy: its unclaimed ranges, or the parts
         of ``min_part`` bytes of what is left beyond one per claimed range, if more."""

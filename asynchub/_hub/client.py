@@ -28,7 +28,7 @@ from .._exceptions import HubClosedError, HubError
 from .._onnx.manifest import ModelInfo
 from .._onnx.urls import DEFAULT_REPO, RepoSpec
 from .._progress.events import ProgressCallback
-from .._transport.aiohttp_transport import AiohttpTransport
+from .._transport.auto import default_transport
 from .._transport.base import Transport
 from .documents import fetch_document
 from .offloop import ASYNC_CORE, import_off_loop
@@ -108,7 +108,7 @@ class AsyncHub:
         self.clock = clock
         self.fsync = fsync
         self.transport: Transport = (
-            transport if transport is not None else AiohttpTransport(self.config)
+            transport if transport is not None else default_transport(self.config)
         )
         self.engine = self._make_engine()
         self._sources: dict[str, Source] = {}

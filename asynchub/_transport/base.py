@@ -30,6 +30,8 @@ from .._exceptions import HTTPStatusError, ProtocolError
 
 __all__ = [
     "MAX_REDIRECTS",
+    "BufferedResponse",
+    "Piece",
     "REDIRECT_STATUSES",
     "Response",
     "Transport",
@@ -64,6 +66,27 @@ class Response(Protocol):
 
     def close(self) -> None:
         """Drop the connection (the rest of the body is abandoned)."""
+        ...
+
+
+class Piece(Protocol):
+    """A filled receive buffer lent by a transport: ``view`` holds body bytes until
+    :meth:`release` gives the buffer back (after which ``view`` must not be used)."""
+
+    @property
+    def view(self) -> memoryview: ...
+
+    def release(self) -> None: ...
+
+
+@runtime_checkable
+class BufferedResponse(Protocol):
+    """A :class:`Response` that can also lend its body as buffers, with no copy in Python:
+    the engine writes and hashes a :class:`Piece` and releases it. A transport without it is
+    read through :meth:`Response.iter_chunks`."""
+
+    def iter_pieces(self) -> AsyncIterator[Piece]:
+        """The body as filled buffers, as they arrive; each one must be released."""
         ...
 
 

@@ -1,0 +1,176 @@
+"""How many connections one file uses: as many as make it faster, measured while it downloads.
+
+A fixed count is wrong somewhere: on a fast uncapped link (or loopback) a handful of
+connections already saturate the CPU and 40 only add overhead; behind a CDN that caps each
+connection (25 MB/s is common) throughput grows with every connection up to the link; and some
+servers slow down as connections are added (huggingface_hub #4893: 64 connections collapsed
+where 4 sustained 300 MB/s). :class:`Widener` decides from what it measures:
+
+* **Start with a few** (:data:`START`, 8, or the maximum if lower).
+* **Measure** the bytes received over windows of at least :data:`WINDOW` (0.1 s) and
+  :data:`WINDOW_BYTES` (8 MiB, so the 1 MiB granularity of received buffers stays near ten
+  percent; at most :data:`MAX_WINDOW`, 2 s, on a slow link), one window per width, after
+  :data:`WARMUP` (0.05 s) whenever connections were added (connect, first byte: a window
+  that includes them understates the width's rate).
+* **Grow while it pays.** After a window at width ``w`` following one at ``p < w``, the
+  *efficiency* is how much of the linear gain arrived: ``(R(w)/R(p) - 1) / (w/p - 1)``. At
+  :data:`FAST` (0.7) or better the bottleneck is per connection: the width is multiplied by 4
+  (so a capped CDN reaches 32-40 connections within ~0.3 s, which keeps the ramp's cost
+  near 10 % of a fixed best setting on a 1 GiB file); at :data:`SLOW` (0.3) or better, by 2;
+  below that the extra connections are not worth what they cost and are given back.
+* **Stop and give back** when a step gained less than :data:`MIN_GAIN` (10 %): the width goes
+  back to the previous one (the extra connections finish their current range and leave), and
+  the controller holds.
+* **Never collapse.** A step that made things slower (by :data:`DOWN_GAIN`, 25 %) is undone
+  at once and half the width is tried (kept only if it is 25 % faster: noise must not walk
+  the width down). While holding, a drop
+  below :data:`DROP` (60 %) of the rate measured when it settled halves the width (a server
+  that slows down under load gets fewer connections, never more), and every :data:`REPROBE`
+  (1 s) one doubling is tried again, kept only if it pays (conditions change).
+
+The per-hub maximum (``HubConfig.max_connections``) bounds it, and the shared connection
+budget of the engine still applies: a width is a wish, each connection still needs a token.
+Pure logic: time and byte counts come from the caller, so the tests drive it with models of
+servers (a total cap, a per-connection cap, a server that slows down with more connections).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DOWN_GAIN",
+    "DROP",
+    "FAST",
+    "MIN_GAIN",
+    "REPROBE",
+    "SLOW",
+    "START",
+    "WARMUP",
+    "WINDOW",
+    "WINDOW_BYTES",
+    "Widener",
+]
+
+START = 8
+WINDOW = 0.1
+WINDOW_BYTES = 8 * 1024 * 1024
+MAX_WINDOW = 2.0
+WARMUP = 0.05
+DOWN_GAIN = 0.25
+FAST = 0.7
+SLOW = 0.3
+MIN_GAIN = 0.10
+DROP = 0.6
+REPROBE = 1.0
+
+
+class Widener:
+    """The target connection count of one file (see the module docstring)."""
+
+    def __init__(self, maximum: int, *, start: int = START, window: float = WINDOW) -> None:
+        self.maximum = max(1, maximum)
+        self.width = min(max(1, start), self.maximum)
+        self.window = window
+        self.holding = self.width >= self.maximum
+        self._since: float | None = None  # start of the current window
+        self._base = 0  # bytes at that start
+        self._previous: tuple[int, float] | None = None  # (width, rate) of the last window
+        self._held_rate = 0.0
+        self._held_since = 0.0
+        self._probe: tuple[int, float, int] | None = None  # (width, rate, direction) before
+        self._warming = False
+
+    def observe(self, now: float, moved: int) -> int:
+        """Account ``moved`` (bytes received so far, monotonic) at time ``now``; return the
+        width to use from now on."""
+        if self._since is None:
+            self._since, self._base = now, moved
+            self._held_since = now
+            self._warming = True
+            return self.width
+        if self._warming:  # new connections need a moment (connect, first byte)
+            if now - self._since < WARMUP:
+                return self.width
+            self._since, self._base, self._warming = now, moved, False
+            return self.width
+        elapsed = now - self._since
+        moved_in = moved - self._base
+        if elapsed < self.window or (moved_in < WINDOW_BYTES and elapsed < MAX_WINDOW):
+            return self.width
+        rate = (moved - self._base) / elapsed
+        self._since, self._base = now, moved
+        width = self.width
+        if self._probe is not None:
+            self._judge_probe(now, rate)
+        elif self.holding:
+            self._hold(now, rate)
+        else:
+            self._grow(now, rate)
+        self._warming = self.width > width
+        return self.width
+
+    # ---------------------------------------------------------------- growing
+    def _grow(self, now: float, rate: float) -> None:
+        previous = self._previous
+        self._previous = (self.width, rate)
+        if previous is None:
+            self._resize(self.width * 4)
+            return
+        width_before, rate_before = previous
+        if rate_before <= 0:
+            self._resize(self.width * 2)
+            return
+        gain = rate / rate_before - 1
+        efficiency = gain / (self.width / width_before - 1)
+        if gain < -DOWN_GAIN:  # more connections made it slower: back, then try fewer
+            self._settle(now, width_before, rate_before)
+            self._start_probe(now, rate_before, -1)
+        elif gain < MIN_GAIN:  # no better: give the extra connections back
+            self._settle(now, width_before, max(rate, rate_before))
+        elif efficiency >= FAST:
+            self._resize(self.width * 4)
+        elif efficiency >= SLOW:
+            self._resize(self.width * 2)
+        else:  # a little better for many more connections: not worth them
+            self._settle(now, width_before, rate_before)
+
+    def _resize(self, width: int) -> None:
+        width = max(1, min(self.maximum, width))
+        if width == self.width:
+            self.holding = True
+        self.width = width
+
+    def _settle(self, now: float, width: int, rate: float) -> None:
+        self.width = width
+        self.holding = True
+        self._held_rate = rate
+        self._held_since = now
+        self._previous = None
+
+    # ---------------------------------------------------------------- holding
+    def _hold(self, now: float, rate: float) -> None:
+        if self._held_rate > 0 and rate < DROP * self._held_rate and self.width > 1:
+            # slower: try fewer connections (a server that minds many), never more
+            self._start_probe(now, rate, -1)
+            return
+        self._held_rate = max(self._held_rate, rate)
+        if self.width < self.maximum and now - self._held_since >= REPROBE:
+            self._start_probe(now, rate, +1)
+
+    def _start_probe(self, now: float, rate: float, direction: int) -> None:
+        width = self.width * 2 if direction > 0 else self.width // 2
+        width = max(1, min(self.maximum, width))
+        self._held_since = now
+        if width == self.width:
+            return
+        self._probe = (self.width, rate, direction)
+        self.width = width
+
+    def _judge_probe(self, now: float, rate: float) -> None:
+        width_before, rate_before, direction = self._probe or (self.width, rate, 0)
+        self._probe = None
+        needed = MIN_GAIN if direction > 0 else DOWN_GAIN  # fewer must clearly pay
+        if rate < rate_before * (1 + needed):  # did not pay: back to where it was
+            self._settle(now, width_before, rate_before)
+            return
+        self._settle(now, self.width, rate)
+        self._start_probe(now, rate, direction)  # it paid: one more step the same way

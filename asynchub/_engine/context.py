@@ -1,0 +1,72 @@
+"""What every ranged download of an engine shares (:class:`Context`), how the stall watchdog
+sees one request in flight (:class:`Active`), and the blocking write of received bytes
+(:func:`pwrite_all`, run in a worker thread)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from .._cache.layout import translate_oserror
+from .._config import HubConfig
+from .._progress.events import ProgressEvent
+from .._transport.base import Transport
+from .ratelimit import TokenBucket
+from .slots import HostSlots
+from .watchdog import Watched as Active
+
+__all__ = ["Active", "Bytes", "Context", "pwrite_all"]
+
+Bytes = bytes | memoryview
+
+
+def pwrite_all(fd: int, buffers: Sequence[Bytes], offset: int) -> None:
+    """Write ``buffers`` contiguously at ``offset`` (blocking; runs in a worker thread)."""
+    if len(buffers) > 256:
+        buffers = [b"".join(buffers)]
+    total = sum(map(len, buffers))
+    try:
+        done = os.pwritev(fd, buffers, offset)
+        if done < total:
+            rest = memoryview(b"".join(buffers))[done:]
+            while rest:
+                n = os.pwrite(fd, rest, offset + done)
+                done += n
+                rest = rest[n:]
+    except OSError as exc:
+        raise translate_oserror(exc, "writing a partial download") from exc
+
+
+@dataclass
+class Context:
+    """What every download of an engine shares."""
+
+    config: HubConfig
+    transport: Transport
+    limiter: anyio.CapacityLimiter
+    bucket: TokenBucket | None
+    sleep: Callable[[float], Awaitable[None]]
+    clock: Callable[[], float]
+    emit: Callable[[ProgressEvent], None]
+    #: The connection slots of a URL's host (one limiter per origin, shared by the engine's
+    #: downloads on one loop, see :mod:`.slots`). A request takes one *before* the watchdog
+    #: starts timing it: with ``max_connections_per_host`` below ``max_connections``, the
+    #: workers queued for a connection to one host are waiting, not stalled.
+    host_slot: HostSlots
+
+    def notify_retry(self, name: str) -> Callable[[str], None]:
+        """What a :class:`Retrier` calls on each retry of ``name``: a ``retry`` event."""
+        return lambda message: self.emit(ProgressEvent("retry", name, message=message))
+
+    @property
+    def min_rate(self) -> float:
+        """The watchdog's floor; never above what the bandwidth cap leaves each connection."""
+        floor = float(self.config.min_rate)
+        if self.config.limit_rate is not None:
+            floor = min(floor, self.config.limit_rate / (2 * self.config.max_connections))
+        return floor
+
+

@@ -1,0 +1,336 @@
+"""One HTTP/1.1 connection of the buffered receive path (:mod:`.stream`): an asyncio
+``BufferedProtocol`` that parses the status line and headers with h11 and reads a sized body
+straight into reusable :class:`Piece` buffers (see :mod:`.stream` for the choices)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Iterator, Mapping
+
+import h11
+
+from .._exceptions import ProtocolError, StallError
+
+__all__ = ["BUFFERS", "HEAD_LIMIT", "Connection", "Headers", "Piece"]
+
+BUFFERS = 3
+HEAD_LIMIT = 64 * 1024
+
+
+class Piece:
+    """A filled buffer: ``view`` holds the bytes; :meth:`release` returns it to its connection
+    (once; the view must not be used after)."""
+
+    __slots__ = ("_conn", "_data", "filled", "view")
+
+    def __init__(self, conn: Connection, size: int) -> None:
+        self._conn = conn
+        self._data = bytearray(size)
+        self.filled = 0
+        self.view = memoryview(self._data)[:0]
+
+    def release(self) -> None:
+        self._conn.give_back(self)
+
+
+class Headers(Mapping[str, str]):
+    """Case-insensitive, read-only header mapping (the first value of a repeated header)."""
+
+    def __init__(self, items: list[tuple[bytes, bytes]]) -> None:
+        self._items: dict[str, str] = {}
+        self.set_cookies: list[str] = []
+        for name, value in items:
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            self._items.setdefault(key, text)
+            if key == "set-cookie":
+                self.set_cookies.append(text)
+
+    def __getitem__(self, key: str) -> str:
+        return self._items[key.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._items
+
+
+class Connection(asyncio.BufferedProtocol):
+    """One HTTP/1.1 connection: the head through h11, a sized body into :class:`Piece` s."""
+
+    def __init__(self, origin: tuple[str, str, int], buffer_size: int) -> None:
+        self.origin = origin
+        self.buffer_size = buffer_size
+        self.transport: asyncio.Transport | None = None
+        self.reused = False
+        self.closed = False
+        self._scratch = bytearray(HEAD_LIMIT)
+        self._h11: h11.Connection | None = None
+        self._mode = "idle"  # idle | head | body | chunked | done
+        self._remaining: int | None = None  # body bytes left; None: until EOF
+        self._free: list[Piece] = []
+        self._pieces = 0
+        self._current: Piece | None = None
+        self._ready: collections.deque[Piece] = collections.deque()
+        self._head: h11.Response | None = None
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self.last_byte = time.monotonic()
+        self.reusable = False
+        self.answered = False
+
+    # ---------------------------------------------------------------- asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        if self._mode == "body" and self._remaining is None and exc is None:
+            self._push_current()
+            self._mode = "done"
+        elif self._mode in ("head", "body", "chunked") and self._error is None:
+            self._error = exc or ConnectionResetError("the server closed the connection")
+        self._wake()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._mode == "body":
+            piece = self._current
+            if piece is None:
+                piece = self._current = self._take_free()
+            room = self.buffer_size - piece.filled
+            if self._remaining is not None:
+                room = min(room, self._remaining)
+            return memoryview(piece._data)[piece.filled : piece.filled + room]
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.last_byte = time.monotonic()
+        self.answered = True
+        if self._mode == "body":
+            piece = self._current
+            assert piece is not None
+            piece.filled += nbytes
+            if self._remaining is not None:
+                self._remaining -= nbytes
+            if self._remaining == 0:
+                self._push_current()
+                self._finish_body()
+            elif piece.filled >= self.buffer_size:
+                self._push_current()
+                if not self._free and self._pieces >= BUFFERS:
+                    self._pause()
+            return
+        data = bytes(self._scratch[:nbytes])
+        if self._mode in ("head", "chunked"):
+            self._feed(data)
+        else:  # bytes while no request is out: the connection cannot be trusted again
+            self.reusable = False
+            if self.transport is not None:
+                self.transport.close()
+
+    def eof_received(self) -> bool | None:
+        if self._h11 is not None and self._mode in ("head", "chunked"):
+            self._feed(b"")
+        return None
+
+    # ---------------------------------------------------------------- parsing
+    def _feed(self, data: bytes) -> None:
+        conn = self._h11
+        assert conn is not None
+        try:
+            conn.receive_data(data)
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return
+                if isinstance(event, h11.InformationalResponse):
+                    continue
+                if isinstance(event, h11.Response):
+                    self._on_head(event, conn)
+                    if self._mode != "chunked":
+                        return
+                elif isinstance(event, h11.Data):
+                    self._push_bytes(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    self._push_current()
+                    self._finish_body()
+                    return
+                elif isinstance(event, h11.ConnectionClosed):
+                    self._fail(ConnectionResetError("the server closed the connection"))
+                    return
+        except h11.RemoteProtocolError as exc:
+            self._fail(ProtocolError(f"malformed HTTP response: {exc}"))
+
+    def _on_head(self, event: h11.Response, conn: h11.Connection) -> None:
+        self._head = event
+        headers = dict((k.lower(), v) for k, v in event.headers)
+        leftover, _closed = conn.trailing_data
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        self.reusable = (
+            event.http_version == b"1.1" and headers.get(b"connection", b"").lower() != b"close"
+        )
+        if event.status_code in (204, 304) or 100 <= event.status_code < 200:
+            self._remaining = 0
+        elif chunked:
+            self._mode = "chunked"
+            self._wake()
+            return
+        elif b"content-length" in headers:
+            self._remaining = int(headers[b"content-length"])  # h11 checked it is digits
+        else:
+            self._remaining = None
+            self.reusable = False
+        self._mode = "body"
+        if leftover:
+            keep = leftover if self._remaining is None else leftover[: self._remaining]
+            if len(keep) < len(leftover):
+                self.reusable = False
+            self._push_bytes(keep)
+            if self._remaining is not None:
+                self._remaining -= len(keep)
+        if self._remaining == 0:
+            self._push_current()
+            self._finish_body()
+        elif self._current is None and not self._free and self._pieces >= BUFFERS:
+            self._pause()  # every buffer is still with the caller
+        self._wake()
+
+    def _push_bytes(self, data: bytes) -> None:
+        """Copy ``data`` into pieces (the few bytes that came with the head; chunked bodies)."""
+        view = memoryview(data)
+        while view:
+            piece = self._current
+            if piece is None:
+                piece = self._current = self._take_free()
+            n = min(len(view), self.buffer_size - piece.filled)
+            piece._data[piece.filled : piece.filled + n] = view[:n]
+            piece.filled += n
+            view = view[n:]
+            if piece.filled >= self.buffer_size:
+                self._push_current()
+        if self._mode == "chunked" and not self._free and self._pieces >= BUFFERS:
+            self._pause()
+        self._wake()
+
+    def _finish_body(self) -> None:
+        self._mode = "done"
+        self._wake()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self.reusable = False
+        if self.transport is not None:
+            self.transport.close()
+        self._wake()
+
+    # ---------------------------------------------------------------- buffers
+    def _take_free(self) -> Piece:
+        if self._free:
+            return self._free.pop()
+        self._pieces += 1  # grows past BUFFERS only if a transport reads once more
+        return Piece(self, self.buffer_size)
+
+    def _push_current(self) -> None:
+        piece = self._current
+        if piece is not None and piece.filled:
+            piece.view = memoryview(piece._data)[: piece.filled]
+            self._ready.append(piece)
+            self._current = None
+            self._wake()
+
+    def give_back(self, piece: Piece) -> None:
+        piece.filled = 0
+        piece.view = memoryview(piece._data)[:0]
+        self._free.append(piece)
+        self._wake()
+        if self._paused and not self.closed and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        try:
+            await asyncio.wait_for(self._waiter, seconds)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiter = None
+
+    # ---------------------------------------------------------------- caller side
+    async def buffer_free(self) -> None:
+        """Wait until a buffer is back from the caller (so a new body has room)."""
+        while not self._free and self._pieces >= BUFFERS and not self.closed:
+            await self._wait(1.0)
+
+    def start(self, request: bytes, conn: h11.Connection) -> None:
+        assert self.transport is not None
+        self._h11 = conn
+        self._mode = "head"
+        self._head = None
+        self._error = None
+        self._remaining = None
+        self.reusable = False
+        self.answered = False
+        self.last_byte = time.monotonic()
+        self.transport.write(request)
+
+    async def head(self, stall: float) -> h11.Response:
+        while self._head is None:
+            if self._error is not None:
+                raise self._error
+            await self._wait(min(stall, 1.0))
+            if self._head is None and time.monotonic() - self.last_byte > stall:
+                raise StallError(f"no answer within {stall:g} s")
+        return self._head
+
+    async def next_piece(self, stall: float, flush: float) -> Piece | None:
+        while True:
+            if self._ready:
+                return self._ready.popleft()
+            if self._error is not None:
+                raise self._error
+            if self._mode == "done":
+                return None
+            await self._wait(flush)
+            if self._ready:
+                continue
+            piece = self._current
+            if piece is not None and piece.filled and self._mode == "body":
+                self._push_current()  # a slow connection: hand over what it has
+                continue
+            if time.monotonic() - self.last_byte > stall:
+                raise StallError(f"no bytes within {stall:g} s")
+
+    @property
+    def body_done(self) -> bool:
+        return self._mode == "done" and not self._ready
+
+    def close(self) -> None:
+        self.reusable = False
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        for piece in self._ready:
+            piece.filled = 0
+        self._ready.clear()

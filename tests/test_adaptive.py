@@ -1,0 +1,207 @@
+"""Adaptive connection count: the controller driven by models of servers (behaviour, not
+timings: time and bytes are simulated), then the engine against real loopback servers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import pytest
+from aiohttp import web
+
+from asynchub._engine.adaptive import START, Widener
+from asynchub._engine.engine import Engine
+from tests.test_transfer import KIB, MIB, Blob, fast_config, job_for
+from tests.transports import Transport
+
+MB = 1_000_000
+Model = Callable[[int, float], float]  # (connections, time) -> bytes/s
+
+
+def simulate(model: Model, maximum: int = 40, seconds: float = 5.0) -> list[int]:
+    """Widths chosen every 10 ms while ``model`` serves the file."""
+    widener = Widener(maximum)
+    moved, width, widths = 0.0, widener.width, []
+    for step in range(int(seconds / 0.01)):
+        now = step * 0.01
+        moved += model(width, now) * 0.01
+        width = widener.observe(now, int(moved))
+        widths.append(width)
+    return widths
+
+
+def per_connection_cap(n: int, now: float) -> float:
+    return 25 * MB * n  # a CDN edge: every connection capped, the link is not
+
+
+def total_cap(n: int, now: float) -> float:
+    return min(25 * MB * n, 100 * MB)  # the link (or the server) caps the total
+
+
+def collapsing(n: int, now: float) -> float:
+    return 300 * MB if n <= 4 else 300 * MB * 4 / n  # slower with more connections
+
+
+def cpu_bound(n: int, now: float) -> float:
+    return 1000 * MB * min(n, 2) / 2  # loopback: two cores are the limit at 2 connections
+
+
+def settled(widths: list[int]) -> int:
+    """The width used most over the last two simulated seconds (re-probes are brief)."""
+    late = widths[-200:]
+    return max(set(late), key=late.count)
+
+
+def test_per_connection_cap_adds_connections_up_to_the_maximum_quickly() -> None:
+    widths = simulate(per_connection_cap)
+    assert widths[0] == START
+    assert max(widths[:40]) == 40  # within 0.4 s of simulated time
+    assert widths[-1] == 40
+
+
+def test_total_cap_stops_adding_and_gives_back() -> None:
+    widths = simulate(total_cap)
+    assert settled(widths) <= START
+    late = widths[100:]  # after the first second: held, except short re-probes
+    assert sum(w <= START for w in late) / len(late) > 0.8
+
+
+def test_a_server_that_slows_with_more_connections_gets_fewer() -> None:
+    widths = simulate(collapsing)
+    assert settled(widths) <= 4
+    assert sum(w <= 4 for w in widths[100:]) / len(widths[100:]) > 0.8
+
+
+def test_cpu_bound_loopback_settles_at_a_handful() -> None:
+    widths = simulate(cpu_bound)
+    assert settled(widths) <= START
+    assert max(widths[100:]) <= 2 * START  # re-probes are one doubling at most
+
+
+def test_never_more_connections_when_the_server_slows_down() -> None:
+    def slowing(n: int, now: float) -> float:  # at 2 s the server starts to mind connections
+        return per_connection_cap(n, now) if now < 2 else collapsing(n, now) / 3
+
+    widths = simulate(slowing, seconds=20)
+    at_slowdown = widths[199]
+    assert at_slowdown == 40
+    assert max(widths[200:]) <= at_slowdown
+    assert settled(widths) < START  # halved while it paid (to 5 here: 2 is < 25 % better)
+
+
+def test_maximum_is_respected_and_a_single_connection_is_fine() -> None:
+    assert max(simulate(per_connection_cap, maximum=6)) == 6
+    assert set(simulate(per_connection_cap, maximum=1)) == {1}
+
+
+# ---------------------------------------------------------------------------- real servers
+class PacedServer:
+    """Serves one file's ranges on 127.0.0.1, paced per connection (``per_conn`` bytes/s) or
+    in total (``total`` bytes/s shared by every response), and samples how many responses
+    are in flight every 10 ms."""
+
+    def __init__(self, data: bytes, *, per_conn: float | None, total: float | None) -> None:
+        self.data = data
+        self.per_conn = per_conn
+        self.total = total
+        self.active = 0
+        self.samples: list[int] = []
+        self._next = 0.0  # the total pacer's next free time
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def _pace(self, nbytes: int, started: float, sent: int) -> None:
+        loop = asyncio.get_running_loop()
+        if self.per_conn:
+            delay = started + (sent + nbytes) / self.per_conn - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if self.total:
+            now = loop.time()
+            self._next = max(self._next, now) + nbytes / self.total
+            if self._next > now:
+                await asyncio.sleep(self._next - now)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        first, _, last = request.headers["Range"].removeprefix("bytes=").partition("-")
+        start, end = int(first), min(int(last), len(self.data) - 1)
+        response = web.StreamResponse(status=206)
+        response.headers["Content-Range"] = f"bytes {start}-{end}/{len(self.data)}"
+        response.content_length = end - start + 1
+        self.active += 1
+        try:
+            await response.prepare(request)
+            loop = asyncio.get_running_loop()
+            started, pos = loop.time(), start
+            while pos <= end:
+                block = self.data[pos : min(pos + 64 * KIB, end + 1)]
+                await self._pace(len(block), started, pos - start)
+                await response.write(block)
+                pos += len(block)
+        finally:
+            self.active -= 1
+        return response
+
+    async def sample(self) -> None:
+        while True:
+            self.samples.append(self.active)
+            await asyncio.sleep(0.01)
+
+    async def __aenter__(self) -> PacedServer:
+        app = web.Application()
+        app.router.add_get("/blob", self.handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/blob"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+async def _download(server: PacedServer, blob: Blob, cache: Path) -> None:
+    config = fast_config(
+        cache,
+        chunk_size=8 * MIB,
+        min_split_size=MIB,
+        max_connections=32,
+        max_connections_per_host=32,
+        stall_timeout=20.0,
+    )
+    transport = Transport(config)
+    engine = Engine(config, transport)
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(server.sample)
+                path = await engine.fetch(job_for(server.url, blob, cache))
+                group.cancel_scope.cancel()
+    finally:
+        await transport.aclose()
+    assert path.read_bytes() == blob.data
+
+
+@pytest.mark.timeout(90)
+async def test_engine_adds_connections_when_each_one_is_capped(tmp_path: Path) -> None:
+    blob = Blob("blob", random.Random(3).randbytes(128 * MIB))
+    async with PacedServer(blob.data, per_conn=4 * MIB, total=None) as server:
+        await _download(server, blob, tmp_path / "cache")
+    busy = [n for n in server.samples if n]
+    assert max(busy) > 2 * START  # it widened well past the start
+    assert sum(n > START for n in busy) / len(busy) > 0.5  # for most of the download
+
+
+@pytest.mark.timeout(90)
+async def test_engine_stops_adding_when_the_total_is_capped(tmp_path: Path) -> None:
+    blob = Blob("blob", random.Random(4).randbytes(64 * MIB))
+    async with PacedServer(blob.data, per_conn=None, total=32 * MIB) as server:
+        await _download(server, blob, tmp_path / "cache")
+    busy = [n for n in server.samples if n]
+    assert sorted(busy)[len(busy) // 2] <= START  # held at the start width (probes are brief)
