@@ -241,6 +241,17 @@ def test_retry_waves_are_warning_lines(server: MirrorServer, env: dict[str, str]
     assert quiet.returncode == 0 and "retry" not in quiet.stderr.lower()
 
 
+def test_mirror_failover_is_one_warning_line(server: MirrorServer, env: dict[str, str]) -> None:
+    first = server.url + "/gone" + TEMPLATE + "{path}"  # 404 for every file
+    env = {**env, "ASYNCHUB_FILE_URLS": f"{first},{env['ASYNCHUB_FILE_URLS']}"}
+    proc = _run(env, "download", "NanoText")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr  # not one line from the log and one from the CLI
+    assert lines[0].startswith("asynchub: warning: retrying")
+    assert "404" in lines[0] and "next mirror" in lines[0]
+
+
 def _read_until(proc: subprocess.Popen[str], pattern: str, deadline: float) -> list[str]:
     assert proc.stdout is not None
     lines: list[str] = []
