@@ -17,8 +17,11 @@ Environment variables (all optional):
 ``ASYNCHUB_TRUSTED_REPOS``          comma-separated ``owner/name`` trusted besides onnx/models
 ``ASYNCHUB_MAX_CONNECTIONS``        connections across all downloads (default 40)
 ``ASYNCHUB_MAX_CONNECTIONS_PER_HOST`` connections to one host (default 40)
-``ASYNCHUB_CHUNK_SIZE``             Range chunk size in bytes, ``K``/``M``/``G`` suffixes allowed
+``ASYNCHUB_CHUNK_SIZE``             Range chunk size in bytes (``16Mi``, ``8M``)
 ``ASYNCHUB_LIMIT_RATE``             bandwidth cap in bytes/s over all connections (``50M``)
+
+Sizes and rates use one format everywhere (:mod:`asynchub._progress.units`): decimal units
+(``50M`` = 50,000,000 bytes), with ``Ki``/``Mi``/``Gi`` for powers of 1024.
 ``ASYNCHUB_DISABLE_PROGRESS_BARS``  ``1``: no progress bars
 ``ASYNCHUB_CA_BUNDLE``              PEM file of extra trusted CAs (TLS stays verified)
 ``ASYNCHUB_MINDSPORE_CARD_URL``     MindSpore asset card URL template with ``{uid}``
@@ -48,6 +51,7 @@ from typing import Any
 from ._engine.retry import RetryPolicy
 from ._exceptions import ConfigError
 from ._hosts import is_private_host
+from ._progress.units import parse_size_text
 from ._transport.proxy import check_proxy_url, redact_url
 
 __all__ = [
@@ -71,27 +75,29 @@ DEFAULT_MINDSPORE_CARD_URL = (
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 MiB = 1024 * 1024
 
 
 def parse_size(value: str | int, *, name: str) -> int:
-    """``"16M"`` → 16777216. Accepts plain integers and K/M/G/T (binary) suffixes."""
+    """``"50M"`` → 50,000,000; ``"16Mi"`` → 16,777,216 (decimal units, ``Ki``/``Mi``/``Gi``
+    binary; see :mod:`asynchub._progress.units`). ``name`` (an environment variable or a CLI
+    option) is named in the error."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
-    unit = text[-1:] if text[-1:] in _UNITS else ""
-    number = text[: len(text) - len(unit)] if unit else text
-    try:
-        result = int(float(number) * _UNITS[unit])
-    except ValueError:
+    result = parse_size_text(str(value))
+    if result is None:
         raise ConfigError(
-            f"{name}={value!r} is not a size; use bytes or a number with K, M or G (e.g. 16M)"
-        ) from None
-    if result < 0:
-        raise ConfigError(f"{name}={value!r} must not be negative")
+            f"{name}={value!r} is not a size; use bytes or a number with k, M or G "
+            "(decimal, e.g. 50M = 50,000,000) or Ki, Mi, Gi (binary, e.g. 16Mi)"
+        )
     return result
+
+
+def _at_least_one(value: int, *, name: str) -> int:
+    if value < 1:
+        raise ConfigError(f"{name}={value} must be at least 1")
+    return value
 
 
 def _parse_bool(value: str, *, name: str) -> bool:
@@ -382,14 +388,16 @@ class HubConfig:
             ("ASYNCHUB_MAX_CONNECTIONS_PER_HOST", "max_connections_per_host"),
         ):
             if env.get(var):
-                values[key] = _parse_int(env[var], name=var)
+                values[key] = _at_least_one(_parse_int(env[var], name=var), name=var)
         if env.get("ASYNCHUB_CHUNK_SIZE"):
-            values["chunk_size"] = parse_size(
-                env["ASYNCHUB_CHUNK_SIZE"], name="ASYNCHUB_CHUNK_SIZE"
+            values["chunk_size"] = _at_least_one(
+                parse_size(env["ASYNCHUB_CHUNK_SIZE"], name="ASYNCHUB_CHUNK_SIZE"),
+                name="ASYNCHUB_CHUNK_SIZE",
             )
         if env.get("ASYNCHUB_LIMIT_RATE"):
-            values["limit_rate"] = parse_size(
-                env["ASYNCHUB_LIMIT_RATE"], name="ASYNCHUB_LIMIT_RATE"
+            values["limit_rate"] = _at_least_one(
+                parse_size(env["ASYNCHUB_LIMIT_RATE"], name="ASYNCHUB_LIMIT_RATE"),
+                name="ASYNCHUB_LIMIT_RATE",
             )
         if "ASYNCHUB_DISABLE_PROGRESS_BARS" in env:
             values["progress_bars"] = not _parse_bool(

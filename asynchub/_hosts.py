@@ -25,8 +25,6 @@ import socket
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-import anyio.to_thread
-
 from ._exceptions import RedirectError
 
 __all__ = ["is_private_host", "refuse_public_to_private"]
@@ -78,6 +76,8 @@ async def refuse_public_to_private(
 ) -> None:
     """Raise :class:`RedirectError` when ``target``'s host is local and ``source``'s is not.
     The message names the local host, never anything it would have answered."""
+    import anyio.to_thread  # the async core: imported when a redirect is followed
+
     source_host = (urlsplit(source).hostname or "").lower()
     target_host = (urlsplit(target).hostname or "").lower()
     if source_host == target_host:

@@ -381,9 +381,13 @@ def test_hub_config_is_frozen_and_validated(tmp_path: Path) -> None:
         HubConfig(cache_dir=tmp_path, max_connections=0)
     with pytest.raises(asynchub.ConfigError, match="ASYNCHUB_CHUNK_SIZE"):
         HubConfig.from_env({"ASYNCHUB_CHUNK_SIZE": "lots"})
-    env = {"ASYNCHUB_CHUNK_SIZE": "8M", "ASYNCHUB_OFFLINE": "1", "ONNX_HOME": str(tmp_path)}
+    env = {"ASYNCHUB_CHUNK_SIZE": "8Mi", "ASYNCHUB_OFFLINE": "1", "ONNX_HOME": str(tmp_path)}
     cfg = HubConfig.from_env(env, offline=False)
     assert (cfg.chunk_size, cfg.offline, cfg.cache_dir) == (8 << 20, False, tmp_path / "hub")
+    decimal = HubConfig.from_env({"ASYNCHUB_CHUNK_SIZE": "8M", "ASYNCHUB_LIMIT_RATE": "2.5MB/s"})
+    assert (decimal.chunk_size, decimal.limit_rate) == (8_000_000, 2_500_000)
+    with pytest.raises(asynchub.ConfigError, match="ASYNCHUB_MAX_CONNECTIONS=0 must be at least"):
+        HubConfig.from_env({"ASYNCHUB_MAX_CONNECTIONS": "0"})
 
 
 async def test_warm_load_in_a_new_hub_sends_no_request_at_all(

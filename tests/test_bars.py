@@ -64,13 +64,14 @@ def test_totals_are_fixed_at_plan_time_and_counted_apart() -> None:
     assert snap == {
         "total": 4000,
         "done": 3400,
+        "resumed": 1000,
         "verified": 3000,
         "files": 2,
         "finished": 2,
         "failed": 1,
     }
     output = stream.getvalue()
-    assert "files=2/2" in output and "failed=1" in output
+    assert "files 2/2" in output and "failed 1" in output
 
 
 def test_large_files_get_their_own_bar_small_ones_do_not() -> None:

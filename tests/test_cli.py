@@ -235,7 +235,7 @@ def test_prefetch_ctrl_c_keeps_partials_and_rerun_fetches_the_rest(tmp_path: Pat
 
 
 def test_limit_rate_holds_within_15_percent(env: dict[str, str]) -> None:
-    cap = 512 * 1024
+    cap = 512_000  # decimal units: 512K = 512,000 bytes/s
     proc = _run(
         env,
         "prefetch",

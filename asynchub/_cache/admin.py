@@ -57,12 +57,15 @@ from .locks import CacheLock, is_abandoned
 __all__ = [
     "GRACE",
     "CacheOwner",
+    "MIN_SHA_PREFIX",
     "CachedFile",
     "FileRef",
     "PruneReport",
     "VerifyReport",
     "list_cache",
     "prune_cache",
+    "remove_cached",
+    "select_cached",
     "verify_cache",
 ]
 
@@ -234,6 +237,46 @@ def list_cache(root: Path, owners: Sequence[CacheOwner]) -> list[CachedFile]:
                 )
             )
     return sorted(out, key=lambda f: f.rel)
+
+
+# --- remove ----------------------------------------------------------------------------------
+
+_HEX = frozenset("0123456789abcdef")
+#: Shortest SHA-256 prefix ``select_cached`` accepts (8 hex digits: 4 billion values, so a
+#: prefix that short still names one file in any real cache).
+MIN_SHA_PREFIX = 8
+
+
+def select_cached(root: Path, owners: Sequence[CacheOwner], target: str) -> list[CachedFile]:
+    """The cached files of model ``target`` (any case; every opset, test data included, as
+    named by the cached manifests), else those whose SHA-256 starts with ``target`` (at least
+    :data:`MIN_SHA_PREFIX` hex digits). Blocking."""
+    files = list_cache(root, owners)
+    wanted = target.strip().lower()
+    by_model = [f for f in files if f.model is not None and f.model.lower() == wanted]
+    if by_model or len(wanted) < MIN_SHA_PREFIX or not set(wanted) <= _HEX:
+        return by_model
+    return [f for f in files if f.sha256.startswith(wanted)]
+
+
+def remove_cached(root: Path, files: list[CachedFile]) -> int:
+    """Delete ``files`` (from :func:`select_cached`) and the directories left empty; returns
+    the bytes freed. A file another process still has open stays readable to it (POSIX), and
+    the next load fetches and verifies it again. Blocking."""
+    freed = 0
+    for entry in files:
+        try:
+            if entry.kind == "extracted":
+                shutil.rmtree(entry.path)
+            else:
+                entry.path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise translate_oserror(exc, f"removing {entry.path}") from exc
+        freed += entry.size
+    _remove_empty_dirs(root)
+    return freed
 
 
 # --- verify ----------------------------------------------------------------------------------

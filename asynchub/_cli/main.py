@@ -13,14 +13,15 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._onnx import DEFAULT_REPO
 from .support import (
     EXIT_CODES,
-    EXIT_INTEGRITY,
     EXIT_INTERRUPTED,
+    EXIT_NOT_FOUND,
     EXIT_OK,
     build_parser,
     entry_json,
@@ -28,7 +29,6 @@ from .support import (
     format_models,
     prefetch_code,
     result_json,
-    table,
 )
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -67,25 +67,11 @@ def _json(value: Any) -> None:
 # --- the hub of a command --------------------------------------------------------------------
 
 
-class _Session:
-    """The hub of one command, with bars when they are wanted."""
+def _Session(args: argparse.Namespace, config: HubConfig) -> Any:
+    """The hub of one command (see :mod:`asynchub._cli.session`), imported when used."""
+    from .session import Session
 
-    def __init__(self, args: argparse.Namespace, config: HubConfig) -> None:
-        from .._hub.client import AsyncHub
-        from .._progress.bars import ProgressBars, bars_enabled
-
-        self.bars = ProgressBars() if not args.quiet and bars_enabled(config) else None
-        self.hub = AsyncHub(config, progress=self.bars)
-
-    async def __aenter__(self) -> Any:
-        return self.hub
-
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            await self.hub.aclose()
-        finally:
-            if self.bars is not None:
-                self.bars.close()
+    return Session(args, config)
 
 
 def _repo(args: argparse.Namespace) -> str:
@@ -98,11 +84,38 @@ def _repo(args: argparse.Namespace) -> str:
 async def cmd_list(args: argparse.Namespace, config: HubConfig) -> int:
     async with _Session(args, config) as hub:
         entries = await hub.list_models(_repo(args), model=args.model, tags=args.tag)
+        if not entries and (args.model or args.tag):
+            everything = await hub.list_models(_repo(args))
+            _err(f"asynchub: {_nothing_listed(args, everything)}")
+            return EXIT_NOT_FOUND
     if args.json:
         _json([entry_json(e) for e in entries])
     else:
         _out(format_models(entries))
     return EXIT_OK
+
+
+def _nothing_listed(args: argparse.Namespace, everything: list[Any]) -> str:
+    """Why ``list`` found nothing, with close names (any case, substrings first)."""
+    from .messages import close_names
+
+    parts: list[str] = []
+    if args.model:
+        close = close_names(args.model, [e.model for e in everything])
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        parts.append(f"no model named {args.model!r}{hint}")
+    if args.tag:
+        tags = {t for e in everything for t in e.tags}
+        for tag in args.tag:
+            if tag.lower() not in {t.lower() for t in tags}:
+                close = close_names(tag, tags)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                parts.append(f"no tag {tag!r}{hint}")
+    if not parts:
+        parts.append("no model has that name and one of these tags")
+    text = "nothing listed: " + "; ".join(parts)
+    end = " " if text.endswith("?") else ". "
+    return f"{text}{end}Run `asynchub list` without --model/--tag to see everything."
 
 
 async def cmd_info(args: argparse.Namespace, config: HubConfig) -> int:
@@ -155,16 +168,51 @@ async def cmd_info(args: argparse.Namespace, config: HubConfig) -> int:
 
 
 async def cmd_download(args: argparse.Namespace, config: HubConfig) -> int:
-    async with _Session(args, config) as hub:
-        if args.with_test_data:
-            path = await hub.download_model_with_test_data(
-                args.model, _repo(args), args.opset, args.force, trust_repo=args.trust_repo
-            )
-        else:
-            path = await hub.download(
-                args.model, _repo(args), args.opset, args.force, trust_repo=args.trust_repo
-            )
-    _out(str(path))
+    """Several models download at once under the hub's one connection budget. Every name is
+    resolved first, so an unknown one fails before any byte moves; results print in the
+    order the models were given."""
+    import anyio
+
+    session = _Session(args, config)
+    async with session as hub:
+        repo = _repo(args)
+        infos = [await hub.get_model_info(name, repo, args.opset) for name in args.model]
+        results: list[dict[str, Any]] = [{} for _ in infos]
+        started = time.perf_counter()
+
+        async def one(index: int, info: Any) -> None:
+            if args.with_test_data:
+                path = await hub.download_model_with_test_data(
+                    info.model, repo, info.opset, args.force, trust_repo=args.trust_repo
+                )
+                name, sha, size = (
+                    info.model_with_data_path,
+                    info.model_with_data_sha,
+                    info.model_with_data_bytes,
+                )
+            else:
+                path = await hub.download(
+                    info.model, repo, info.opset, args.force, trust_repo=args.trust_repo
+                )
+                name, sha, size = info.model_path, info.model_sha, info.model_bytes
+            results[index] = {
+                "model": info.model,
+                "opset": info.opset,
+                "path": str(path),
+                "sha": sha,
+                "size": size,
+                "mirror": session.watch.mirrors.get(name) if name else None,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+
+        async with anyio.create_task_group() as group:
+            for index, info in enumerate(infos):
+                group.start_soon(one, index, info)
+    if args.json:
+        _json(results)
+    else:
+        for item in results:
+            _out(item["path"])
     return EXIT_OK
 
 
@@ -225,100 +273,43 @@ async def cmd_mirror(args: argparse.Namespace, config: HubConfig) -> int:
 
 
 async def cmd_cache(args: argparse.Namespace, config: HubConfig) -> int:
-    import anyio.to_thread
+    from .cache import cmd_cache as cache_command
 
-    from .._cache import admin as admin
-    from .._hub.registry import all_sources
-    from .._onnx.prefetch import human_bytes
-
-    root = config.cache_dir
-    owners = all_sources()
-    if args.cache_command == "path":
-        _out(str(root))
-        return EXIT_OK
-    if args.cache_command == "ls":
-        files = await anyio.to_thread.run_sync(admin.list_cache, root, owners)
-        if args.json:
-            _json(
-                [
-                    {
-                        "path": str(f.path),
-                        "rel": f.rel,
-                        "sha256": f.sha256,
-                        "size": f.size,
-                        "kind": f.kind,
-                        "model": f.model,
-                        "opset": f.opset,
-                        "role": f.role,
-                    }
-                    for f in files
-                ]
-            )
-        else:
-            rows = [
-                [human_bytes(f.size), f.model or "?", str(f.opset or "?"), f.role or f.kind, f.rel]
-                for f in files
-            ]
-            _out(table(rows, ["SIZE", "MODEL", "OPSET", "KIND", "PATH"], right=frozenset({0})))
-            _out(f"{len(files)} items, {human_bytes(sum(f.size for f in files))} in {root}")
-        return EXIT_OK
-    if args.cache_command == "verify":
-        report = await anyio.to_thread.run_sync(
-            lambda: admin.verify_cache(root, owners, delete=args.delete)
-        )
-        if args.json:
-            _json(
-                {
-                    "checked": report.checked,
-                    "bytes_checked": report.bytes_checked,
-                    "bad": [{"path": str(p), "problem": why} for p, why in report.bad],
-                    "deleted": [str(p) for p in report.deleted],
-                }
-            )
-        else:
-            for path, why in report.bad:
-                _out(f"BAD {path}: {why}{' (deleted)' if path in report.deleted else ''}")
-            _out(
-                f"checked {report.checked} files ({human_bytes(report.bytes_checked)}): "
-                f"{len(report.bad)} bad"
-            )
-        return EXIT_INTEGRITY if report.bad else EXIT_OK
-    pruned = await anyio.to_thread.run_sync(
-        lambda: admin.prune_cache(root, owners, dry_run=args.dry_run, host=config.host_id)
-    )
-    if args.json:
-        _json(
-            {
-                "dry_run": pruned.dry_run,
-                "bytes": pruned.bytes,
-                "removed": [
-                    {"path": str(p), "reason": why, "bytes": n} for p, why, n in pruned.removed
-                ],
-                "kept_in_use": [str(p) for p in pruned.kept_in_use],
-            }
-        )
-    else:
-        verb = "would remove" if pruned.dry_run else "removed"
-        for path, why, n in pruned.removed:
-            _out(f"{verb} {path} ({why}, {human_bytes(n)})")
-        _out(f"{verb} {len(pruned.removed)} items, {human_bytes(pruned.bytes)}")
-    return EXIT_OK
+    return await cache_command(args, config, _out, _json)
 
 
 async def cmd_demo(args: argparse.Namespace, config: HubConfig) -> int:
+    import functools
+    import signal
+
+    import anyio
+
     from .._demo.demo import run_demo
     from .._progress.bars import ProgressBars, bars_enabled
 
     cache_dir = Path(args.cache_dir) if args.cache_dir else None
     bars = ProgressBars() if not args.quiet and bars_enabled(config) else None
+    demo = functools.partial(
+        run_demo,
+        cache_dir=cache_dir,
+        emit=_out,
+        progress=bars,
+        limit_rate=config.limit_rate,
+        max_connections=config.max_connections,
+        serve=args.serve,
+    )
     try:
-        await run_demo(
-            cache_dir=cache_dir,
-            emit=_out,
-            progress=bars,
-            limit_rate=config.limit_rate,
-            max_connections=config.max_connections,
-        )
+        if not args.serve:
+            await demo()
+            return EXIT_OK
+        # serve until Ctrl-C or SIGTERM: a normal stop, exit 0, no "interrupted" message
+        async with anyio.create_task_group() as group:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                group.start_soon(demo)
+                async for signum in signals:
+                    _err(f"asynchub: {signal.Signals(signum).name}: demo mirror stopped")
+                    group.cancel_scope.cancel()
+                    break
     finally:
         if bars is not None:
             bars.close()
@@ -347,7 +338,15 @@ def _setup_logging(args: argparse.Namespace) -> None:
         else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose or 0, 2)]
     )
     handler = _TqdmHandler()
-    handler.setFormatter(logging.Formatter("asynchub: %(levelname)s: %(message)s"))
+    class _Formatter(logging.Formatter):
+        """``asynchub: warning: ...``: lower-case levels, as the CLI's own messages."""
+
+        def formatMessage(self, record: logging.LogRecord) -> str:
+            return super().formatMessage(record).replace(
+                f": {record.levelname}: ", f": {record.levelname.lower()}: ", 1
+            )
+
+    handler.setFormatter(_Formatter("asynchub: %(levelname)s: %(message)s"))
     log = logging.getLogger("asynchub")
     log.handlers[:] = [handler]
     log.setLevel(level)
@@ -393,9 +392,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or a usage error (2)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2)
         return int(exc.code or 0)
+    if args.command is None:  # a bare `asynchub`: the help, on stdout, exit 0 (like pip)
+        parser.print_help(sys.stdout)
+        return EXIT_OK
     from .._exceptions import HubError
+    from .messages import cli_message
 
     _setup_logging(args)
     if hasattr(args, "func"):  # the mindspore commands run on their own
@@ -419,10 +422,10 @@ def main(argv: list[str] | None = None) -> int:
         leaf = _first_hub_error(group)
         if leaf is None:
             raise
-        _err(f"asynchub: error: {leaf}")
+        _err(f"asynchub: error: {cli_message(str(leaf))}")
         return exit_code_for(leaf)
     except HubError as exc:
-        _err(f"asynchub: error: {exc}")
+        _err(f"asynchub: error: {cli_message(str(exc))}")
         return exit_code_for(exc)
     except BrokenPipeError:  # e.g. `asynchub list | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

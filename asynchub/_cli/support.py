@@ -210,7 +210,8 @@ def _epilog() -> str:
     return (
         f"exit codes:\n{codes}\n\nEnvironment: ASYNCHUB_CACHE_DIR, ASYNCHUB_MANIFEST_URL, "
         "ASYNCHUB_FILE_URLS, ASYNCHUB_OFFLINE, ASYNCHUB_LIMIT_RATE, "
-        "ASYNCHUB_MAX_CONNECTIONS, ASYNCHUB_DISABLE_PROGRESS_BARS, ... (see HubConfig)."
+        "ASYNCHUB_MAX_CONNECTIONS, ASYNCHUB_DISABLE_PROGRESS_BARS, ... (see the README).\n"
+        "Sizes and rates are decimal: 50M = 50,000,000 bytes; Mi = 2^20."
     )
 
 
@@ -228,7 +229,12 @@ def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
         default=False if top else default,
         help="never touch the network; use the cache only",
     )
-    group.add_argument("--cache-dir", default=default, help="cache directory (default: get_dir())")
+    group.add_argument(
+        "--cache-dir",
+        default=default,
+        metavar="DIR",
+        help=f"cache directory (default: {_default_cache_dir()})",
+    )
     group.add_argument(
         "--proxy",
         default=default,
@@ -252,14 +258,34 @@ def _globals(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
+def _default_cache_dir() -> str:
+    from .._config import default_cache_dir  # light (no async core), read once for the help
+
+    return str(default_cache_dir())
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def _transfer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--max-connections", type=int, metavar="N", help="connections across all files (default 40)"
+        "--max-connections",
+        type=_positive_int,
+        metavar="N",
+        help="connections across all files (default 40)",
     )
     parser.add_argument(
         "--limit-rate",
         metavar="RATE",
-        help="bandwidth cap in bytes/s over all connections (e.g. 50M, 500K)",
+        help="bandwidth cap in bytes/s over all connections, decimal units "
+        "(50M = 50 MB/s, 500k = 500 kB/s; 16Mi = 16 MiB/s)",
     )
 
 
@@ -297,8 +323,12 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         epilog=_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"asynchub {__version__}")
     _globals(parser, top=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # not required: a bare `asynchub` prints the help (exit 0), see main()
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(
@@ -320,8 +350,8 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--opset", type=int, help="this opset (default: the latest)")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p = command("download", "download a model and print its local path")
-    p.add_argument("model")
+    p = command("download", "download models and print their local paths")
+    p.add_argument("model", nargs="+", metavar="MODEL", help="one or more model names")
     p.add_argument("--opset", type=int, help="this opset (default: the latest)")
     p.add_argument(
         "--with-test-data",
@@ -330,6 +360,12 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.add_argument("--trust-repo", action="store_true", help="trust a non-default repo")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list, one object per model: path, sha, size, mirror (null when it "
+        "came from the cache), seconds",
+    )
     _transfer_options(p)
     p = command("prefetch", "download a selection under one connection budget")
     _selection_options(p)
@@ -339,7 +375,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     p = command("cache", "cache administration")
     cache = p.add_subparsers(dest="cache_command", metavar="ACTION", required=True)
     cache.add_parser("path", help="print the cache directory")
-    ls = cache.add_parser("ls", help="list cached files")
+    ls = cache.add_parser("ls", help="list cached files, grouped per model")
     ls.add_argument("--json", action="store_true", help="print JSON")
     verify = cache.add_parser("verify", help="re-hash every cached file, report bad ones")
     verify.add_argument("--delete", action="store_true", help="delete the bad files")
@@ -347,13 +383,43 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     prune = cache.add_parser("prune", help="remove partials and unreferenced files")
     prune.add_argument("--dry-run", action="store_true", help="only say what would go")
     prune.add_argument("--json", action="store_true", help="print JSON")
+    rm = cache.add_parser("rm", help="remove a model's cached files, or the files of a SHA-256")
+    rm.add_argument(
+        "target",
+        metavar="MODEL|SHA",
+        help="a model name (every opset, with its test data) or at least 8 hex digits of a "
+        "SHA-256 (as `asynchub cache ls` shows)",
+    )
+    rm.add_argument("--dry-run", action="store_true", help="only say what would go")
+    rm.add_argument("--json", action="store_true", help="print JSON")
     p = command(
         "demo",
         "serve a generated zoo on 127.0.0.1 and use it end to end "
         "(no network needed; --cache-dir should be a scratch directory)",
     )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="only serve the demo zoo and print the two environment lines that point asynchub "
+        "at it; runs until Ctrl-C or SIGTERM",
+    )
     _transfer_options(p)
     for source in all_sources():
         if source.add_cli is not None:
             source.add_cli(sub)
+    for nested in _nested_parsers(parser):
+        if not any("--offline" in a.option_strings for a in nested._actions):
+            _globals(nested, top=False)
     return parser
+
+
+def _nested_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser`` (commands, their actions, the MindSpore commands), so the
+    global options can be accepted after any of them."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found.append(child)
+                found.extend(_nested_parsers(child))
+    return found

@@ -11,6 +11,10 @@ Choices: the cache is a temporary directory unless ``cache_dir`` is given (it sh
 scratch directory: the demo's ``onnx/models`` manifest replaces any cached one there until the
 next online use). The model run is ``TinyNet`` (the zoo's default pick, three opsets). Nothing
 is printed here; every line goes through ``emit`` (the CLI passes ``print``).
+
+``serve=True`` (``asynchub demo --serve``) keeps the mirror up instead of running the steps and
+prints the two ``export`` lines that point any asynchub at it, so the CLI and the library can
+be tried against it from another shell; it serves until cancelled.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .._config import HubConfig
 from .._exceptions import IntegrityError
 from .._hub.client import AsyncHub
 from .._progress.events import ProgressCallback
+from .._progress.units import format_rate, format_size
 from .static_server import StaticMirror
 from .zoo import build_zoo, default_zoo
 
@@ -41,8 +46,8 @@ DEMO_MODEL = "TinyNet"
 REPO_DIR = ("onnx", "models", "main")
 
 
-def _mb_s(nbytes: float, seconds: float) -> str:
-    return f"{nbytes / 1e6 / seconds:.1f} MB/s" if seconds > 0 else "-"
+def _rate(nbytes: float, seconds: float) -> str:
+    return format_rate(nbytes / seconds) if seconds > 0 else "-"
 
 
 def _tree_bytes(root: Path) -> int:
@@ -80,8 +85,12 @@ async def run_demo(
     progress: ProgressCallback | None = None,
     limit_rate: int | None = None,
     max_connections: int = 16,
+    serve: bool = False,
 ) -> None:
-    """Run the demo (see the module docstring); raises a ``HubError`` if a step fails."""
+    """Run the demo (see the module docstring); raises a ``HubError`` if a step fails.
+
+    ``serve=True`` only builds and serves the zoo, prints the two environment lines that point
+    asynchub at it and serves until cancelled (the CLI cancels on Ctrl-C or SIGTERM)."""
 
     with tempfile.TemporaryDirectory(prefix="asynchub-demo-") as tmp:
         root = Path(tmp) / "mirror"
@@ -90,11 +99,19 @@ async def run_demo(
         manifest = await anyio.to_thread.run_sync(build_zoo, repo_dir, default_zoo())
         zoo_bytes = await anyio.to_thread.run_sync(_tree_bytes, repo_dir)
         emit(
-            f"built a zoo of {len(manifest)} ONNX models ({zoo_bytes / 1e6:.1f} MB with test "
+            f"built a zoo of {len(manifest)} ONNX models ({format_size(zoo_bytes)} with test "
             f"data) in {time.perf_counter() - started:.2f} s at {repo_dir}"
         )
         with StaticMirror(root) as server:
             emit(f"serving it at {server.url}/onnx/models/main/ (a static HTTP server)")
+            if serve:
+                emit(
+                    "use it from another shell (stop with Ctrl-C):\n"
+                    f"export ASYNCHUB_MANIFEST_URL='{server.url}/{{owner}}/{{repo}}/{{ref}}/"
+                    "ONNX_HUB_MANIFEST.json'\n"
+                    f"export ASYNCHUB_FILE_URLS='{server.url}/{{owner}}/{{repo}}/{{ref}}/{{path}}'"
+                )
+                await anyio.sleep_forever()
             config = HubConfig(
                 cache_dir=cache_dir or Path(tmp) / "cache",
                 manifest_url=f"{server.url}/{{owner}}/{{repo}}/{{ref}}/ONNX_HUB_MANIFEST.json",
@@ -133,12 +150,12 @@ async def _steps(hub: AsyncHub, emit: Callable[[str], None]) -> None:
     warm = time.perf_counter() - started
     size = info.model_bytes or 0
     emit(
-        f"warm load of {DEMO_MODEL} (opset {info.opset}, {size / 1e6:.2f} MB, from the cache, "
+        f"warm load of {DEMO_MODEL} (opset {info.opset}, {format_size(size)}, from the cache, "
         f"SHA-256 re-verified): {warm * 1000:.1f} ms, graph {proto.graph.name!r} with "
         f"{len(proto.graph.node)} nodes\n"
     )
     emit(
-        f"demo OK: fetched {result.bytes_fetched / 1e6:.2f} MB in {len(result.items)} files in "
-        f"{result.elapsed:.2f} s ({_mb_s(result.bytes_fetched, result.elapsed)}) over loopback; "
+        f"demo OK: fetched {format_size(result.bytes_fetched)} in {len(result.items)} files in "
+        f"{result.elapsed:.2f} s ({_rate(result.bytes_fetched, result.elapsed)}) over loopback; "
         "every file SHA-256 verified before it was cached"
     )

@@ -581,7 +581,7 @@ class Engine:
         message = (said if url in said else f"{url} failed: {said}") + (
             "; trying the next mirror" if more else ""
         )
-        log.warning("%s: %s", job.name, message)
+        log.info("%s: %s", job.name, message)  # the CLI shows it (retry event)
         if more:
             self._emit(ProgressEvent("retry", job.name, message=message))
 

@@ -25,7 +25,7 @@ import anyio.to_thread
 
 from .._exceptions import TransferError
 from .._progress.events import ProgressEvent
-from .ranged import PIECE, Context, pwrite_all
+from .ranged import PIECE, STATE_PERIOD, Context, pwrite_all
 from .retry import Retrier, WrongMirror, retry_call, status_failure
 from .watchdog import Watched, run_watched
 
@@ -80,6 +80,7 @@ async def _stream_whole_once(
             )
         buffers: list[bytes] = []
         buffered = 0
+        flushed = ctx.clock()
         async for data in response.iter_chunks(PIECE):
             buffers.append(data)
             buffered += len(data)
@@ -92,7 +93,8 @@ async def _stream_whole_once(
                 )
             if ctx.bucket is not None and await ctx.bucket.take(len(data)):
                 watched.paused(ctx.clock())
-            if buffered >= PIECE:
+            if buffered >= PIECE or ctx.clock() - flushed >= STATE_PERIOD:
+                flushed = ctx.clock()
                 await anyio.to_thread.run_sync(_write_and_hash, fd, buffers, offset, digest)
                 offset += buffered
                 ctx.emit(ProgressEvent("transfer", name, nbytes=buffered))

@@ -27,6 +27,7 @@ from .._engine.engine import Engine, FileJob
 from .._exceptions import HubClosedError, HubError
 from .._onnx.manifest import ModelInfo
 from .._onnx.urls import DEFAULT_REPO, RepoSpec
+from .._progress.bars import AutoBars, resolve_progress
 from .._progress.events import ProgressCallback
 from .._transport.auto import default_transport
 from .._transport.base import Transport
@@ -90,20 +91,29 @@ class AsyncHub:
     :class:`~asynchub._transport.aiohttp_transport.AiohttpTransport` built from the config) is
     every HTTP request's way out (see :class:`~asynchub._transport.base.Transport`); the hub
     closes it in :meth:`aclose`.
+
+    ``progress``: a callback for every :class:`~asynchub.ProgressEvent`, or ``True`` for
+    progress bars when a person is watching (stderr a terminal, or a notebook; each operation
+    gets its own bars), or ``None``/``False`` for none. Choice: the default is ``None`` (no
+    bars), because an ``AsyncHub`` is what services build on: one hub serves many concurrent
+    requests, whose bars would interleave on one stderr, and a service started from a terminal
+    during development would otherwise fill its log with bars. The module-level functions
+    (``asynchub.load``, ``aload``...) and the sync ``Hub`` default to ``True``, like torch.hub
+    and hf, because a person calling them from a shell or a notebook wants to see progress.
     """
 
     def __init__(
         self,
         config: HubConfig | None = None,
         *,
-        progress: ProgressCallback | None = None,
+        progress: ProgressCallback | bool | None = None,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         clock: Callable[[], float] = time.monotonic,
         fsync: Callable[[int], None] = os.fsync,
         transport: Transport | None = None,
     ) -> None:
         self.config = config if config is not None else HubConfig.from_env()
-        self._progress = progress
+        self._progress = resolve_progress(progress, self.config)
         self.sleep = sleep
         self.clock = clock
         self.fsync = fsync
@@ -193,6 +203,8 @@ class AsyncHub:
         finally:
             _inside.reset(token)
             del self._ops[scope]
+            if not self._ops and isinstance(self._progress, AutoBars):
+                self._progress.finish()  # the bars of one operation end with it
             idle = self._idle
             if idle is not None and not any(owner is loop for owner in self._ops.values()):
                 idle.set()

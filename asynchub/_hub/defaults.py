@@ -46,7 +46,7 @@ def default_async_hub() -> AsyncHub:
         if _async is None:
             from .client import AsyncHub
 
-            _async = AsyncHub(_config)
+            _async = AsyncHub(_config, progress=True)  # bars where a person watches
         return _async
 
 

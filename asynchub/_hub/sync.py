@@ -24,6 +24,10 @@ own daemon thread avoids that, but needs the same thread management as this clas
 round trip costs 62-68 us against 26-27 us for ``run_coroutine_threadsafe`` (median of 2000
 no-op calls; start-up and 200 ``to_thread`` calls are equal within noise). So the loop thread
 stays: about 60 lines, the same root-task arrangement anyio needs, and a clean exit.
+
+``Hub(progress=True)`` (the default, also for the module-level functions) shows progress bars
+while something downloads when stderr is a terminal or in a notebook, never in pipes, CI logs
+or services; ``Hub(progress=False)`` or ``ASYNCHUB_DISABLE_PROGRESS_BARS=1`` turn them off.
 """
 
 from __future__ import annotations
@@ -156,9 +160,10 @@ class Hub:
     """
 
     def __init__(
-        self, config: HubConfig | None = None, *, progress: ProgressCallback | None = None
+        self, config: HubConfig | None = None, *, progress: ProgressCallback | bool | None = True
     ) -> None:
         self._config = config if config is not None else HubConfig.from_env()
+        #: ``True`` (the default): bars when a person is watching (see ``AsyncHub``)
         self._progress = progress
         self._async_hub: AsyncHub | None = None
         self._create_lock = threading.Lock()
@@ -197,7 +202,7 @@ class Hub:
         or a progress callback, whose events come from the engine)."""
         if self._closed:
             raise HubClosedError("this Hub is closed; create a new one")
-        if force_reload or self._progress is not None:
+        if force_reload or callable(self._progress):  # a caller's callback expects events
             return None
         config = self.config
         spec = RepoSpec.parse(repo)

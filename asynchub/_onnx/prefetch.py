@@ -65,6 +65,8 @@ from .._exceptions import (
     OfflineError,
 )
 from .._progress.events import ProgressEvent
+from .._progress.units import format_rate
+from .._progress.units import format_size as human_bytes
 from .manifest import ModelInfo, filter_models
 from .urls import DEFAULT_REPO, RepoSpec
 
@@ -153,22 +155,12 @@ class PrefetchResult:
             f"{len(self.items)} files from {self.repo} ({human_bytes(self.bytes_total)}): "
             + ", ".join(parts),
             f"downloaded {human_bytes(self.bytes_fetched)} of {human_bytes(self.bytes_planned)}"
-            f" planned in {self.elapsed:.2f} s ({human_bytes(self.rate)}/s)",
+            f" planned in {self.elapsed:.2f} s ({format_rate(self.rate)})",
         ]
         lines.extend(self.notes)
         for item in self.failed:
             lines.append(f"FAILED {item.describe()} [{item.name}]: {item.error}")
         return "\n".join(lines)
-
-
-def human_bytes(n: float) -> str:
-    """``1234567`` → ``"1.2 MB"`` (decimal units, as network speeds are quoted)."""
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 # --- selection -------------------------------------------------------------------------------

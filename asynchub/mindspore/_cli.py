@@ -109,9 +109,10 @@ def _run(args: argparse.Namespace, body: Any) -> int:
             result: int = body(hub)
             return result
     except HubError as exc:
+        from .._cli.messages import cli_message
         from .._cli.support import exit_code_for
 
-        print(f"asynchub: error: {exc}", file=sys.stderr)
+        print(f"asynchub: error: {cli_message(str(exc))}", file=sys.stderr)
         return exit_code_for(exc)
 
 
@@ -215,8 +216,10 @@ def _cmd_prefetch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """A standalone entry (``asynchub mindspore ...`` without the rest of the CLI), with the
     same global options as the main CLI."""
+    from .._config import default_cache_dir
+
     parser = argparse.ArgumentParser(prog="asynchub")
-    parser.add_argument("--cache-dir", help="cache directory (default: get_dir())")
+    parser.add_argument("--cache-dir", help=f"cache directory (default: {default_cache_dir()})")
     parser.add_argument("--offline", action="store_true", help="never touch the network")
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("--quiet", action="store_true")
