@@ -89,7 +89,14 @@ def test_out_of_range_environment_values_are_config_errors(var: str, value: str)
 
 
 @pytest.mark.parametrize(
-    ("value", "expected"), [("8M", 8 * 1024**2), ("256K", 256 * 1024), ("1G", 1024**3)]
+    ("value", "expected"),
+    [
+        ("8M", 8_000_000),
+        ("256K", 256_000),
+        ("1G", 1000**3),
+        ("16Mi", 16 * 1024**2),
+        ("64K", 64_000),
+    ],
 )
 def test_chunk_size_units_are_accepted(value: str, expected: int) -> None:
     assert HubConfig.from_env({"ASYNCHUB_CHUNK_SIZE": value}).chunk_size == expected
