@@ -16,6 +16,14 @@ without further checks. Every problem raises :class:`~asynchub.ManifestError` na
   ``:`` in the first segment (so ``C:``, ``file:`` and ``https:`` cannot sneak in), segments of
   at most 255 UTF-8 bytes, at most 4096 characters in all. Such a path can neither leave the
   cache directory nor change the host of a mirror URL.
+* The basename of a cached file (``model_path``, ``model_with_data_path``) is at most
+  :data:`MAX_BASENAME_BYTES` (140) UTF-8 bytes: the cache stores it as ``<sha256>_<basename>``
+  (65 bytes more) and keeps temporaries beside it with up to ~45 bytes of suffix
+  (``.<pid>-<token>.partial.json.<token>.tmp``), all within the 255-byte ``NAME_MAX``. A longer
+  name used to pass and fail later as a bare "File name too long". (The real manifest's
+  longest basename is 40 bytes.)
+* Values quoted in error messages are cut to ~100 characters: every message stays short
+  whatever the manifest holds.
 * SHA-256 values must be exactly 64 hex digits; they are stored in lower case.
 * Sizes are integers in ``[0, 2**50]`` (1 PiB); floats, booleans and strings are refused.
 * ``opset_version`` is a positive integer (booleans refused).
@@ -41,10 +49,11 @@ import re
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from .._cache.layout import MAX_SEGMENT_BYTES
+from .._cache.layout import MAX_BASENAME_BYTES, MAX_SEGMENT_BYTES
 from .._exceptions import ConfigError, ManifestError, ModelNotFoundError, OpsetNotFoundError
 
 __all__ = [
+    "MAX_BASENAME_BYTES",
     "MAX_DEPTH",
     "MAX_MANIFEST_BYTES",
     "MAX_PATH_CHARS",
@@ -54,6 +63,7 @@ __all__ = [
     "filter_models",
     "parse_manifest",
     "select",
+    "validate_basename",
     "validate_path",
     "validate_sha",
     "validate_size",
@@ -82,6 +92,25 @@ def _fail(where: str, problem: str) -> NoReturn:
     raise ManifestError(f"{where}: {problem}; {_FIX}")
 
 
+def _short(value: str, limit: int = 100) -> str:
+    """``repr(value)``, cut to about ``limit`` characters for an error message."""
+    return repr(value[:limit] + "...") if len(value) > limit else repr(value)
+
+
+def validate_basename(path: str, *, where: str) -> str:
+    """Refuse a (valid) path whose last segment is too long to be cached (see
+    :data:`MAX_BASENAME_BYTES`)."""
+    name = path.rsplit("/", 1)[-1]
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_BASENAME_BYTES:
+        _fail(
+            where,
+            f"the file name {_short(name, 60)} is {size} bytes; cached as '<sha256>_<name>' it"
+            f" must be at most {MAX_BASENAME_BYTES} bytes",
+        )
+    return path
+
+
 def validate_path(path: Any, *, where: str) -> str:
     """Return ``path`` if it is a safe relative POSIX path, else raise ``ManifestError``.
 
@@ -96,17 +125,17 @@ def validate_path(path: Any, *, where: str) -> str:
         _fail(where, f"is {len(path)} characters long (at most {MAX_PATH_CHARS})")
     bad = _BAD_PATH_CHAR.search(path)
     if bad is not None:
-        _fail(where, f"{path!r} contains the forbidden character {bad.group()!r}")
+        _fail(where, f"{_short(path)} contains the forbidden character {bad.group()!r}")
     if path.startswith("/"):
-        _fail(where, f"{path!r} is absolute; it must be relative to the repo root")
+        _fail(where, f"{_short(path)} is absolute; it must be relative to the repo root")
     segments = path.split("/")
     if ":" in segments[0]:
-        _fail(where, f"{path!r} has ':' in its first segment (drive letter or URL scheme)")
+        _fail(where, f"{_short(path)} has ':' in its first segment (drive letter or URL scheme)")
     for segment in segments:
         if segment in ("", ".", ".."):
-            _fail(where, f"{path!r} has an empty, '.' or '..' segment")
+            _fail(where, f"{_short(path)} has an empty, '.' or '..' segment")
         if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
-            _fail(where, f"{path!r} has a segment longer than {MAX_SEGMENT_BYTES} bytes")
+            _fail(where, f"{_short(path)} has a segment longer than {MAX_SEGMENT_BYTES} bytes")
     return path
 
 
@@ -128,6 +157,10 @@ def validate_size(value: Any, *, where: str) -> int:
     return value
 
 
+def _cached_path(value: Any, *, where: str) -> str:
+    return validate_basename(validate_path(value, where=where), where=where)
+
+
 def _validate_opset(value: Any, *, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         _fail(where, f"must be a positive integer, not {type(value).__name__}")
@@ -142,7 +175,7 @@ def _validate_name(value: Any, *, where: str) -> str:
     if not value.strip():
         _fail(where, "must not be empty")
     if _CONTROL.search(value):
-        _fail(where, f"{value!r} contains a control character")
+        _fail(where, f"{_short(value)} contains a control character")
     return value
 
 
@@ -190,10 +223,11 @@ class ModelInfo:
         if "model" not in raw:
             _fail(label, "field 'model' is missing")
         self.model = _validate_name(raw["model"], where=f"{label}, field 'model'")
-        label = f"{label} ({self.model!r})"
+        label = f"{label} ({_short(self.model)})"
         if "model_path" not in raw:
             _fail(label, "field 'model_path' is missing")
-        self.model_path = validate_path(raw["model_path"], where=f"{label}, field 'model_path'")
+        where = f"{label}, field 'model_path'"
+        self.model_path = _cached_path(raw["model_path"], where=where)
         if "opset_version" not in raw:
             _fail(label, "field 'opset_version' is missing")
         self.opset = _validate_opset(raw["opset_version"], where=f"{label}, field 'opset_version'")
@@ -213,7 +247,7 @@ class ModelInfo:
         self.model_sha = opt("model_sha", validate_sha)
         self.model_bytes = opt("model_bytes", validate_size)
         self.tags = opt("tags", _validate_tags) or set()
-        self.model_with_data_path = opt("model_with_data_path", validate_path)
+        self.model_with_data_path = opt("model_with_data_path", _cached_path)
         self.model_with_data_sha = opt("model_with_data_sha", validate_sha)
         self.model_with_data_bytes = opt("model_with_data_bytes", validate_size)
         _check_entry_tree(raw, label)

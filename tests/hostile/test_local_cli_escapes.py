@@ -5,6 +5,7 @@ lines or fake output. ``--json`` output stays exact JSON (``json`` escapes them 
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -30,7 +31,7 @@ RAW = ("\x1b", "\x07", "\x9b", "\u202e", "\x08", "\r")
 def env(
     mirror_root: Path, zoo_manifest: list[dict[str, Any]], tmp_path: Path
 ) -> Iterator[dict[str, str]]:
-    raw = entry(zoo_manifest, "TinyNet", 13)
+    raw = copy.deepcopy(entry(zoo_manifest, "TinyNet", 13))
     raw["metadata"]["tags"] = [f"tag{i}{evil}" for i, evil in enumerate(EVIL)]
     raw["metadata"]["io_ports"] = {
         "inputs": [{"name": f"in{evil}", "type": f"t{evil}", "shape": [1, evil]} for evil in EVIL],

@@ -5,6 +5,7 @@ attribute of ``asynchub`` like ``asynchub.hub``, without making ``import asynchu
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -37,7 +38,7 @@ async def test_basename_too_long_for_the_cache_is_a_manifest_error(
     """``<sha256>_<basename>`` must fit in one 255-byte path component (with room for the
     temporary suffixes); a longer basename used to pass validation and end in a bare
     ``OSError`` (name too long) when the file was created."""
-    raw = entry(zoo_manifest, "TinyNet", 13)
+    raw = copy.deepcopy(entry(zoo_manifest, "TinyNet", 13))
     long_name = "n" * (length - len(".tar.gz")) + ".tar.gz"
     if field == "model_path":
         raw["model_path"] = "validated/long/" + long_name.replace(".tar.gz", ".onnx").rjust(
