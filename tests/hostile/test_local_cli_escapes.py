@@ -96,3 +96,15 @@ def test_cli_json_output_stays_exact(env: dict[str, str]) -> None:
     _assert_escaped(proc.stdout)
     data = json.loads(proc.stdout)
     assert sorted(data["tags"]) == sorted(f"tag{i}{e}" for i, e in enumerate(EVIL))
+
+
+def test_json_text_escaping_keeps_the_document_exact() -> None:
+    """The MindSpore CLI prints JSON with ``ensure_ascii=False`` (readable Chinese cards):
+    control characters left raw by ``json`` (C1, bidi) become JSON escapes, not Python ones."""
+    from asynchub._cli.terminal import printable
+
+    value = {"name": "".join(EVIL), "zh": "模型名称"}
+    text = printable(json.dumps(value, ensure_ascii=False), json_text=True)
+    _assert_escaped(text)
+    assert "模型名称" in text
+    assert json.loads(text) == value
