@@ -100,3 +100,25 @@ def test_huge_extension_header_is_refused_with_bounded_memory(
     assert archive.is_file()
     assert not archive.with_name(archive.name.removesuffix(".tar.gz")).exists()
     assert leftovers(cache) == []
+
+
+@pytest.mark.parametrize("count", [9, 2000])
+def test_chains_of_extension_headers_are_bounded(count: int, tmp_path: Path) -> None:
+    """Many small long-name headers in front of one member: refused after a few, with a short
+    ``ArchiveError`` (a long chain used to end in a bare ``RecursionError``)."""
+    from asynchub import ArchiveError
+    from asynchub._cache.archive import extract_archive
+
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb") as gz:
+        for index in range(count):
+            name = f"mnist/name-{index}".encode().ljust(512, b"\0")
+            gz.write(_header("././@LongLink", tarfile.GNUTYPE_LONGNAME, 512) + name)
+        gz.write(_header("mnist/model.onnx", tarfile.REGTYPE, 4))
+        gz.write(b"abcd" + b"\0" * 508 + b"\0" * 1024)
+    archive = tmp_path / "chain.tar.gz"
+    archive.write_bytes(buffer.getvalue())
+    with pytest.raises(ArchiveError, match="extension headers") as caught:
+        extract_archive(archive, tmp_path / "out")
+    assert len(str(caught.value)) < MAX_MESSAGE
+    assert not (tmp_path / "out").exists()
