@@ -42,14 +42,9 @@ Choices:
   every call first removes the staging directories whose lock is free (and the
   ``.<target>.old-*`` directories a killed publisher set aside). A live extraction's directory
   is never touched.
-* **Header sizes are bounded before** :mod:`tarfile` **reads them** (a ``TarInfo`` subclass
-  given to ``tarfile.open(tarinfo=...)`` checks each header before processing it): a GNU
-  long-name or long-link header, or a PAX extended or global header, may hold at most
-  :data:`MAX_HEADER_BYTES` (64 KiB), at most :data:`MAX_HEADER_CHAIN` (8) such headers may
-  precede one member, and all of them together at most :data:`MAX_HEADER_TOTAL` (16 MiB) per
-  archive. ``tarfile`` reads an extension header whole into memory, so without these bounds a
-  300 MiB long name (2.5 MB compressed) cost 1.5 GB of RSS. GNU sparse members (and PAX
-  sparse maps) are refused when their header is seen, before their maps are read. Member
+* **Header sizes are bounded before** :mod:`tarfile` **reads them** (see
+  :mod:`.tarbounds`): a GNU long-name/long-link or PAX header of at most 64 KiB, at most 8 in
+  front of one member, 16 MiB in all; sparse members are refused at their header. Member
   names are then at most 4096 characters with segments of at most 255 UTF-8 bytes.
 * Messages quote member names cut to 100 characters, whatever the archive holds.
 * The stream is read to its very end after the last member, so the gzip trailer (CRC-32 and
@@ -64,7 +59,6 @@ Everything here blocks; async callers run it in a worker thread.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import errno
 import gzip
 import logging
@@ -84,7 +78,8 @@ from typing import BinaryIO
 import filelock
 
 from .._exceptions import ArchiveError, CacheError, ConfigError
-from .layout import fsync_dir, make_lock, translate_oserror
+from .layout import MAX_SEGMENT_BYTES, fsync_dir, make_lock, translate_oserror
+from .tarbounds import BoundedTarInfo, LimitExceeded, header_budget
 
 if sys.platform != "win32":
     import fcntl
@@ -110,29 +105,8 @@ _HEADER_ALLOWANCE = 8 * 1024
 #: How long a publisher waits for another one holding the lock (renames only, so short).
 _LOCK_TIMEOUT = 120.0
 _REGULAR_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
-#: Largest extension header (GNU long name / long link, PAX extended or global) accepted.
-MAX_HEADER_BYTES = 64 * 1024
-#: Most extension headers accepted in front of one member.
-MAX_HEADER_CHAIN = 8
-#: Most extension-header bytes accepted in one archive.
-MAX_HEADER_TOTAL = 16 * 1024 * 1024
-#: Longest member name (characters) and name segment (UTF-8 bytes) accepted.
+#: Longest member name accepted, in characters (``PATH_MAX``).
 _MAX_NAME_CHARS = 4096
-_MAX_SEGMENT_BYTES = 255
-_EXTENSION_TYPES = frozenset(
-    {
-        tarfile.GNUTYPE_LONGNAME,
-        tarfile.GNUTYPE_LONGLINK,
-        tarfile.XHDTYPE,
-        tarfile.XGLTYPE,
-        tarfile.SOLARIS_XHDTYPE,
-    }
-)
-_EXTENSION_NAMES = {
-    tarfile.GNUTYPE_LONGNAME: "GNU long-name",
-    tarfile.GNUTYPE_LONGLINK: "GNU long-link",
-    tarfile.XGLTYPE: "PAX global",
-}
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
@@ -205,64 +179,14 @@ class _GuardedStream:
         data = self._inner.read(size)
         self.count += len(data)
         if self.count > _RATIO_GRACE and self.count > self._max_ratio * max(self._raw.count, 1):
-            raise _LimitExceeded(
+            raise LimitExceeded(
                 f"decompresses to more than {self._max_ratio:g} times its size (a compression bomb)"
             )
         if self.count > self._cap:
-            raise _LimitExceeded("decompresses to more bytes than the size limit allows")
+            raise LimitExceeded("decompresses to more bytes than the size limit allows")
         return data
 
 
-class _LimitExceeded(Exception):
-    """Raised inside the read pipeline; turned into ArchiveError with the member name."""
-
-
-class _HeaderBudget:
-    """Extension headers seen so far: in front of the current member, and in the archive."""
-
-    def __init__(self) -> None:
-        self.chain = 0
-        self.total = 0
-
-
-#: The header budget of the extraction running in this thread (set by ``_extract_into``).
-_budget: contextvars.ContextVar[_HeaderBudget] = contextvars.ContextVar("asynchub_tar_budget")
-
-
-class _BoundedTarInfo(tarfile.TarInfo):
-    """A ``TarInfo`` that checks an extension header's size before ``tarfile`` reads it (see
-    the module docstring). ``tarfile`` builds one per header from the archive's stream and
-    calls ``_proc_member`` on it; the extraction's :class:`_HeaderBudget` is in ``_budget``."""
-
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type == tarfile.GNUTYPE_SPARSE:
-            raise _LimitExceeded("holds a GNU sparse member, which is not supported")
-        if self.type not in _EXTENSION_TYPES:
-            return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
-        budget = _budget.get()
-        kind = _EXTENSION_NAMES.get(self.type, "PAX extended")
-        if self.size > MAX_HEADER_BYTES:
-            raise _LimitExceeded(
-                f"has a {kind} header of {self.size} bytes (at most {MAX_HEADER_BYTES})"
-            )
-        if budget.chain >= MAX_HEADER_CHAIN:
-            raise _LimitExceeded(
-                f"has more than {MAX_HEADER_CHAIN} extension headers in front of one member"
-            )
-        budget.total += self.size
-        if budget.total > MAX_HEADER_TOTAL:
-            raise _LimitExceeded(f"has over {MAX_HEADER_TOTAL} bytes of extension headers")
-        budget.chain += 1
-        try:
-            return super()._proc_member(tarfile_)  # type: ignore[misc,no-any-return]
-        finally:
-            budget.chain -= 1
-
-    def _proc_gnusparse_00(self, *args: object) -> None:
-        raise _LimitExceeded("holds a PAX sparse member, which is not supported")
-
-    _proc_gnusparse_01 = _proc_gnusparse_00
-    _proc_gnusparse_10 = _proc_gnusparse_00
 
 
 def _normalise(archive: Path, member: tarfile.TarInfo) -> tuple[str, ...]:
@@ -277,8 +201,8 @@ def _normalise(archive: Path, member: tarfile.TarInfo) -> tuple[str, ...]:
     parts = tuple(part for part in name.split("/") if part not in ("", "."))
     if ".." in parts:
         raise _unsafe(archive, name, "name climbs out of the archive with '..'")
-    if any(len(part.encode("utf-8", "surrogateescape")) > _MAX_SEGMENT_BYTES for part in parts):
-        raise _unsafe(archive, name, f"name has a part longer than {_MAX_SEGMENT_BYTES} bytes")
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_SEGMENT_BYTES for part in parts):
+        raise _unsafe(archive, name, f"name has a part longer than {MAX_SEGMENT_BYTES} bytes")
     if parts == (COMPLETE_MARKER,):
         raise _unsafe(archive, name, "name is reserved for the extraction marker")
     return parts
@@ -351,7 +275,7 @@ def _write_file(
         while True:
             try:
                 block = source.read(_BLOCK)
-            except _LimitExceeded:
+            except LimitExceeded:
                 raise
             except _READ_ERRORS as exc:
                 raise _unsafe(archive, name, f"cannot be read ({exc})") from exc
@@ -405,11 +329,10 @@ def _extract_into(archive: Path, staging: Path, limits: ExtractLimits) -> None:
         handle = open(archive, "rb")  # noqa: SIM115 - closed in the finally below
     except OSError as exc:
         raise translate_oserror(exc, f"opening the archive {archive}") from exc
-    token = _budget.set(_HeaderBudget())
     try:
         stream = _open_stream(archive, handle, limits)
-        with tarfile.open(  # type: ignore[call-overload]
-            fileobj=stream, mode="r|", tarinfo=_BoundedTarInfo
+        with header_budget(), tarfile.open(  # type: ignore[call-overload]
+            fileobj=stream, mode="r|", tarinfo=BoundedTarInfo
         ) as tar:
             iterator = iter(tar)
             while True:
@@ -455,7 +378,7 @@ def _extract_into(archive: Path, staging: Path, limits: ExtractLimits) -> None:
         last, current = current or last, None
         while stream.read(_BLOCK):
             pass
-    except _LimitExceeded as exc:
+    except LimitExceeded as exc:
         raise _unsafe(archive, current, _after(last, current) + str(exc)) from None
     except (ArchiveError, CacheError):
         raise
@@ -463,7 +386,6 @@ def _extract_into(archive: Path, staging: Path, limits: ExtractLimits) -> None:
         reason = f"cannot be read ({type(exc).__name__}: {exc})"
         raise _unsafe(archive, current, _after(last, current) + reason) from exc
     finally:
-        _budget.reset(token)
         handle.close()
     if members == 0:
         raise _unsafe(archive, None, "holds no members")
