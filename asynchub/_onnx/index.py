@@ -182,13 +182,17 @@ class ManifestView:
         self._read = read
         self._load = load
         self._lock = threading.Lock()
+        self._unsaved: tuple[Path, bytes] | None = None
 
     # -- building --------------------------------------------------------------------------
     @classmethod
     def from_bytes(
-        cls, data: bytes, *, source: str, index_file: Path | None = None
+        cls, data: bytes, *, source: str, index_file: Path | None = None, defer: bool = False
     ) -> ManifestView:
-        """The view of a document in memory; ``index_file`` is where its index is kept."""
+        """The view of a document in memory; ``index_file`` is where its index is kept.
+
+        With ``defer`` a new index is only written by :meth:`save_index` (the document is
+        validated before it is cached, when its directory may not exist yet)."""
         if len(data) < INDEX_THRESHOLD or index_file is None:
             return cls(source, entries=parse_manifest(data, source=source))
         sha = hashlib.sha256(data).hexdigest()
@@ -199,7 +203,7 @@ class ManifestView:
         index = _Index.open(index_file, sha)
         if index is not None:
             return cls(source, index=index, read=read, load=lambda: data)
-        return cls._indexed(data, source, sha, index_file)
+        return cls._indexed(data, source, sha, index_file, defer)
 
     @classmethod
     def from_file(cls, path: Path, *, source: str) -> ManifestView:
@@ -223,7 +227,7 @@ class ManifestView:
         index = _Index.open(index_path(path), sha)
         if index is not None:
             return cls(source, index=index, read=read, load=path.read_bytes)
-        return cls._indexed(path.read_bytes(), source, sha, index_path(path))
+        return cls._indexed(path.read_bytes(), source, sha, index_path(path), False)
 
     @classmethod
     def _indexed(
@@ -232,11 +236,22 @@ class ManifestView:
         source: str,
         sha: str,
         index_file: Path,
+        defer: bool,
     ) -> ManifestView:
         entries, spans = parse_manifest_spans(data, source=source)
+        view = cls(source, entries=entries)
         if spans is not None:
-            _write(index_file, _build(entries, spans, sha))
-        return cls(source, entries=entries)
+            view._unsaved = (index_file, _build(entries, spans, sha))
+            if not defer:
+                view.save_index()
+        return view
+
+    def save_index(self) -> None:
+        """Write the index built for this manifest, if one waits (blocking; failures only
+        cost a later process a full parse)."""
+        unsaved, self._unsaved = self._unsaved, None
+        if unsaved is not None:
+            _write(*unsaved)
 
     # -- use -------------------------------------------------------------------------------
     @property

@@ -121,9 +121,10 @@ class OnnxSource:
         def validate(data: bytes) -> None:
             # a new manifest is parsed (and so validated) before it may replace the cached
             # one; the view is kept so it is not parsed twice
-            fresh.append(
-                (data, ManifestView.from_bytes(data, source=url, index_file=index_path(cache_file)))
+            view = ManifestView.from_bytes(
+                data, source=url, index_file=index_path(cache_file), defer=True
             )
+            fresh.append((data, view))
 
         try:
             data = await host.fetch_document(
@@ -150,6 +151,7 @@ class OnnxSource:
             before = f"could not fetch the manifest of {spec}: "
             raise amend(exc, before=before, after=MANIFEST_HINT)  # noqa: B904 - the same error
         if fresh and fresh[-1][0] is data:
+            await host.run_blocking(fresh[-1][1].save_index)  # the manifest is cached now
             return fresh[-1][1]
         view: ManifestView = await host.run_blocking(
             functools.partial(
