@@ -62,7 +62,7 @@ from ._exceptions import (
 )
 
 if TYPE_CHECKING:
-    from . import hub
+    from . import hub, mindspore
     from ._config import HubConfig
     from ._engine.retry import RetryPolicy
     from ._hub.client import AsyncHub
@@ -94,6 +94,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "ProgressEvent": ("._progress.events", "ProgressEvent"),
     "RetryPolicy": ("._engine.retry", "RetryPolicy"),
     "hub": (".hub", None),
+    "mindspore": (".mindspore", None),
 }
 
 
@@ -167,6 +168,7 @@ __all__ = [
     "list_models",
     "load",
     "load_composite_model",
+    "mindspore",
     "prefetch",
     "set_dir",
 ]

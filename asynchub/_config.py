@@ -15,10 +15,10 @@ Environment variables (all optional):
 ``ASYNCHUB_FILE_URLS``              comma-separated file URL templates, also with ``{path}``
 ``ASYNCHUB_OFFLINE``                ``1``/``true``: never touch the network
 ``ASYNCHUB_TRUSTED_REPOS``          comma-separated ``owner/name`` trusted besides onnx/models
-``ASYNCHUB_MAX_CONNECTIONS``        connections across all downloads (default 40)
+``ASYNCHUB_MAX_CONNECTIONS``        connections across all downloads (default 40; 1 to 1024)
 ``ASYNCHUB_MAX_CONNECTIONS_PER_HOST`` connections to one host (default 40)
-``ASYNCHUB_CHUNK_SIZE``             Range chunk size in bytes (``16Mi``, ``8M``)
-``ASYNCHUB_LIMIT_RATE``             bandwidth cap in bytes/s over all connections (``50M``)
+``ASYNCHUB_CHUNK_SIZE``             Range chunk size in bytes (``16Mi``, ``8M``; 64K to 1Gi)
+``ASYNCHUB_LIMIT_RATE``             bandwidth cap in bytes/s, all connections (``50M``; 1K to 1T)
 
 Sizes and rates use one format everywhere (:mod:`asynchub._progress.units`): decimal units
 (``50M`` = 50,000,000 bytes), with ``Ki``/``Mi``/``Gi`` for powers of 1024.
@@ -42,6 +42,7 @@ Sizes and rates use one format everywhere (:mod:`asynchub._progress.units`): dec
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -79,24 +80,51 @@ _FALSE = {"0", "false", "no", "off", ""}
 MiB = 1024 * 1024
 
 
+#: Accepted ranges of the numeric environment variables (inclusive). Choices: a bare number is
+#: bytes and units are accepted (see ``parse_size``); a chunk must be 64 kB to 1 GiB (below,
+#: a request per few packets: ``=64`` meant 64-byte requests and ~2 h for 8 MiB; above, a
+#: retry re-fetches too much); anything outside a range is refused, not clamped, so a typo
+#: never silently changes behaviour. ``HubConfig(...)`` built in code only needs positive
+#: values (tests use small chunks on purpose).
+CHUNK_SIZE_RANGE = (64 * 1000, 1024**3, "64K", "1Gi")
+LIMIT_RATE_RANGE = (1000, 1000**4, "1K", "1T")
+CONNECTIONS_RANGE = (1, 1024)
+
+
+def _shown(value: object) -> str:
+    """``value`` for an error message: its repr, cut to 40 characters."""
+    text = str(value)
+    return repr(text[:40] + "...") if len(text) > 40 else repr(text)
+
+
+
 def parse_size(value: str | int, *, name: str) -> int:
     """``"50M"`` → 50,000,000; ``"16Mi"`` → 16,777,216 (decimal units, ``Ki``/``Mi``/``Gi``
     binary; see :mod:`asynchub._progress.units`). ``name`` (an environment variable or a CLI
-    option) is named in the error."""
+    option) is named in the error; infinities, NaN and negative numbers are refused."""
     if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise ConfigError(f"{name}={value} must not be negative")
         return value
-    result = parse_size_text(str(value))
+    try:
+        result = parse_size_text(str(value))
+    except (OverflowError, ValueError):  # "1e400" is a float infinity
+        result = None
     if result is None:
         raise ConfigError(
-            f"{name}={value!r} is not a size; use bytes or a number with k, M or G "
+            f"{name}={_shown(value)} is not a size; use bytes or a number with k, M or G "
             "(decimal, e.g. 50M = 50,000,000) or Ki, Mi, Gi (binary, e.g. 16Mi)"
         )
     return result
 
 
-def _at_least_one(value: int, *, name: str) -> int:
-    if value < 1:
-        raise ConfigError(f"{name}={value} must be at least 1")
+def _check_range(name: str, value: int, bounds: tuple[int, int, str, str]) -> int:
+    low, high, low_text, high_text = bounds
+    if not low <= value <= high:
+        raise ConfigError(
+            f"{name}={_shown(value)} is out of range; use a value between {low_text} and"
+            f" {high_text} (e.g. 8M)"
+        )
     return value
 
 
@@ -106,23 +134,28 @@ def _parse_bool(value: str, *, name: str) -> bool:
         return True
     if lowered in _FALSE:
         return False
-    raise ConfigError(f"{name}={value!r} is not a boolean; use 1 or 0")
+    raise ConfigError(f"{name}={_shown(value)} is not a boolean; use 1 or 0")
 
 
-def _parse_int(value: str, *, name: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not an integer") from None
+def _parse_int(value: str, *, name: str, bounds: tuple[int, int]) -> int:
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 15):
+        raise ConfigError(
+            f"{name}={_shown(value)} is not a whole number between {bounds[0]} and {bounds[1]}"
+        )
+    low, high = bounds
+    if not low <= int(text) <= high:
+        raise ConfigError(f"{name}={int(text)} must be at least {low} and at most {high}")
+    return int(text)
 
 
 def _parse_seconds(value: str, name: str) -> float:
     try:
         seconds = float(value)
     except ValueError:
-        raise ConfigError(f"{name}={value!r} is not a number of seconds") from None
-    if seconds < 0:
-        raise ConfigError(f"{name}={value!r} must not be negative")
+        raise ConfigError(f"{name}={_shown(value)} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{name}={_shown(value)} must be a finite number of seconds, at least 0")
     return seconds
 
 
@@ -274,7 +307,9 @@ class HubConfig:
     transport: str = "auto"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "cache_dir", Path(self.cache_dir).expanduser())
+        # absolute at once: a relative cache directory must not follow later chdir() calls
+        cache_dir = os.path.abspath(Path(self.cache_dir).expanduser())
+        object.__setattr__(self, "cache_dir", Path(cache_dir))
         for name in (
             "max_connections",
             "max_connections_per_host",
@@ -392,17 +427,13 @@ class HubConfig:
             ("ASYNCHUB_MAX_CONNECTIONS_PER_HOST", "max_connections_per_host"),
         ):
             if env.get(var):
-                values[key] = _at_least_one(_parse_int(env[var], name=var), name=var)
-        if env.get("ASYNCHUB_CHUNK_SIZE"):
-            values["chunk_size"] = _at_least_one(
-                parse_size(env["ASYNCHUB_CHUNK_SIZE"], name="ASYNCHUB_CHUNK_SIZE"),
-                name="ASYNCHUB_CHUNK_SIZE",
-            )
-        if env.get("ASYNCHUB_LIMIT_RATE"):
-            values["limit_rate"] = _at_least_one(
-                parse_size(env["ASYNCHUB_LIMIT_RATE"], name="ASYNCHUB_LIMIT_RATE"),
-                name="ASYNCHUB_LIMIT_RATE",
-            )
+                values[key] = _parse_int(env[var], name=var, bounds=CONNECTIONS_RANGE)
+        for var, key, bounds in (
+            ("ASYNCHUB_CHUNK_SIZE", "chunk_size", CHUNK_SIZE_RANGE),
+            ("ASYNCHUB_LIMIT_RATE", "limit_rate", LIMIT_RATE_RANGE),
+        ):
+            if env.get(var):
+                values[key] = _check_range(var, parse_size(env[var], name=var), bounds)
         if "ASYNCHUB_DISABLE_PROGRESS_BARS" in env:
             values["progress_bars"] = not _parse_bool(
                 env["ASYNCHUB_DISABLE_PROGRESS_BARS"], name="ASYNCHUB_DISABLE_PROGRESS_BARS"

@@ -42,6 +42,11 @@ Choices:
   every call first removes the staging directories whose lock is free (and the
   ``.<target>.old-*`` directories a killed publisher set aside). A live extraction's directory
   is never touched.
+* **Header sizes are bounded before** :mod:`tarfile` **reads them** (see
+  :mod:`.tarbounds`): a GNU long-name/long-link or PAX header of at most 64 KiB, at most 8 in
+  front of one member, 16 MiB in all; sparse members are refused at their header. Member
+  names are then at most 4096 characters with segments of at most 255 UTF-8 bytes.
+* Messages quote member names cut to 100 characters, whatever the archive holds.
 * The stream is read to its very end after the last member, so the gzip trailer (CRC-32 and
   length) is always checked.
 * Read errors (a truncated or corrupt gzip or tar) become ``ArchiveError``; write errors
@@ -73,7 +78,8 @@ from typing import BinaryIO
 import filelock
 
 from .._exceptions import ArchiveError, CacheError, ConfigError
-from .layout import fsync_dir, make_lock, translate_oserror
+from .layout import MAX_SEGMENT_BYTES, fsync_dir, make_lock, translate_oserror
+from .tarbounds import BoundedTarInfo, LimitExceeded, header_budget
 
 if sys.platform != "win32":
     import fcntl
@@ -99,6 +105,8 @@ _HEADER_ALLOWANCE = 8 * 1024
 #: How long a publisher waits for another one holding the lock (renames only, so short).
 _LOCK_TIMEOUT = 120.0
 _REGULAR_TYPES = frozenset({tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE})
+#: Longest member name accepted, in characters (``PATH_MAX``).
+_MAX_NAME_CHARS = 4096
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError)
 
@@ -125,8 +133,12 @@ class ExtractLimits:
                 raise ConfigError(f"ExtractLimits.{name} must be positive, got {value!r}")
 
 
+def _quoted(name: str) -> str:
+    return repr(name[:100] + "...") if len(name) > 100 else repr(name)
+
+
 def _unsafe(archive: Path, member: str | None, reason: str) -> ArchiveError:
-    where = f"member {member!r} of {archive}" if member is not None else f"{archive}"
+    where = f"member {_quoted(member)} of {archive}" if member is not None else f"{archive}"
     return ArchiveError(
         f"{where}: {reason}; the archive is unsafe or broken, nothing was extracted"
         " (delete it and download it again)"
@@ -167,21 +179,21 @@ class _GuardedStream:
         data = self._inner.read(size)
         self.count += len(data)
         if self.count > _RATIO_GRACE and self.count > self._max_ratio * max(self._raw.count, 1):
-            raise _LimitExceeded(
+            raise LimitExceeded(
                 f"decompresses to more than {self._max_ratio:g} times its size (a compression bomb)"
             )
         if self.count > self._cap:
-            raise _LimitExceeded("decompresses to more bytes than the size limit allows")
+            raise LimitExceeded("decompresses to more bytes than the size limit allows")
         return data
 
 
-class _LimitExceeded(Exception):
-    """Raised inside the read pipeline; turned into ArchiveError with the member name."""
 
 
 def _normalise(archive: Path, member: tarfile.TarInfo) -> tuple[str, ...]:
     """The member name as safe path segments (may be empty for the root directory)."""
     name = member.name
+    if len(name) > _MAX_NAME_CHARS:
+        raise _unsafe(archive, name, f"name is longer than {_MAX_NAME_CHARS} characters")
     if "\x00" in name or "\\" in name:
         raise _unsafe(archive, name, "name contains a NUL byte or a backslash")
     if name.startswith("/") or _DRIVE.match(name):
@@ -189,6 +201,8 @@ def _normalise(archive: Path, member: tarfile.TarInfo) -> tuple[str, ...]:
     parts = tuple(part for part in name.split("/") if part not in ("", "."))
     if ".." in parts:
         raise _unsafe(archive, name, "name climbs out of the archive with '..'")
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_SEGMENT_BYTES for part in parts):
+        raise _unsafe(archive, name, f"name has a part longer than {MAX_SEGMENT_BYTES} bytes")
     if parts == (COMPLETE_MARKER,):
         raise _unsafe(archive, name, "name is reserved for the extraction marker")
     return parts
@@ -261,7 +275,7 @@ def _write_file(
         while True:
             try:
                 block = source.read(_BLOCK)
-            except _LimitExceeded:
+            except LimitExceeded:
                 raise
             except _READ_ERRORS as exc:
                 raise _unsafe(archive, name, f"cannot be read ({exc})") from exc
@@ -301,7 +315,7 @@ def _open_stream(archive: Path, handle: BinaryIO, limits: ExtractLimits) -> _Gua
 
 
 def _after(last: str | None, current: str | None) -> str:
-    return f"after member {last!r}: " if current is None and last is not None else ""
+    return f"after member {_quoted(last)}: " if current is None and last is not None else ""
 
 
 def _extract_into(archive: Path, staging: Path, limits: ExtractLimits) -> None:
@@ -317,7 +331,9 @@ def _extract_into(archive: Path, staging: Path, limits: ExtractLimits) -> None:
         raise translate_oserror(exc, f"opening the archive {archive}") from exc
     try:
         stream = _open_stream(archive, handle, limits)
-        with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+        with header_budget(), tarfile.open(  # type: ignore[call-overload]
+            fileobj=stream, mode="r|", tarinfo=BoundedTarInfo
+        ) as tar:
             iterator = iter(tar)
             while True:
                 last, current = current or last, None
@@ -362,7 +378,7 @@ def _extract_into(archive: Path, staging: Path, limits: ExtractLimits) -> None:
         last, current = current or last, None
         while stream.read(_BLOCK):
             pass
-    except _LimitExceeded as exc:
+    except LimitExceeded as exc:
         raise _unsafe(archive, current, _after(last, current) + str(exc)) from None
     except (ArchiveError, CacheError):
         raise

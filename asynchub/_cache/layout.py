@@ -47,11 +47,16 @@ __all__ = [
     "remove_quietly",
     "sha256_file",
     "translate_oserror",
+    "MAX_BASENAME_BYTES",
     "MAX_SEGMENT_BYTES",
 ]
 
 #: Longest path segment accepted, in UTF-8 bytes (``NAME_MAX`` of common file systems).
 MAX_SEGMENT_BYTES = 255
+#: Longest basename of a cached file, in UTF-8 bytes: ``MAX_SEGMENT_BYTES`` minus the 65-byte
+#: ``<sha256>_`` prefix minus 50 bytes for the suffixes of the temporaries kept beside it
+#: (``.<pid>-<token>.partial.json.<token>.tmp`` takes up to ~45).
+MAX_BASENAME_BYTES = MAX_SEGMENT_BYTES - 65 - 50
 
 log = logging.getLogger("asynchub")
 

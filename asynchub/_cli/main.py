@@ -30,6 +30,7 @@ from .support import (
     prefetch_code,
     result_json,
 )
+from .terminal import printable
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -47,12 +48,13 @@ __all__ = ["EXIT_CODES", "exit_code_for", "main"]
 
 
 def _out(text: str = "") -> None:
-    print(text, flush=True)
+    print(printable(text), flush=True)
 
 
 def _err(text: str) -> None:
     # Through tqdm when a bar may be on screen (so the line does not tear it); tqdm is only
     # imported once a bar is drawn, and without one a plain write is the same.
+    text = printable(text)
     bars = sys.modules.get("tqdm.auto")
     if bars is not None:
         bars.tqdm.write(text, file=sys.stderr)

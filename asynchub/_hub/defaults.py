@@ -11,6 +11,7 @@ imported on first use, so this module is as cheap to import as ``asynchub`` itse
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
 __all__ = ["default_async_hub", "default_hub", "reset_defaults", "set_default_dir"]
 
 _lock = threading.RLock()
+
+
+def _new_lock_after_fork() -> None:
+    # the lock may have been held by a thread that does not exist in a forked child
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 _sync: Hub | None = None
 _async: AsyncHub | None = None
 _config: HubConfig | None = None

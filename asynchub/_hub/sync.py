@@ -33,6 +33,8 @@ or services; ``Hub(progress=False)`` or ``ASYNCHUB_DISABLE_PROGRESS_BARS=1`` tur
 from __future__ import annotations
 
 import atexit
+import contextlib
+import os
 import threading
 import weakref
 from collections.abc import Coroutine
@@ -97,7 +99,10 @@ class _LoopThread:
 
                 def _main() -> None:
                     asyncio.set_event_loop(loop)
-                    loop.run_until_complete(_root())
+                    try:
+                        loop.run_until_complete(_root())
+                    finally:
+                        loop.close()  # also when close() came from this thread
 
                 thread = threading.Thread(target=_main, name="asynchub-loop", daemon=True)
                 thread.start()
@@ -125,6 +130,11 @@ class _LoopThread:
             raise
 
     def close(self, final: Coroutine[Any, Any, None] | None = None) -> None:
+        """Run ``final`` on the loop, then stop the loop and its thread.
+
+        Called on the loop's own thread (a progress callback closing its hub), it cannot wait
+        for either: it schedules ``final`` and the stop, and returns at once; the callers
+        waiting on the loop's work then get ``final``'s outcome (``HubClosedError``)."""
         with self._lock:
             loop, thread, stop = self._loop, self._thread, self._stop
             self._loop = self._thread = self._stop = None
@@ -135,18 +145,36 @@ class _LoopThread:
         import asyncio
         import concurrent.futures
 
+        if threading.current_thread() is thread:
+            loop.create_task(_finish_after(final, stop))
+            return
+
         if final is not None and thread.is_alive():
             future = asyncio.run_coroutine_threadsafe(final, loop)
             concurrent.futures.wait([future], timeout=CANCEL_GRACE)
-        loop.call_soon_threadsafe(_finish, stop)
+        with contextlib.suppress(RuntimeError):  # the loop may have ended meanwhile
+            loop.call_soon_threadsafe(_finish, stop)
         thread.join(timeout=CANCEL_GRACE)
-        if not thread.is_alive():
-            loop.close()
 
 
 def _finish(stop: asyncio.Future[None]) -> None:
     if not stop.done():
         stop.set_result(None)
+
+
+async def _finish_after(
+    final: Coroutine[Any, Any, None] | None, stop: asyncio.Future[None]
+) -> None:
+    """Run ``final`` (bounded by :data:`CANCEL_GRACE`), then end the loop's root task."""
+    import asyncio
+
+    try:
+        if final is not None:
+            await asyncio.wait_for(final, CANCEL_GRACE)
+    except Exception:  # the hub is closing; its errors have no caller left to see them
+        pass
+    finally:
+        _finish(stop)
 
 
 _live: weakref.WeakSet[Hub] = weakref.WeakSet()
@@ -387,6 +415,25 @@ class Hub:
                 trust_repo=trust_repo,
             )
         )
+
+
+def _reset_after_fork() -> None:
+    """In the child of a ``fork``: forget every hub's loop thread and async core.
+
+    Only the forking thread survives a ``fork``; a hub's loop thread does not, so waiting on
+    it hung the child's first network call. Each hub gets a fresh (unstarted) loop thread and
+    async core, built on first use in the child like in a new process; locks held by threads
+    that no longer exist are replaced. The parent's hubs are untouched. The objects copied
+    from the parent (its loop, its HTTP session) are dropped, never used or closed here: their
+    sockets are shared with the parent."""
+    for hub in list(_live):
+        hub._runner = _LoopThread()
+        hub._create_lock = threading.Lock()
+        hub._async_hub = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 @atexit.register

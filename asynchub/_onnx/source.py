@@ -32,7 +32,8 @@ from .._exceptions import (
 )
 from .._loops import PerLoop
 from . import trust
-from .manifest import ModelInfo, filter_models, parse_manifest, select
+from .index import ManifestView, index_path
+from .manifest import ModelInfo, filter_models
 from .urls import DEFAULT_REPO, RepoSpec, file_urls, is_commit_ref, manifest_url
 from .warm import ManifestMemo, cached_entry, manifest_cache_file
 
@@ -67,13 +68,21 @@ class OnnxSource:
 
     def __init__(self, host: SourceHost) -> None:
         self._host = host
-        self._manifests: dict[tuple[str, str], list[ModelInfo]] = {}
+        self._manifests: dict[tuple[str, str], ManifestView] = {}
         self._warm_memo = ManifestMemo()
         self._flights: PerLoop[dict[tuple[str, str], _Flight]] = PerLoop(dict)
 
     # -- manifests -------------------------------------------------------------------------
     async def manifest(self, spec: RepoSpec) -> list[ModelInfo]:
-        """The parsed manifest of ``spec`` (fetched once per hub, then revalidated on disk).
+        """The parsed manifest of ``spec`` (fetched once per hub, then revalidated on disk)."""
+        view = await self.view(spec)
+        if view.parsed:
+            return list(view.entries())
+        entries: list[ModelInfo] = await self._host.run_blocking(view.entries)
+        return list(entries)
+
+    async def view(self, spec: RepoSpec) -> ManifestView:
+        """The manifest of ``spec`` as a :class:`ManifestView` (fetched once per hub).
 
         Concurrent calls share one fetch: a burst of ``aload`` calls on a fresh hub asks the
         server for the manifest once, and they all get its result or its error.
@@ -84,7 +93,7 @@ class OnnxSource:
         while True:
             cached = self._manifests.get(key)
             if cached is not None:
-                return list(cached)
+                return cached
             flight = flights.get(key)
             if flight is None:
                 break
@@ -94,9 +103,9 @@ class OnnxSource:
             # the fetching call was cancelled (or succeeded): look again
         flight = flights[key] = _Flight()
         try:
-            entries = await self._fetch_manifest(spec, url)
-            self._manifests[key] = entries
-            return list(entries)
+            view = await self._fetch_manifest(spec, url)
+            self._manifests[key] = view
+            return view
         except Exception as exc:
             flight.error = exc
             raise
@@ -104,19 +113,23 @@ class OnnxSource:
             del flights[key]
             flight.done.set()
 
-    async def _fetch_manifest(self, spec: RepoSpec, url: str) -> list[ModelInfo]:
+    async def _fetch_manifest(self, spec: RepoSpec, url: str) -> ManifestView:
         host = self._host
-        fresh: list[tuple[bytes, list[ModelInfo]]] = []
+        cache_file = manifest_cache_file(host.config, spec)
+        fresh: list[tuple[bytes, ManifestView]] = []
 
         def validate(data: bytes) -> None:
             # a new manifest is parsed (and so validated) before it may replace the cached
-            # one; the result is kept so it is not parsed twice
-            fresh.append((data, parse_manifest(data, source=url)))
+            # one; the view is kept so it is not parsed twice
+            view = ManifestView.from_bytes(
+                data, source=url, index_file=index_path(cache_file), defer=True
+            )
+            fresh.append((data, view))
 
         try:
             data = await host.fetch_document(
                 url,
-                manifest_cache_file(host.config, spec),
+                cache_file,
                 what=f"manifest of {spec}",
                 immutable=is_commit_ref(spec.ref),
                 validate=validate,
@@ -138,11 +151,14 @@ class OnnxSource:
             before = f"could not fetch the manifest of {spec}: "
             raise amend(exc, before=before, after=MANIFEST_HINT)  # noqa: B904 - the same error
         if fresh and fresh[-1][0] is data:
+            await host.run_blocking(fresh[-1][1].save_index)  # the manifest is cached now
             return fresh[-1][1]
-        entries: list[ModelInfo] = await host.run_blocking(
-            functools.partial(parse_manifest, data, source=url)
+        view: ManifestView = await host.run_blocking(
+            functools.partial(
+                ManifestView.from_bytes, data, source=url, index_file=index_path(cache_file)
+            )
         )
-        return entries
+        return view
 
     async def list_models(
         self, spec: RepoSpec, model: str | None, tags: list[str] | None
@@ -150,7 +166,11 @@ class OnnxSource:
         return filter_models(await self.manifest(spec), model=model, tags=tags)
 
     async def get_model_info(self, spec: RepoSpec, model: str, opset: int | None) -> ModelInfo:
-        return select(await self.manifest(spec), model, opset)
+        view = await self.view(spec)
+        if view.parsed:
+            return view.select(model, opset)
+        info: ModelInfo = await self._host.run_blocking(view.select, model, opset)
+        return info
 
     # -- files -----------------------------------------------------------------------------
     def file_job(self, spec: RepoSpec, path: str, sha: str | None, size: int | None) -> FileJob:
@@ -213,9 +233,9 @@ class OnnxSource:
         self, spec: RepoSpec, model: str, opset: int | None, test_data: bool
     ) -> ModelInfo | None:
         config = self._host.config
-        entries = self._manifests.get((str(spec), manifest_url(config, spec)))
+        view = self._manifests.get((str(spec), manifest_url(config, spec)))
         return cached_entry(
-            config, self._warm_memo, model, spec, opset, test_data=test_data, entries=entries
+            config, self._warm_memo, model, spec, opset, test_data=test_data, view=view
         )
 
     # -- the Source protocol ---------------------------------------------------------------

@@ -9,9 +9,10 @@ for ``onnx`` and little else. :meth:`AsyncHub._resolve` uses the same lookup.
 Choices:
 
 * **Parsed once per version of the file.** The cached manifest is parsed on first use and
-  kept with its size and modification time; it is parsed again only when another process (or
-  a later fetch) replaced it. One ``stat`` per call instead of a parse (~1 ms for the real
-  184-entry manifest).
+  kept with its inode, size and modification time; it is parsed again only when another
+  process (or a later fetch) replaced it. One ``stat`` per call instead of a parse (~1 ms for
+  the real 184-entry manifest). A big manifest is not parsed at all once indexed: see
+  :mod:`.index` (a lookup reads one bucket of the index and the entries of one name).
 * **A hit only names a candidate.** :func:`cached_entry` returns the entry when its file
   exists; callers still verify the file (size and SHA-256) before using it, and fall back to
   the full path (revalidate the manifest, download) on any miss.
@@ -26,7 +27,8 @@ from pathlib import Path
 from .._cache.layout import cache_path
 from .._config import HubConfig
 from .._exceptions import ManifestError, ModelNotFoundError, OpsetNotFoundError
-from .manifest import ModelInfo, parse_manifest, select
+from .index import ManifestView
+from .manifest import ModelInfo
 from .urls import RepoSpec
 
 __all__ = ["MANIFEST_NAME", "ManifestMemo", "cached_entry", "manifest_cache_file"]
@@ -42,30 +44,38 @@ def manifest_cache_file(config: HubConfig, spec: RepoSpec) -> Path:
 
 
 class ManifestMemo:
-    """Parsed cached manifests, keyed by path and checked against the file's size and mtime."""
+    """Views of cached manifests, keyed by path and checked against the file's identity."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._parsed: dict[Path, tuple[int, int, list[ModelInfo]]] = {}
+        self._views: dict[Path, tuple[tuple[int, int, int], ManifestView]] = {}
 
-    def entries(self, path: Path) -> list[ModelInfo] | None:
-        """The parsed manifest at ``path``; ``None`` if it is missing or invalid."""
+    def view(self, path: Path) -> ManifestView | None:
+        """The manifest cached at ``path``; ``None`` if it is missing or invalid."""
         try:
             st = os.stat(path)
         except OSError:
             return None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         with self._lock:
-            known = self._parsed.get(path)
-        if known is not None and known[:2] == (st.st_size, st.st_mtime_ns):
-            return known[2]
+            known = self._views.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
         try:
-            data = path.read_bytes()
-            entries = parse_manifest(data, source=str(path))
+            view = ManifestView.from_file(path, source=str(path))
         except (OSError, ManifestError):
             return None
         with self._lock:
-            self._parsed[path] = (st.st_size, st.st_mtime_ns, entries)
-        return entries
+            self._views[path] = (stamp, view)
+        return view
+
+    def entries(self, path: Path) -> list[ModelInfo] | None:
+        """Every entry of the manifest cached at ``path`` (a full parse); ``None`` as above."""
+        view = self.view(path)
+        try:
+            return None if view is None else view.entries()
+        except (OSError, ManifestError):
+            return None
 
 
 def cached_entry(
@@ -76,21 +86,21 @@ def cached_entry(
     opset: int | None,
     *,
     test_data: bool = False,
-    entries: list[ModelInfo] | None = None,
+    view: ManifestView | None = None,
 ) -> ModelInfo | None:
     """The manifest entry for ``model`` when its file (or its test-data archive, with
     ``test_data``) is in the cache; ``None`` otherwise.
 
-    ``entries`` is a manifest already in memory (fetched by this hub); without it the manifest
+    ``view`` is a manifest already in memory (fetched by this hub); without it the manifest
     cached on disk is used.
     """
-    if entries is None:
-        entries = memo.entries(manifest_cache_file(config, spec))
-        if entries is None:
+    if view is None:
+        view = memo.view(manifest_cache_file(config, spec))
+        if view is None:
             return None
     try:
-        info = select(entries, model, opset)
-    except (ModelNotFoundError, OpsetNotFoundError):
+        info = view.select(model, opset)
+    except (ModelNotFoundError, OpsetNotFoundError, ManifestError, OSError):
         return None
     path, sha = (
         (info.model_with_data_path, info.model_with_data_sha)

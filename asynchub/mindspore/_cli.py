@@ -16,7 +16,9 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .._cli.terminal import printable
 
 if TYPE_CHECKING:
     from ._card import AssetCard
@@ -91,8 +93,13 @@ def _hub(args: argparse.Namespace) -> Any:
     return Hub(HubConfig.from_env(**overrides))
 
 
+def _print(text: str, file: TextIO | None = None) -> None:
+    """Every line of this CLI goes through here (terminal control characters escaped)."""
+    print(printable(text), file=file)
+
+
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+    print(printable(json.dumps(value, indent=2, ensure_ascii=False), json_text=True))
 
 
 def _summary(card: AssetCard) -> dict[str, Any]:
@@ -112,7 +119,7 @@ def _run(args: argparse.Namespace, body: Any) -> int:
         from .._cli.messages import cli_message
         from .._cli.support import exit_code_for
 
-        print(f"asynchub: error: {cli_message(str(exc))}", file=sys.stderr)
+        _print(f"asynchub: error: {cli_message(str(exc))}", file=sys.stderr)
         return exit_code_for(exc)
 
 
@@ -122,7 +129,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         if args.json:
             _print_json(card.to_dict())
             return 0
-        print(f"{card.uid}: {card.model_name}")
+        _print(f"{card.uid}: {card.model_name}")
         for label, value in (
             ("backbone", card.backbone_name),
             ("module type", card.module_type),
@@ -133,10 +140,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
             ("summary", card.summary),
         ):
             if value:
-                print(f"  {label}: {value}")
+                _print(f"  {label}: {value}")
         for asset in card.assets:
             sha = asset.sha256 or f"(unverifiable: {asset.sha256_prefix or 'no sha256'})"
-            print(f"  asset {asset.file_format}: {asset.url}\n    sha256 {sha}")
+            _print(f"  asset {asset.file_format}: {asset.url}\n    sha256 {sha}")
         return 0
 
     return _run(args, body)
@@ -151,7 +158,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
             _print_json({"uid": args.uid, "files": [str(p) for p in paths]})
         else:
             for path in paths:
-                print(path)
+                _print(str(path))
         return 0
 
     return _run(args, body)
@@ -178,9 +185,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
             return 0
         for card in cards:
             formats = ",".join(a.file_format for a in card.assets) or "-"
-            print(f"{card.uid}\t{card.model_name}\t{card.module_type or '-'}\t{formats}")
+            _print(f"{card.uid}\t{card.model_name}\t{card.module_type or '-'}\t{formats}")
         if not getattr(args, "quiet", False):
-            print(f"{len(cards)} card(s)", file=sys.stderr)
+            _print(f"{len(cards)} card(s)", file=sys.stderr)
         return 0
 
     return _run(args, body)
@@ -205,9 +212,9 @@ def _cmd_prefetch(args: argparse.Namespace) -> int:
             )
         else:
             for uid, paths in result.ok.items():
-                print(f"ok      {uid} ({len(paths)} file(s))")
+                _print(f"ok      {uid} ({len(paths)} file(s))")
             for uid, exc in result.failed.items():
-                print(f"FAILED  {uid}: {exc}")
+                _print(f"FAILED  {uid}: {exc}")
         return 0 if not result.failed else 1
 
     return _run(args, body)

@@ -22,13 +22,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._cache.layout import cache_path, ensure_dir
+from .._cache.layout import MAX_BASENAME_BYTES, cache_path, ensure_dir
 from .._engine.engine import FileJob
 from .._exceptions import (
     ConfigError,
     HTTPStatusError,
     HubError,
     IntegrityError,
+    ManifestError,
     ModelNotFoundError,
 )
 from .._hosts import refuse_public_to_private
@@ -117,6 +118,12 @@ def asset_job(cache_dir: Path, card: AssetCard, asset: Asset) -> FileJob:
         raise IntegrityError(
             f"MindSpore Hub card {card.uid!r} gives {given} for {asset.filename}; asynchub only "
             "caches files it can verify against a full SHA-256 (ask the publisher to add it)"
+        )
+    if len(asset.filename.encode("utf-8", "surrogatepass")) > MAX_BASENAME_BYTES:
+        raise ManifestError(
+            f"MindSpore Hub card {card.uid!r}: the file name {asset.filename[:60]!r} is too"
+            f" long to cache (at most {MAX_BASENAME_BYTES} UTF-8 bytes, stored as"
+            " '<sha256>_<name>' with temporaries beside it); download it with another tool"
         )
     rel = f"{ROOT_FOLDER}/{card.uid}/{asset.filename}"
     return FileJob(

@@ -323,10 +323,22 @@ def test_gzip_bomb_is_stopped_by_ratio(layout: tuple[Path, Path]) -> None:
 
 def test_header_bomb_counts_towards_ratio(layout: tuple[Path, Path]) -> None:
     archive, target = layout
+    # each PAX header stays under the 64 KiB header limit; together they are a bomb
+    padded = []
+    for index in range(128):
+        info, data = reg(f"mnist/x{index}")
+        info.pax_headers = {"comment": "a" * (60 * 1024)}
+        padded.append((info, data))
+    blob = build([*good_members(), *padded])
+    assert_rejected(archive, target, blob, match="compression bomb")
+
+
+def test_oversized_pax_header_is_refused_before_it_is_read(layout: tuple[Path, Path]) -> None:
+    archive, target = layout
     info, data = reg("mnist/x")
     info.pax_headers = {"comment": "a" * (8 * 1024 * 1024)}
     blob = build([*good_members(), (info, data)])
-    assert_rejected(archive, target, blob, match="compression bomb")
+    assert_rejected(archive, target, blob, match="PAX extended header of 83886")
 
 
 def test_too_many_members(layout: tuple[Path, Path]) -> None:

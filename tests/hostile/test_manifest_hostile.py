@@ -172,10 +172,15 @@ def test_limits_are_exact() -> None:
     segment = "é" * 127 + "x"  # 255 UTF-8 bytes
     entry = good()
     entry["model_path"] = longest
-    entry["metadata"]["model_with_data_path"] = f"a/{segment}"
+    basename = "é" * 70  # 140 UTF-8 bytes: MAX_BASENAME_BYTES, the longest cacheable name
+    entry["metadata"]["model_with_data_path"] = f"{segment}/{basename}"
     info = parse_manifest([entry])[0]
     assert info.model_path == longest
-    assert info.model_with_data_path == f"a/{segment}"
+    assert info.model_with_data_path == f"{segment}/{basename}"
+    entry["metadata"]["model_with_data_path"] = f"a/{basename}x"
+    with pytest.raises(ManifestError, match="141 bytes"):
+        parse_manifest([entry])
+    entry["metadata"]["model_with_data_path"] = f"a/{basename}"
     entry["metadata"]["model_bytes"] = 2**50
     assert parse_manifest([entry])[0].model_bytes == 2**50
 
