@@ -330,3 +330,22 @@ async def test_retries_and_failover_are_logged_at_info(
     failover = [m for m in infos if "trying the next mirror" in m]
     assert failover and "does not exist" in failover[0], infos
     assert len(mirror.requests_for("*ONNX_HUB_MANIFEST.json")) == 3
+
+
+async def test_many_connections_failing_together_make_one_wave(
+    mirror: MirrorServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="asynchub")
+    fault = mirror.add_fault(
+        Fault("status", path="*tinynet-13.onnx", status=503, only_start_above=0, times=6)
+    )
+    config = mirror_config(mirror.url, tmp_path / "c", max_connections=8)
+    async with _hub(config) as hub:
+        await hub.download("TinyNet")
+    assert fault.hits == 6
+    retries = [r for r in caplog.records if "503" in r.getMessage() and "retry" in r.getMessage()]
+    assert len(retries) == 6, [r.getMessage() for r in retries]
+    shown = [r for r in retries if r.levelno == logging.INFO]
+    assert 1 <= len(shown) < len(retries), [(r.levelname, r.getMessage()) for r in retries]
+    assert all(getattr(r, "asynchub_retry_wave", None) is (r.levelno == logging.INFO)
+               for r in retries)  # fmt: skip
