@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import re
 import socket
 import ssl
 import time
@@ -234,7 +235,8 @@ async def test_a_server_that_never_answers(silent_server: int, tmp_path: Path) -
             await hub.list_models()
     took = time.monotonic() - started
     message = str(info.value)
-    assert f"no bytes from 127.0.0.1:{silent_server} for 0.3 s" in message
+    # the transport's read timeout or the engine's watchdog, whichever sees it first
+    assert re.search(rf"127\.0\.0\.1:{silent_server} sent no bytes for 0\.\d s", message)
     assert "manifest of onnx/models:main" in message
     _clean(message)
     assert took < 4 * 0.3 + 2.0  # 1 try + 3 retries of 0.3 s each, tiny waits
