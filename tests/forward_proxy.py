@@ -1,7 +1,8 @@
 """A small HTTP forward proxy on 127.0.0.1 for tests: ``CONNECT`` tunnels and absolute-form
 requests (``GET http://host:port/path``), recording what went through it.
 
-``ForwardProxy()`` listens on a free loopback port (``url``). Behaviour and choices:
+``ForwardProxy()`` listens on a free loopback port (``url``); with ``ssl_context`` it speaks TLS
+to its clients (an ``https://`` proxy). Behaviour and choices:
 
 - ``CONNECT host:port`` answers ``200 Connection established`` and then relays bytes both ways
   untouched (the client speaks TLS or plain HTTP through the tunnel; the proxy never sees it).
@@ -26,6 +27,7 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -50,8 +52,14 @@ class ProxyRecord:
 class ForwardProxy:
     """See the module docstring."""
 
-    def __init__(self, *, credentials: tuple[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        credentials: tuple[str, str] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._credentials = credentials
+        self._ssl = ssl_context
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -59,17 +67,21 @@ class ForwardProxy:
         self.port = 0
 
     @property
+    def scheme(self) -> str:
+        return "https" if self._ssl is not None else "http"
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def url_with_credentials(self, user: str, password: str) -> str:
-        return f"http://{user}:{password}@127.0.0.1:{self.port}"
+        return f"{self.scheme}://{user}:{password}@127.0.0.1:{self.port}"
 
     def targets(self, method: str | None = None) -> list[str]:
         return [r.target for r in self.records if method is None or r.method == method]
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=self._ssl)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -140,9 +152,7 @@ class ForwardProxy:
             return False
         user, password = self._credentials
         expected = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-        return any(
-            k.lower() == "proxy-authorization" and v.strip() == expected for k, v in headers
-        )
+        return any(k.lower() == "proxy-authorization" and v.strip() == expected for k, v in headers)
 
     async def _open(
         self, host: str, port: int

@@ -185,6 +185,24 @@ async def test_https_goes_through_a_connect_tunnel(
     assert not proxy.targets("GET")
 
 
+async def test_an_https_proxy(mirror: MirrorServer, tmp_path: Path) -> None:
+    """TLS to the proxy itself (``HTTPS_PROXY=https://...``), verified with the CA bundle."""
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    proxy_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(proxy_ctx)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    async with ForwardProxy(ssl_context=proxy_ctx) as proxy:
+        assert proxy.url.startswith("https://")
+        env = _mirror_env(
+            mirror, tmp_path / "c", HTTP_PROXY=proxy.url, ASYNCHUB_CA_BUNDLE=str(bundle)
+        )
+        async with _hub(_cfg(env, retry=FAST_RETRY)) as hub:
+            await hub.download("TinyNet")
+        assert proxy.targets("GET") and len(proxy.targets("GET")) == len(mirror.requests)
+
+
 async def test_a_tunnel_refused_by_the_proxy_is_not_retried(
     mirror_root: Path, tmp_path: Path
 ) -> None:

@@ -78,6 +78,7 @@ from .._exceptions import (
 )
 from .._progress.events import ProgressEvent
 from .._transport.base import BufferedResponse, Piece, Response
+from .._transport.errors import host_port
 from .adaptive import Widener
 from .context import Active, Bytes, Context, pwrite_all
 from .hashing import HashCursor
@@ -450,7 +451,8 @@ class FileDownload:
             finally:
                 self._active.discard(active)
         if scope.cancelled_caught and active.reason is not None:
-            raise StallError(f"{self.url}: {active.reason}", url=self.url)
+            where = host_port(self.url)[1]
+            raise StallError(f"{where} sent {active.reason} ({self.url})", url=self.url)
 
     async def _answer(
         self,

@@ -36,6 +36,7 @@ import anyio.lowlevel
 
 from .._config import HubConfig
 from .._exceptions import StallError
+from .._transport.errors import host_port
 
 __all__ = ["Watched", "poll_interval", "run_watched"]
 
@@ -69,7 +70,7 @@ class Watched:
         self.samples.append((now, self.total))
 
     def check(self, now: float, config: HubConfig, min_rate: float) -> str | None:
-        """Why the request should be cut (``None``: it is fine)."""
+        """Why the request should be cut (``None``: it is fine), worded to follow "HOST sent"."""
         if now - self.last > config.stall_timeout:
             return f"no bytes for {now - self.last:.1f} s"
         self.samples.append((now, self.total))
@@ -132,7 +133,7 @@ async def run_watched(
         group.cancel_scope.cancel()
     if watched.reason is not None:
         cause = failure[0] if failure else None
-        raise StallError(f"{url}: {watched.reason}", url=url) from cause
+        raise StallError(f"{host_port(url)[1]} sent {watched.reason} ({url})", url=url) from cause
     if failure:
         raise failure[0]
     if not outcome:  # pragma: no cover - the scope is only cancelled with a reason

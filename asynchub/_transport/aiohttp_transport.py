@@ -130,7 +130,7 @@ def _translate(
         ) from exc
     if isinstance(exc, (aiohttp.ServerTimeoutError, asyncio.TimeoutError, TimeoutError)):
         raise StallError(
-            f"no bytes from {where} for {stall}: the server or the network is stalled ({url})",
+            f"{where} sent no bytes for {stall}: the server or the network is stalled ({url})",
             url=url,
         ) from exc
     if isinstance(exc, aiohttp.ClientPayloadError):

@@ -273,7 +273,7 @@ class StreamTransport:
             except StallError:
                 conn.close()
                 raise StallError(
-                    f"no bytes from {host_port(url)[1]} for {self._config.stall_timeout:g} s: "
+                    f"{host_port(url)[1]} sent no bytes for {self._config.stall_timeout:g} s: "
                     f"the server or the network is stalled ({url})",
                     url=url,
                 ) from None
