@@ -432,9 +432,7 @@ def prune_cache(
             elif _CACHED.match(name) and (path / COMPLETE_MARKER).is_file():
                 dirs.remove(name)
                 archives = _archive_of(path)
-                if refs.prunable(root, archives[0]) and not any(
-                    a in refs.files for a in archives
-                ):
+                if refs.prunable(root, archives[0]) and not any(a in refs.files for a in archives):
                     found.append((path, "extracted data of an unreferenced archive"))
     for tmp in _document_temps(root):  # manifest and card writes of killed processes
         if _abandoned(tmp, host, grace, now):
