@@ -22,9 +22,10 @@ from typing import Any
 
 import pytest
 
-from asynchub import Hub
+from asynchub import Hub, HubConfig
 from asynchub._cache.admin import prune_cache
 from asynchub._cache.locks import CacheLock, LockWait
+from asynchub._exceptions import ConfigError
 from asynchub._hub.registry import all_sources
 from tests.conftest import mirror_config
 from tests.fleet.fleetrun import ROOT, final_name, finish_node
@@ -273,3 +274,23 @@ def test_manifest_tmp_files_of_killed_writers_are_removed(
         hub.close()
     assert not dead.exists()
     assert live.exists()
+
+
+def test_lock_settings_from_the_environment() -> None:
+    env = {
+        "ASYNCHUB_USE_LOCKS": "0",
+        "ASYNCHUB_HOST_ID": "node-7",
+        "ASYNCHUB_LOCK_LEASE": "12.5",
+        "ASYNCHUB_LOCK_TIMEOUT": "0",
+    }
+    config = HubConfig.from_env(env)
+    assert (config.use_locks, config.host_id) == (False, "node-7")
+    assert (config.lock_lease, config.lock_timeout) == (12.5, None)
+    assert HubConfig.from_env({}).host_id == os.uname().nodename
+    assert HubConfig.from_env({}, lock_lease=3.0).lock_lease == 3.0
+    with pytest.raises(ConfigError, match="ASYNCHUB_LOCK_LEASE"):
+        HubConfig.from_env({"ASYNCHUB_LOCK_LEASE": "a minute"})
+    with pytest.raises(ConfigError, match="ASYNCHUB_USE_LOCKS"):
+        HubConfig.from_env({"ASYNCHUB_USE_LOCKS": "maybe"})
+    with pytest.raises(ConfigError, match="lock_lease"):
+        HubConfig(lock_lease=0)
