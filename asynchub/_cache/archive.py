@@ -77,6 +77,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from .._config import default_host_id
 from .._exceptions import ArchiveError, CacheError, ConfigError
 from .layout import MAX_SEGMENT_BYTES, fsync_dir, lock_path, translate_oserror
 from .locks import CacheLock
@@ -424,7 +425,7 @@ def _publish_lock(target: Path) -> Iterator[None]:
     """The lock ``.<target>.lock`` (a :class:`.locks.CacheLock`, deleted on release) for the
     renames that publish an extracted directory; held for milliseconds, so polled briefly."""
     lock = CacheLock(
-        lock_path(target.with_name(f".{target.name}")), host=os.uname().nodename, lease=60.0
+        lock_path(target.with_name(f".{target.name}")), host=default_host_id(), lease=60.0
     )
     deadline = time.monotonic() + _LOCK_TIMEOUT
     delay = 0.005

@@ -166,9 +166,10 @@ def commit(verified: Path, final: Path, *, fsync: Callable[[int], None] = os.fsy
 def new_partial_path(final: Path, host: str | None = None) -> Path:
     """A process-unique partial file name beside ``final``:
     ``F.<host>-<pid>-<hex>.partial``, which tells who writes it (see :mod:`.locks`)."""
+    from .._config import default_host_id
     from .locks import owner_tag
 
-    return final.with_name(f"{final.name}.{owner_tag(host or os.uname().nodename)}{PARTIAL_SUFFIX}")
+    return final.with_name(f"{final.name}.{owner_tag(host or default_host_id())}{PARTIAL_SUFFIX}")
 
 
 def partials_for(final: Path) -> Iterator[Path]:
