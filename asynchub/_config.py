@@ -163,9 +163,22 @@ def _split_list(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
+#: Inode of Linux's initial process namespace (``PROC_PID_INIT_INO``).
+_INIT_PID_NS = "pid:[4026531836]"
+
+
 def default_host_id() -> str:
-    """This machine's name (``uname -n``), as lock records and partial names carry it."""
-    return os.uname().nodename or "localhost"
+    """This machine's name (``uname -n``) as lock records and partial names carry it, plus
+    the process namespace when it is not the machine's own: containers that share a host name
+    (host networking) but not their process ids must not judge each other's pids."""
+    name = os.uname().nodename or "localhost"
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return name
+    if namespace == _INIT_PID_NS or not namespace.startswith("pid:["):
+        return name
+    return f"{name}:{namespace[5:-1]}"
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -266,7 +279,8 @@ class HubConfig:
     #: them; they save bandwidth (one download per file for the whole fleet).
     use_locks: bool = True
     #: This machine's name in lock records and partial file names; the default is the host
-    #: name. Set it when host names are not unique across machines sharing one cache.
+    #: name (plus the process namespace inside a container: :func:`default_host_id`). Set it
+    #: when host names are not unique across machines sharing one cache.
     host_id: str = field(default_factory=default_host_id)
     #: A lock holder renews its lease every ``lock_lease / 4`` s; a waiter that sees no renewal
     #: for ``lock_lease`` s (a stopped process, a dead host) stops waiting and downloads in
@@ -296,9 +310,7 @@ class HubConfig:
     #: Whether a host (name or IP literal) is local: loopback, link-local, private, ...
     #: A redirect or a card's link from a host that is not local to one that is, is refused
     #: (see :mod:`asynchub._hosts`). Injectable, e.g. to call a test host "public".
-    private_host: Callable[[str], bool] = field(
-        default=is_private_host, compare=False, repr=False
-    )
+    private_host: Callable[[str], bool] = field(default=is_private_host, compare=False, repr=False)
     #: Connections per file adapt to measured throughput, up to ``max_connections``
     #: (``asynchub/_engine/adaptive.py``); ``False`` always opens ``max_connections``.
     adaptive_connections: bool = True

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .._config import default_host_id
 from .._exceptions import CacheError
 from .archive import COMPLETE_MARKER
 from .layout import (
@@ -334,7 +335,7 @@ def _lock_is_free(final: Path) -> bool:
 
 def _lock_is_free_path(path: Path) -> bool:
     """Whether nobody holds the lock ``path``; taking and releasing it deletes the file."""
-    lock = CacheLock(path, host=os.uname().nodename, lease=GRACE)
+    lock = CacheLock(path, host=default_host_id(), lease=GRACE)
     try:
         if not lock.try_acquire():
             return False
@@ -397,8 +398,9 @@ def prune_cache(
     host: str | None = None,
 ) -> PruneReport:
     """Remove leftovers (see the module docstring). ``dry_run`` only reports; ``host`` is this
-    machine's ``HubConfig.host_id`` (default: its host name). Blocking."""
-    host = host or os.uname().nodename
+    machine's ``HubConfig.host_id`` (default: :func:`~asynchub._config.default_host_id`).
+    Blocking."""
+    host = host or default_host_id()
     refs = _references(root, owners)
     now = time.time()
     found: list[tuple[Path, str]] = []
@@ -432,9 +434,7 @@ def prune_cache(
             elif _CACHED.match(name) and (path / COMPLETE_MARKER).is_file():
                 dirs.remove(name)
                 archives = _archive_of(path)
-                if refs.prunable(root, archives[0]) and not any(
-                    a in refs.files for a in archives
-                ):
+                if refs.prunable(root, archives[0]) and not any(a in refs.files for a in archives):
                     found.append((path, "extracted data of an unreferenced archive"))
     for tmp in _document_temps(root):  # manifest and card writes of killed processes
         if _abandoned(tmp, host, grace, now):

@@ -70,15 +70,17 @@ import stat
 import sys
 import tarfile
 import tempfile
+import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-import filelock
-
+from .._config import default_host_id
 from .._exceptions import ArchiveError, CacheError, ConfigError
-from .layout import MAX_SEGMENT_BYTES, fsync_dir, make_lock, translate_oserror
+from .layout import MAX_SEGMENT_BYTES, fsync_dir, lock_path, translate_oserror
+from .locks import CacheLock
 from .tarbounds import BoundedTarInfo, LimitExceeded, header_budget
 
 if sys.platform != "win32":
@@ -414,8 +416,28 @@ def _remove_tree(path: Path) -> None:
             os.unlink(path)
 
 
-def _publish_lock(target: Path) -> filelock.FileLock:
-    return make_lock(target.with_name(f".{target.name}"))
+class _PublishTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _publish_lock(target: Path) -> Iterator[None]:
+    """The lock ``.<target>.lock`` (a :class:`.locks.CacheLock`, deleted on release) for the
+    renames that publish an extracted directory; held for milliseconds, so polled briefly."""
+    lock = CacheLock(
+        lock_path(target.with_name(f".{target.name}")), host=default_host_id(), lease=60.0
+    )
+    deadline = time.monotonic() + _LOCK_TIMEOUT
+    delay = 0.005
+    while not lock.try_acquire():
+        if time.monotonic() > deadline:
+            raise _PublishTimeout
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _lock_dir(path: Path) -> int | None:
@@ -485,7 +507,7 @@ def _publish(staging: Path, target: Path) -> Path:
     """Rename a finished staging directory to ``target`` (see the module docstring)."""
     aside: Path | None = None
     try:
-        with _publish_lock(target).acquire(timeout=_LOCK_TIMEOUT):
+        with _publish_lock(target):
             if _is_complete(target):
                 log.debug("%s was completed by another extraction; using it", target)
                 return target
@@ -496,7 +518,7 @@ def _publish(staging: Path, target: Path) -> Path:
             os.rename(staging, target)
             fsync_dir(target.parent)
             return target
-    except filelock.Timeout as exc:
+    except _PublishTimeout as exc:
         raise CacheError(
             errno.ETIMEDOUT,
             f"another process holds the lock for {target} for over {_LOCK_TIMEOUT:g} s;"

@@ -27,12 +27,8 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
 
 from .._exceptions import CacheError, InsufficientSpaceError
-
-if TYPE_CHECKING:
-    import filelock
 
 __all__ = [
     "HASH_BLOCK",
@@ -170,9 +166,10 @@ def commit(verified: Path, final: Path, *, fsync: Callable[[int], None] = os.fsy
 def new_partial_path(final: Path, host: str | None = None) -> Path:
     """A process-unique partial file name beside ``final``:
     ``F.<host>-<pid>-<hex>.partial``, which tells who writes it (see :mod:`.locks`)."""
+    from .._config import default_host_id
     from .locks import owner_tag
 
-    return final.with_name(f"{final.name}.{owner_tag(host or os.uname().nodename)}{PARTIAL_SUFFIX}")
+    return final.with_name(f"{final.name}.{owner_tag(host or default_host_id())}{PARTIAL_SUFFIX}")
 
 
 def partials_for(final: Path) -> Iterator[Path]:
@@ -201,20 +198,3 @@ def remove_quietly(*paths: Path) -> None:
     for path in paths:
         with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             os.unlink(path)
-
-
-def make_lock(final: Path) -> filelock.FileLock:
-    """The inter-process lock for ``final``; a planted symlink at the lock path is refused."""
-    path = lock_path(final)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
-            raise CacheError(
-                errno.ELOOP, f"lock path {path} is not a regular file; remove it and try again"
-            )
-    import filelock  # imported when a lock is first needed: a warm load takes none (~4 ms)
-
-    return filelock.FileLock(str(path), thread_local=False, is_singleton=False)

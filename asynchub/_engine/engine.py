@@ -63,7 +63,7 @@ import shutil
 import stat
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,14 +74,13 @@ from .._cache.layout import (
     commit,
     ensure_dir,
     file_matches,
-    lock_path,
     new_partial_path,
     remove_quietly,
     state_path,
     translate_oserror,
 )
-from .._cache.locks import CacheLock, LockWait, may_adopt, remove_abandoned
 from .._cache.locks import claim as claim_partial
+from .._cache.locks import may_adopt, remove_abandoned
 from .._config import HubConfig
 from .._exceptions import (
     CacheError,
@@ -96,6 +95,7 @@ from .._loops import PerLoop
 from .._progress.events import ProgressCallback, ProgressEvent
 from .._transport.base import Transport
 from .hashing import HashCursor
+from .locking import file_lock
 from .ranged import Context, FileDownload, Unranged, collapse_group
 from .ratelimit import TokenBucket
 from .resume import ChunkPlan, ResumeState, find_resumable
@@ -109,8 +109,6 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 log = logging.getLogger("asynchub")
 
-LOCK_POLL_FIRST = 0.02
-LOCK_POLL_MAX = 0.5
 WRITEBACK = 64 * 1024 * 1024
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
@@ -392,7 +390,7 @@ class Engine:
                 f"{job.name} is not in the cache ({job.dest}) and offline mode is on; "
                 "fetch it once online, or turn offline mode off (ASYNCHUB_OFFLINE=0)"
             )
-        async with self._lock(job) as held:
+        async with file_lock(config, job.name, job.dest) as held:
             # Check again even if the lock was free: another process may have published the
             # file (and released its lock) since the check above.
             if not force and await self._cached(job):
@@ -418,40 +416,6 @@ class Engine:
             except Unranged as exc:
                 log.info("%s: %s; fetching it as one stream", job.name, exc)
                 return await self._download_unsized(job, res)
-
-    @contextlib.asynccontextmanager
-    async def _lock(self, job: FileJob) -> AsyncIterator[bool]:
-        """Hold the file's inter-process lock; yields whether we hold it. A waiter whose
-        holder is gone, stopped or not renewing its lease, or that waited
-        ``config.lock_timeout``, goes on without it (:mod:`asynchub._cache.locks`)."""
-        config = self.config
-        if not config.use_locks:
-            yield False
-            return
-        lock = CacheLock(lock_path(job.dest), host=config.host_id, lease=config.lock_lease)
-        wait = LockWait(lock, name=job.name, timeout=config.lock_timeout)
-        delay = LOCK_POLL_FIRST
-        while not await anyio.to_thread.run_sync(lock.try_acquire):
-            reason = await anyio.to_thread.run_sync(wait.verdict)
-            if reason is not None and await anyio.to_thread.run_sync(lock.try_acquire):
-                break  # a holder that died has released it meanwhile
-            if reason is not None:
-                log.warning(
-                    "%s: not waiting any longer for %s: %s; downloading it in parallel (the"
-                    " verified atomic rename keeps the cache right)",
-                    job.name,
-                    lock.path,
-                    reason,
-                )
-                yield False
-                return
-            await anyio.sleep(delay)
-            delay = min(delay * 1.5, LOCK_POLL_MAX)
-        try:
-            yield True
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(lock.release)
 
     async def _download(self, job: FileJob, res: _LoopResources, *, clean: bool) -> Path:
         """A file of known size, or of unknown size whose size the probe tells (a partial of

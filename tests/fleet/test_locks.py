@@ -22,9 +22,11 @@ from typing import Any
 
 import pytest
 
-from asynchub import Hub
+from asynchub import Hub, HubConfig
 from asynchub._cache.admin import prune_cache
-from asynchub._cache.locks import CacheLock, LockWait
+from asynchub._cache.locks import CacheLock, LockWait, host_tag
+from asynchub._config import default_host_id
+from asynchub._exceptions import ConfigError
 from asynchub._hub.registry import all_sources
 from tests.conftest import mirror_config
 from tests.fleet.fleetrun import ROOT, final_name, finish_node
@@ -136,12 +138,12 @@ def test_stopped_holder_on_this_host_does_not_make_a_download_wait(
     final = final_name(cache, entry)
     final.parent.mkdir(parents=True)
     # A long lease: the process state (T in /proc), not the lease, tells it is stopped.
-    with holding(final.with_name(final.name + ".lock"), os.uname().nodename, 60) as proc:
+    with holding(final.with_name(final.name + ".lock"), default_host_id(), 60) as proc:
         os.kill(proc.pid, signal.SIGSTOP)
         path = _download(served, cache, lock_lease=60.0, lock_timeout=None)
         assert _sha(path) == entry["metadata"]["model_sha"]
     text = caplog.text
-    assert f"held by process {proc.pid} on {os.uname().nodename}" in text
+    assert f"held by process {proc.pid} on {default_host_id()}" in text
     assert f"process {proc.pid} on this host, is stopped" in text
     assert "downloading it in parallel" in text
 
@@ -251,7 +253,7 @@ def test_manifest_tmp_files_of_killed_writers_are_removed(
     cache = tmp_path / "cache"
     _download(served, cache)
     manifest = next((cache / "_manifests").rglob("ONNX_HUB_MANIFEST.json"))
-    host = os.uname().nodename
+    host = host_tag(default_host_id())
     dead = manifest.with_name(f".{manifest.name}.{host}-{dead_pid()}-0badcafe.tmp")
     live = manifest.with_name(f".{manifest.name}.{host}-{os.getpid()}-0badcaff.tmp")
     dead.write_bytes(b"half a manifest")
@@ -273,3 +275,39 @@ def test_manifest_tmp_files_of_killed_writers_are_removed(
         hub.close()
     assert not dead.exists()
     assert live.exists()
+
+
+def test_lock_settings_from_the_environment() -> None:
+    env = {
+        "ASYNCHUB_USE_LOCKS": "0",
+        "ASYNCHUB_HOST_ID": "node-7",
+        "ASYNCHUB_LOCK_LEASE": "12.5",
+        "ASYNCHUB_LOCK_TIMEOUT": "0",
+    }
+    config = HubConfig.from_env(env)
+    assert (config.use_locks, config.host_id) == (False, "node-7")
+    assert (config.lock_lease, config.lock_timeout) == (12.5, None)
+    assert HubConfig.from_env({}).host_id == os.uname().nodename  # the initial pid namespace
+    assert HubConfig.from_env({}, lock_lease=3.0).lock_lease == 3.0
+    with pytest.raises(ConfigError, match="ASYNCHUB_LOCK_LEASE"):
+        HubConfig.from_env({"ASYNCHUB_LOCK_LEASE": "a minute"})
+    with pytest.raises(ConfigError, match="ASYNCHUB_USE_LOCKS"):
+        HubConfig.from_env({"ASYNCHUB_USE_LOCKS": "maybe"})
+    with pytest.raises(ConfigError, match="lock_lease"):
+        HubConfig(lock_lease=0)
+
+
+def test_default_host_id_tells_containers_sharing_a_host_name_apart() -> None:
+    """In another pid namespace (a container with host networking) the pids of this host's
+    processes mean nothing: the default host id says which namespace it is."""
+    if subprocess.run(["unshare", "--help"], capture_output=True).returncode != 0:
+        pytest.skip("unshare(1) is not available")
+    code = "from asynchub._config import default_host_id; print(default_host_id())"
+    inside = subprocess.run(
+        ["unshare", "--pid", "--fork", sys.executable, "-c", code],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    if inside.returncode != 0:
+        pytest.skip(f"cannot create a pid namespace here: {inside.stderr.strip()[-200:]}")
+    name = inside.stdout.strip()
+    assert name.startswith(os.uname().nodename + ":") and name != default_host_id()

@@ -1,8 +1,10 @@
 """nginx in front of the hub: the shipped ``deploy/nginx/*.conf`` run for real.
 
-* pull-through (``deploy/nginx/pull-through.conf``, slice + proxy_cache + proxy_cache_lock):
-  four nodes with separate caches load three ~3 MiB models at once through nginx
-  (``ASYNCHUB_FILE_URLS=<nginx>,<origin>``); the origin serves each file's bytes about once.
+* pull-through (``deploy/nginx/pull-through.conf``, slice + proxy_cache + proxy_cache_lock, and
+  redirects followed inside nginx): four nodes with separate caches load three ~3 MiB models at
+  once through nginx (``ASYNCHUB_FILE_URLS=<nginx>,<origin>``) from an origin that redirects
+  every file to a one-use signed URL on another host, as Hugging Face does for LFS files; the
+  origin serves each file's bytes about once.
 * a cache that serves corrupted bytes (a byte flipped in nginx's cache files) is caught by the
   SHA-256: the node falls back to the origin and caches nothing wrong.
 * an in-cluster static mirror (``deploy/nginx/static-mirror.conf``) serving what
@@ -47,31 +49,39 @@ def _need_root() -> None:
 
 @pytest.fixture
 def origin(fleet_mirror_root: Path) -> Iterator[MirrorServer]:
-    with MirrorServer(fleet_mirror_root, rate_limit=RATE).running() as server:
+    """The origin: like huggingface.co for LFS files, it answers every model file with a 302
+    to a signed URL on another host (127.0.0.2) that serves one request only."""
+    server = MirrorServer(fleet_mirror_root, hosts=("127.0.0.1", "127.0.0.2"), rate_limit=RATE)
+    with server.running():
+        for rel in sorted(fleet_mirror_root.rglob("*.onnx")):
+            server.add_signed_redirect(str(rel.relative_to(fleet_mirror_root)), "127.0.0.2", 1)
         yield server
 
 
 @pytest.fixture
 def pull_through(origin: MirrorServer, tmp_path: Path) -> Iterator[Cache]:
     _need_root()
-    port = free_port()
+    import trustme
+
+    port, fetcher = free_port(), free_port()
     cache_dir = tmp_path / "nginx-cache"
-    origin_host = f"127.0.0.1:{origin.port}"
+    ca_file = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(ca_file))
     site = render(
         DEPLOY / "pull-through.conf",
         {
             "cache_path": f"proxy_cache_path {cache_dir} levels=1:2 keys_zone=asynchub:8m"
             " max_size=1g inactive=1d use_temp_path=off;",
-            "origin_server": f"server {origin_host};",
             "listen": f"listen 127.0.0.1:{port};",
             "slice": f"slice {SLICE};",
-            "origin_url": "proxy_pass http://asynchub_origin;",
-            "origin_host": f"proxy_set_header Host {origin_host};",
-            "origin_tls_name": "# (the test origin speaks plain HTTP)",
-            "origin_ca": "# (no certificate to verify)",
+            "fetcher_url": f"proxy_pass http://127.0.0.1:{fetcher};",
+            "fetcher_listen": f"listen 127.0.0.1:{fetcher};",
+            "resolver": "# (redirect targets are IP addresses here: no resolver needed)",
+            "origin_ca": f"proxy_ssl_trusted_certificate {ca_file};",
+            "origin_url": f"proxy_pass http://127.0.0.1:{origin.port};",
         },
     )
-    with nginx_running(tmp_path / "nginx", [site], [port]):
+    with nginx_running(tmp_path / "nginx", [site], [port, fetcher]):
         yield Cache(f"http://127.0.0.1:{port}", cache_dir)
 
 
@@ -126,6 +136,8 @@ def test_pull_through_cache_fetches_each_file_from_the_origin_once(
 ) -> None:
     homes = [tmp_path / f"node{i}" for i in range(4)]
     _load_all(homes, _env(origin.url, pull_through.url, origin.url), fleet_manifest)
+    signed = origin.requests_for("/signed/*")
+    assert signed and all(r.host == "127.0.0.2" for r in signed), "nginx did not follow"
     figures = []
     for entry in fleet_manifest:
         size, served = entry["metadata"]["model_bytes"], _served(origin, entry)

@@ -156,7 +156,7 @@ def test_good_archive_extracts_and_model_dir_is_found(layout: tuple[Path, Path])
     assert (target / COMPLETE_MARKER).is_file()
     assert (model_dir / "model.onnx").stat().st_mode & 0o777 == 0o644
     assert (model_dir / "test_data_set_0").stat().st_mode & 0o777 == 0o755
-    assert sorted(os.listdir(target.parent)) == [".mnist.lock", "mnist"]
+    assert sorted(os.listdir(target.parent)) == ["mnist"]  # the publish lock is deleted on release
 
 
 def test_second_call_does_not_redo(layout: tuple[Path, Path]) -> None:
@@ -188,7 +188,7 @@ def test_incomplete_target_is_replaced(layout: tuple[Path, Path]) -> None:
     extract_archive(archive, target)
     assert not (target / "mnist" / "stale.onnx").exists()
     assert (target / "mnist" / "model.onnx").read_bytes() == _model_bytes()
-    assert sorted(os.listdir(target.parent)) == [".mnist.lock", "mnist"]
+    assert sorted(os.listdir(target.parent)) == ["mnist"]
 
 
 def test_symlink_at_target_is_replaced_not_followed(layout: tuple[Path, Path]) -> None:
