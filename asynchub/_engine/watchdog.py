@@ -16,7 +16,7 @@ waits for the bandwidth cap calls :meth:`Watched.paused` so the wait does not co
 per-read timeout.
 
 Bounds with the defaults (``stall_timeout=60``, ``rate_window=30``, ``min_rate=1024``): a
-request that sends nothing useful is cut within 60 s plus one poll (15 s); one that drips is cut
+request that sends nothing useful is cut within 60 s plus one poll (7.5 s); one that drips is cut
 within ``rate_window`` plus one poll, 37.5 s.
 
 Ranged downloads watch all their connections from one task
