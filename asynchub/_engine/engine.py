@@ -110,8 +110,8 @@ if sys.version_info < (3, 11):  # pragma: no cover
 log = logging.getLogger("asynchub")
 
 #: Mirror errors spelled out in a MirrorsExhaustedError's message (each cut in its middle
-#: to 240 characters, so the URL's start and the error's end stay).
-MESSAGE_ERRORS = 5
+#: to 400 characters, so the URL's start and the error's end stay).
+MESSAGE_ERRORS = 4
 LOCK_POLL_FIRST = 0.02
 LOCK_POLL_MAX = 0.5
 WRITEBACK = 64 * 1024 * 1024
@@ -605,7 +605,7 @@ class Engine:
     def _exhausted(job: FileJob, errors: list[tuple[str, BaseException]]) -> HubError:
         def line(url: str, exc: BaseException) -> str:
             text = str(exc) if url in str(exc) else f"{url}: {exc}"
-            return text if len(text) <= 240 else text[:120] + "…" + text[-119:]
+            return text if len(text) <= 400 else text[:200] + "…" + text[-199:]
 
         lines = "; ".join(line(url, exc) for url, exc in errors[:MESSAGE_ERRORS])
         if len(errors) > MESSAGE_ERRORS:  # the message stays short; ``errors`` holds them all

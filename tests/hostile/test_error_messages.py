@@ -1,6 +1,6 @@
 """Error messages stay short whatever the servers send or how many mirrors failed.
 
-A ``MirrorsExhaustedError`` names at most five mirrors' errors, each cut in its middle to 240
+A ``MirrorsExhaustedError`` names at most four mirrors' errors, each cut in its middle to 400
 characters (its ``errors`` attribute keeps them all), so twelve failing mirrors with long URLs
 still make a message a person reads in one go.
 """
@@ -34,5 +34,5 @@ async def test_many_failing_mirrors_make_a_bounded_message(
     assert len(caught.value.errors) == 12
     message = str(caught.value)
     assert len(message) <= 2000, len(message)
-    assert "and 7 more" in message
+    assert "and 8 more" in message
     assert "HTTP 404" in message
