@@ -355,6 +355,8 @@ class HubConfig:
         no_proxy: str | None = None,
         max_learned_size: int | None = None,
         private_host: Callable[[str], bool] | None = None,
+        adaptive_connections: bool | None = None,
+        transport: str | None = None,
     ) -> HubConfig:
         """Read the environment once (``environ``, else ``os.environ``); the keyword arguments
         (one per field, ``None`` = not given) win over it. A new field needs its keyword here:
@@ -373,6 +375,7 @@ class HubConfig:
             "mindspore_card_url": mindspore_card_url, "proxy": proxy,
             "http_proxy": http_proxy, "https_proxy": https_proxy, "no_proxy": no_proxy,
             "max_learned_size": max_learned_size, "private_host": private_host,
+            "adaptive_connections": adaptive_connections, "transport": transport,
         }  # fmt: skip
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {"cache_dir": default_cache_dir(env)}

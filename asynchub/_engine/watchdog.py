@@ -36,6 +36,7 @@ import anyio.lowlevel
 
 from .._config import HubConfig
 from .._exceptions import StallError
+from .._transport.errors import host_port
 
 __all__ = ["Watched", "poll_interval", "run_watched"]
 
@@ -55,6 +56,7 @@ class Watched:
         self.total = 0
         self.samples: collections.deque[tuple[float, int]] = collections.deque([(now, 0)])
         self.reason: str | None = None
+        self.stalled = False  # the reason is "no bytes" (not "too slow")
         self.scope: anyio.CancelScope | None = None
 
     def saw(self, nbytes: int, now: float) -> None:
@@ -71,6 +73,7 @@ class Watched:
     def check(self, now: float, config: HubConfig, min_rate: float) -> str | None:
         """Why the request should be cut (``None``: it is fine)."""
         if now - self.last > config.stall_timeout:
+            self.stalled = True
             return f"no bytes for {now - self.last:.1f} s"
         self.samples.append((now, self.total))
         while len(self.samples) > 2 and self.samples[1][0] <= now - config.rate_window:
@@ -132,7 +135,13 @@ async def run_watched(
         group.cancel_scope.cancel()
     if watched.reason is not None:
         cause = failure[0] if failure else None
-        raise StallError(f"{url}: {watched.reason}", url=url) from cause
+        message = f"{url}: {watched.reason}"
+        if watched.stalled:  # worded as the transports word their own read timeout
+            message = (
+                f"no bytes from {host_port(url)[1]} for {config.stall_timeout:g} s: the server "
+                f"or the network is stalled ({url})"
+            )
+        raise StallError(message, url=url) from cause
     if failure:
         raise failure[0]
     if not outcome:  # pragma: no cover - the scope is only cancelled with a reason
