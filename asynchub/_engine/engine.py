@@ -109,6 +109,14 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 log = logging.getLogger("asynchub")
 
+<<<<<<< HEAD
+=======
+#: Mirror errors spelled out in a MirrorsExhaustedError's message (each cut in its middle
+#: to 400 characters, so the URL's start and the error's end stay).
+MESSAGE_ERRORS = 4
+LOCK_POLL_FIRST = 0.02
+LOCK_POLL_MAX = 0.5
+>>>>>>> b523d0a6272f4577e74d86834b75aff801def019
 WRITEBACK = 64 * 1024 * 1024
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
@@ -564,7 +572,13 @@ class Engine:
 
     @staticmethod
     def _exhausted(job: FileJob, errors: list[tuple[str, BaseException]]) -> HubError:
-        lines = "; ".join(str(exc) if url in str(exc) else f"{url}: {exc}" for url, exc in errors)
+        def line(url: str, exc: BaseException) -> str:
+            text = str(exc) if url in str(exc) else f"{url}: {exc}"
+            return text if len(text) <= 400 else text[:200] + "…" + text[-199:]
+
+        lines = "; ".join(line(url, exc) for url, exc in errors[:MESSAGE_ERRORS])
+        if len(errors) > MESSAGE_ERRORS:  # the message stays short; ``errors`` holds them all
+            lines += f"; and {len(errors) - MESSAGE_ERRORS} more"
         return MirrorsExhaustedError(
             f"every mirror failed for {job.name}: {lines}. ASYNCHUB_FILE_URLS sets the "
             "mirrors to use; what was fetched is kept and resumes on the next try",

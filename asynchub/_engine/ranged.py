@@ -124,8 +124,9 @@ MAX_RESTARTS = 3
 #: this much of their range (or a quarter of it, for a smaller range): real progress, not
 #: "some bytes flowed".
 MEANINGFUL = 1024 * 1024
-#: ``bytes <first>-<last>/<total>`` in ASCII digits (``re.ASCII``: ``[0-9]``, never ``\\d``).
-_CONTENT_RANGE = re.compile(r"(?i:bytes)[ ]+([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,20})", re.ASCII)
+#: ``bytes <first>-<last>/<total>`` in ASCII digits (``re.ASCII``: ``[0-9]``, never ``\\d``); a huge
+#: total still parses, so the size checks can say what is wrong with it.
+_CONTENT_RANGE = re.compile(r"(?i:bytes)[ ]+([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,40})", re.ASCII)
 
 
 class Restart(Exception):

@@ -16,7 +16,7 @@ waits for the bandwidth cap calls :meth:`Watched.paused` so the wait does not co
 per-read timeout.
 
 Bounds with the defaults (``stall_timeout=60``, ``rate_window=30``, ``min_rate=1024``): a
-request that sends nothing useful is cut within 60 s plus one poll (15 s); one that drips is cut
+request that sends nothing useful is cut within 60 s plus one poll (7.5 s); one that drips is cut
 within ``rate_window`` plus one poll, 37.5 s.
 
 Ranged downloads watch all their connections from one task
@@ -56,6 +56,7 @@ class Watched:
         self.total = 0
         self.samples: collections.deque[tuple[float, int]] = collections.deque([(now, 0)])
         self.reason: str | None = None
+        self.stalled = False  # the reason is "no bytes" (not "too slow")
         self.scope: anyio.CancelScope | None = None
 
     def saw(self, nbytes: int, now: float) -> None:
@@ -72,6 +73,7 @@ class Watched:
     def check(self, now: float, config: HubConfig, min_rate: float) -> str | None:
         """Why the request should be cut (``None``: it is fine), worded to follow "HOST sent"."""
         if now - self.last > config.stall_timeout:
+            self.stalled = True
             return f"no bytes for {now - self.last:.1f} s"
         self.samples.append((now, self.total))
         while len(self.samples) > 2 and self.samples[1][0] <= now - config.rate_window:
@@ -133,7 +135,17 @@ async def run_watched(
         group.cancel_scope.cancel()
     if watched.reason is not None:
         cause = failure[0] if failure else None
+<<<<<<< HEAD
         raise StallError(f"{host_port(url)[1]} sent {watched.reason} ({url})", url=url) from cause
+=======
+        message = f"{url}: {watched.reason}"
+        if watched.stalled:  # worded as the transports word their own read timeout
+            message = (
+                f"no bytes from {host_port(url)[1]} for {config.stall_timeout:g} s: the server "
+                f"or the network is stalled ({url})"
+            )
+        raise StallError(message, url=url) from cause
+>>>>>>> b523d0a6272f4577e74d86834b75aff801def019
     if failure:
         raise failure[0]
     if not outcome:  # pragma: no cover - the scope is only cancelled with a reason

@@ -8,7 +8,7 @@ files: the response head must be complete within ``stall_timeout`` and the body 
 the copy at once (one try, no retries).
 
 Bounds with the defaults (``stall_timeout=60``, ``rate_window=30``, ``min_rate=1024``): a
-document with a cached copy is served from the cache within ~70 s of a slow server's first
+document with a cached copy is served from the cache within 67.5 s of a slow server's first
 byte (the stall timeout plus one watchdog poll); here the tests use ``stall_timeout=3``,
 ``rate_window=2`` and allow 20 s of real time.
 
