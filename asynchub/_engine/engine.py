@@ -109,14 +109,9 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 log = logging.getLogger("asynchub")
 
-<<<<<<< HEAD
-=======
 #: Mirror errors spelled out in a MirrorsExhaustedError's message (each cut in its middle
 #: to 400 characters, so the URL's start and the error's end stay).
 MESSAGE_ERRORS = 4
-LOCK_POLL_FIRST = 0.02
-LOCK_POLL_MAX = 0.5
->>>>>>> b523d0a6272f4577e74d86834b75aff801def019
 WRITEBACK = 64 * 1024 * 1024
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 

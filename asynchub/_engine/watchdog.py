@@ -135,17 +135,7 @@ async def run_watched(
         group.cancel_scope.cancel()
     if watched.reason is not None:
         cause = failure[0] if failure else None
-<<<<<<< HEAD
         raise StallError(f"{host_port(url)[1]} sent {watched.reason} ({url})", url=url) from cause
-=======
-        message = f"{url}: {watched.reason}"
-        if watched.stalled:  # worded as the transports word their own read timeout
-            message = (
-                f"no bytes from {host_port(url)[1]} for {config.stall_timeout:g} s: the server "
-                f"or the network is stalled ({url})"
-            )
-        raise StallError(message, url=url) from cause
->>>>>>> b523d0a6272f4577e74d86834b75aff801def019
     if failure:
         raise failure[0]
     if not outcome:  # pragma: no cover - the scope is only cancelled with a reason
