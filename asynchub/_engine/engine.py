@@ -63,9 +63,10 @@ import shutil
 import stat
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -130,6 +131,15 @@ class FileJob:
     size: int | None
     #: Final cache path; its parent is inside ``config.cache_dir``.
     dest: Path
+    #: Runs beside a ranged download of this file, in its task group, until the file is
+    #: complete (then it is cancelled): called with the partial file's descriptor and its
+    #: :class:`HashCursor`, whose ``hashed`` bytes are written and final under its
+    #: ``generation``. E.g. ``load`` parses the model while the rest arrives. It must not
+    #: raise (a failure would stop the download) and must only read. Not part of the job's
+    #: identity; a download shared with another caller runs the first caller's follower.
+    follower: Callable[[int, HashCursor], Coroutine[Any, Any, None]] | None = field(
+        default=None, compare=False
+    )
 
 
 @dataclass
@@ -505,6 +515,8 @@ class Engine:
             async with anyio.create_task_group() as group:
                 group.start_soon(download.cursor.run)
                 group.start_soon(_writeback, download.fd, download.cursor)
+                if job.follower is not None:
+                    group.start_soon(job.follower, download.fd, download.cursor)
                 outcome.append(await self._try_mirrors(job, download))
                 group.cancel_scope.cancel()
         except BaseExceptionGroup as exc_group:

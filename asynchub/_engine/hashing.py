@@ -101,6 +101,12 @@ class HashCursor:
         self._wake = anyio.Event()
         self._moved = anyio.Event()
 
+    @property
+    def generation(self) -> int:
+        """How many times the cursor was :meth:`reset`: bytes hashed under an earlier
+        generation are no longer the file's."""
+        return self._generation
+
     def advance(self, prefix: int) -> None:
         """The first ``prefix`` bytes of the file are written and final."""
         if prefix > self._target:

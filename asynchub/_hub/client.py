@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import logging
 import os
@@ -348,9 +349,18 @@ class AsyncHub:
         *,
         trust_repo: bool = False,
     ) -> onnx.ModelProto:
-        """Download (if needed) and parse a model; parsing runs in a worker thread."""
-        path = await self.download(model, repo, opset, force_reload, silent, trust_repo=trust_repo)
-        proto: onnx.ModelProto = await self.run_blocking(_load_model, path)
+        """Download (if needed) and parse a model; parsing runs in worker threads, while the
+        file downloads (see :mod:`asynchub._onnx.follow`): what is returned was verified."""
+        await import_off_loop("asynchub._onnx.follow")
+        from .._onnx.follow import ParseFollower
+
+        onnx_source, spec = self.onnx_source, RepoSpec.parse(repo)
+        info = await onnx_source.entry(spec, model, opset, force_reload, test_data=False)
+        await onnx_source.check_trust(spec, silent=silent, trust_repo=trust_repo)
+        follower = ParseFollower()
+        job = dataclasses.replace(onnx_source.model_job(info, spec), follower=follower.follow)
+        path = await self.engine.fetch(job, force=force_reload)
+        proto: onnx.ModelProto = await self.run_blocking(follower.finish, path)
         return proto
 
     async def download_model_with_test_data(
@@ -468,15 +478,6 @@ class AsyncHub:
             silent=silent,
             trust_repo=trust_repo,
         )
-
-
-def _load_model(path: Path) -> onnx.ModelProto:
-    # onnx.load, but releasing the GIL between tensors (see _parse: one long GIL hold froze
-    # the event loop for ~0.4 ms per MB even from a worker thread); the model stack (onnx,
-    # numpy, protobuf) is imported here, in the worker thread, on first use
-    from .._onnx.parse import load_model
-
-    return load_model(path)
 
 
 def _merge_preprocessing(

@@ -27,9 +27,10 @@ import logging
 import mmap
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import onnx
-from onnx.external_data_helper import load_external_data_for_model
+if TYPE_CHECKING:
+    import onnx
 
 __all__ = ["SPLIT_BYTES", "load_model"]
 
@@ -130,7 +131,11 @@ def _split(buf: mmap.mmap) -> tuple[bytes, list[tuple[int, int, int]]]:
 
 def load_model(path: Path) -> onnx.ModelProto:
     """``onnx.load(path)``, with the GIL released between tensors (blocking: call it in a
-    worker thread)."""
+    worker thread). The model stack (onnx, numpy, protobuf) is imported here, on first use,
+    so importing this module costs nothing."""
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
     try:
         with open(path, "rb") as handle:
             fd = handle.fileno()
