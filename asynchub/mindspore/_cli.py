@@ -79,6 +79,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _hub(args: argparse.Namespace) -> Any:
+    from .._config import HubConfig
     from .._hub.sync import Hub
 
     overrides: dict[str, Any] = {}
@@ -86,8 +87,6 @@ def _hub(args: argparse.Namespace) -> Any:
         overrides["cache_dir"] = Path(args.cache_dir)
     if getattr(args, "offline", False):
         overrides["offline"] = True
-    from .._config import HubConfig
-
     if getattr(args, "proxy", None):
         overrides["proxy"] = args.proxy
     return Hub(HubConfig.from_env(**overrides))
