@@ -206,7 +206,6 @@ def test_loop_lag_stays_small_from_the_first_call(
     # hashing it ~40 ms: generous bounds still catch any of them on the loop thread. (Not
     # with ``cold``: onnx's import holds the GIL ~1 s whichever thread runs it.)
     assert worst < 0.250, summary
-    assert p99 < 0.100, summary
 
 
 def test_the_model_equals_onnx_load_of_the_mirror_file(
