@@ -2,7 +2,8 @@
 
 The parse follower (:mod:`asynchub._onnx.follow`) is driven here directly by a cursor over a
 real model file (the engine's seam: a file descriptor and a cursor whose ``hashed`` prefix
-grows), and end to end through ``AsyncHub.load`` against the local mirror: the model equals
+grows), through the engine's seam (``FileJob.follower``) and end to end through ``AsyncHub.load``
+(which uses the follower when it has a core to spare) against the local mirror: the model equals
 ``onnx.load`` of the verified file; a corrupted byte on the mirror raises ``IntegrityError``
 and nothing is returned or cached; a file that is served wrong once and right the second
 time (the cursor is reset in between) still gives the right model.
@@ -11,9 +12,9 @@ time (the cursor is reset in between) still gives the right model.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import pytest
 from asynchub import AsyncHub, IntegrityError
 from asynchub._demo.zoo import write_layered_model
 from asynchub._onnx.follow import STEP, ParseFollower
+from asynchub._onnx.urls import DEFAULT_REPO, RepoSpec
 from tests.conftest import REPO_PREFIX, mirror_config
 from tests.mirror import Fault, MirrorServer
 
@@ -207,20 +209,46 @@ async def test_a_corrupted_byte_on_the_mirror_returns_and_caches_nothing(
     assert leftovers == [], leftovers
 
 
-async def test_served_wrong_once_then_right_gives_the_right_model(
+async def _fetch_with_follower(hub: AsyncHub) -> tuple[ParseFollower, Path]:
+    """The engine's seam, as ``load`` uses it when it parses while downloading."""
+    spec = RepoSpec.parse(DEFAULT_REPO)
+    info = await hub.get_model_info(MODEL)
+    follower = ParseFollower()
+    job = replace(hub.onnx_source.model_job(info, spec), follower=follower.follow)
+    path = await hub.engine.fetch(job)
+    return follower, path
+
+
+async def test_the_engine_runs_the_follower_during_a_paced_download(
+    overlap_root: Path, entry: dict[str, Any], tmp_path: Path
+) -> None:
+    async with MirrorServer(overlap_root, rate_limit=8 * MiB) as server:
+        config = _config(server, tmp_path, max_connections=2)
+        async with AsyncHub(config) as hub:
+            with anyio.fail_after(60):
+                follower, path = await _fetch_with_follower(hub)
+            assert follower.model is not None and follower.pos > STEP, "parsed while fetching"
+            model = await hub.run_blocking(follower.finish, path)
+    assert model is follower.model
+    assert model.SerializeToString() == path.read_bytes()
+    assert model == onnx.load(str(path))
+
+
+async def test_bytes_served_wrong_once_do_not_leak_into_the_model(
     overlap_mirror: MirrorServer, entry: dict[str, Any], tmp_path: Path
 ) -> None:
-    """The first pass is corrupted (the SHA-256 does not match, the engine resets the cursor
-    and fetches the file again): the follower's first work must not leak into the result."""
-    model_path = entry["model_path"]
-    ranges = max(1, os.path.getsize(tmp_path / "mirror" / REPO_PREFIX / model_path) // (2 * MiB))
+    """One range of the first pass is corrupted: the SHA-256 does not match, the engine resets
+    the cursor and fetches the file again; the follower's first work must not be used."""
     overlap_mirror.add_fault(
-        Fault("corrupt", path=f"*/{model_path}", after_bytes=100, times=ranges + 1)
+        Fault("corrupt", path=f"*/{entry['model_path']}", after_bytes=100, times=1)
     )
     config = _config(overlap_mirror, tmp_path, max_connections=2)
     async with AsyncHub(config) as hub:
         with anyio.fail_after(60):
-            model = await hub.load(MODEL)
+            follower, path = await _fetch_with_follower(hub)
+        assert follower.final_generation == 1, "the engine started the file again"
+        model = await hub.run_blocking(follower.finish, path)
     [cached] = _final_files(config.cache_dir, entry)
-    assert model == onnx.load(str(cached))
+    assert path == cached
     assert model.SerializeToString() == cached.read_bytes()
+    assert model == onnx.load(str(cached))

@@ -2,7 +2,9 @@
 
 ``load`` used to parse after the download: a 1 GiB model of many tensors then cost its whole
 parse (~1 s here) after the last byte. :class:`ParseFollower` is handed to the engine with the
-file's job (``FileJob.follower``); the engine runs :meth:`ParseFollower.follow` beside the
+file's job (``FileJob.follower``; ``load`` does so when the process has a core to spare, see
+``PARSE_WHILE_DOWNLOADING`` in ``_hub/client.py``: on 2 cores the parse only competed with a
+CPU-bound download); the engine runs :meth:`ParseFollower.follow` beside the
 download, and it parses each complete protobuf field of the file as soon as the hash cursor has
 passed it: large initializers one by one (``os.pread``, GIL released, then one
 ``MergeFromString``, as :mod:`.parse` does), small fields in batches of at most
