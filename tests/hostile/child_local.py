@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 
+import asynchub
 from asynchub import AsyncHub, Hub, HubClosedError, ProgressEvent
 from tests.hostile.child import config_from, error_result
 
@@ -145,9 +146,9 @@ def run_close(args: dict[str, Any]) -> None:
     emit(out)
 
 
-def _forked(hub: Hub, model: str, opset: int, queue: Any) -> None:
+def _forked(hub: Hub | None, model: str, opset: int, queue: Any) -> None:
     try:
-        path = hub.download(model, opset=opset)
+        path = hub.download(model, opset=opset) if hub else asynchub.download(model, opset=opset)
         queue.put({"path": str(path)})
     except Exception as exc:
         queue.put(error_result(exc))
@@ -157,9 +158,18 @@ def run_fork(args: dict[str, Any]) -> None:
     config = config_from(args)
     out: dict[str, Any] = {"error": None}
     context = multiprocessing.get_context("fork")
-    with Hub(config) as hub:
+    if args.get("api") == "default":  # the module-level functions and their default hub
+        from asynchub._hub.defaults import reset_defaults
+
+        reset_defaults(config)
+    with Hub(config) as own:
+        hub = None if args.get("api") == "default" else own
         first, second = args["models"]
-        out["parent"] = str(hub.download(first[0], opset=first[1]))
+        out["parent"] = str(
+            hub.download(first[0], opset=first[1])
+            if hub
+            else asynchub.download(first[0], opset=first[1])
+        )
         queue = context.Queue()
         process = context.Process(target=_forked, args=(hub, second[0], second[1], queue))
         start = time.monotonic()
@@ -173,7 +183,11 @@ def run_fork(args: dict[str, Any]) -> None:
         out["exitcode"] = process.exitcode
         out["child"] = queue.get(timeout=5) if not out["hung"] else None
         # the parent's hub still works after the fork
-        out["parent_again"] = str(hub.download(second[0], opset=second[1]))
+        out["parent_again"] = str(
+            hub.download(second[0], opset=second[1])
+            if hub
+            else asynchub.download(second[0], opset=second[1])
+        )
     emit(out)
 
 

@@ -155,3 +155,31 @@ def test_mindspore_is_a_lazy_attribute_of_asynchub() -> None:
         "print(before, ms.__name__, callable(ms.info), 'mindspore' in dir(asynchub))"
     )
     assert out == "False asynchub.mindspore True True"
+
+
+def test_mindspore_asset_name_too_long_to_cache_is_refused_before_download(
+    tmp_path: Path,
+) -> None:
+    """A card may name a file of up to 255 bytes (it still parses: its metadata is readable),
+    but one longer than the cache's 140-byte basename limit is refused with a clear
+    ``ManifestError`` when a download is planned, not with a bare ``OSError`` later."""
+    from asynchub.mindspore import parse_card
+    from asynchub.mindspore._source import asset_job
+
+    name = "w" * 200 + ".ckpt"
+    card = parse_card(
+        "# x\n---\nmodel-name: x\nasset:\n-\n    file-format: ckpt\n"
+        f"    asset-link: https://download.example/{name}\n"
+        f"    asset-sha256: {'ab' * 32}\n---\n",
+        "mindspore/1.10/x",
+    )
+    with pytest.raises(ManifestError, match="too long to cache") as caught:
+        asset_job(tmp_path, card, card.assets[0])
+    assert len(str(caught.value)) < MAX_MESSAGE
+    short = parse_card(
+        "# x\n---\nmodel-name: x\nasset:\n-\n    file-format: ckpt\n"
+        "    asset-link: https://download.example/w.ckpt\n"
+        f"    asset-sha256: {'ab' * 32}\n---\n",
+        "mindspore/1.10/x",
+    )
+    assert asset_job(tmp_path, short, short.assets[0]).dest.name == f"{'ab' * 32}_w.ckpt"

@@ -19,11 +19,13 @@ from tests.mirror import MirrorServer
 pytestmark = pytest.mark.timeout(120)
 
 
+@pytest.mark.parametrize("api", ["hub", "default"])
 def test_fork_after_the_hub_started_downloads_in_the_child(
-    mirror_root: Path, zoo_manifest: list[dict[str, Any]], tmp_path: Path
+    api: str, mirror_root: Path, zoo_manifest: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    """The default ``multiprocessing`` start method on Linux: the parent used the ``Hub`` (its
-    loop thread runs), then forks; the child's first download must work on its own loop."""
+    """The default ``multiprocessing`` start method on Linux: the parent used a ``Hub`` (or the
+    module-level functions' default hub), its loop thread runs, then it forks; the child's first
+    download must work on its own loop."""
     cache = tmp_path / "cache"
     with MirrorServer(mirror_root).running() as server:
         run = run_local(
@@ -33,6 +35,7 @@ def test_fork_after_the_hub_started_downloads_in_the_child(
                 "cache_dir": str(cache),
                 "models": [["TinyNet", 12], ["MicroNet", 11]],
                 "timeout": 30,
+                "api": api,
             },
             timeout=90,
         )
