@@ -73,7 +73,7 @@ from .._exceptions import (
     TransferError,
 )
 from .._hosts import refuse_public_to_private
-from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length
+from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length, require_identity
 from .errors import PROXY_HINT, describe_os_error, host_port, translate_os_error
 from .proxy import proxy_for, redact_url
 
@@ -336,13 +336,7 @@ class AiohttpTransport:
         raw = await self._open(url, headers)
         response = AiohttpResponse(raw, self._config)
         try:
-            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise ProtocolError(
-                    f"{response.url} sent a {encoding!r}-encoded body although identity was"
-                    " asked; the bytes would not match the published SHA-256",
-                    url=response.url,
-                )
+            require_identity(response.headers, response.url)
             yield response
         except BaseException:
             raw.close()

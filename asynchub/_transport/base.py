@@ -36,6 +36,7 @@ __all__ = [
     "Response",
     "Transport",
     "parse_content_length",
+    "require_identity",
     "status_error",
 ]
 
@@ -114,6 +115,18 @@ def parse_content_length(value: str | None, url: str) -> int | None:
     if not (text.isascii() and text.isdigit()):
         raise ProtocolError(f"{url} sent an invalid Content-Length {value[:40]!r}", url=url)
     return int(text)
+
+
+def require_identity(headers: Mapping[str, str], url: str) -> None:
+    """Refuse a body in any ``Content-Encoding`` but identity: the SHA-256 is of the bytes as
+    stored, so a compressed body could never verify (every transport asks for identity)."""
+    encoding = headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ProtocolError(
+            f"{url} sent a {encoding[:40]!r}-encoded body although identity was asked; the "
+            "bytes would not match the published SHA-256",
+            url=url,
+        )
 
 
 def status_error(response: Response, what: str) -> HTTPStatusError:

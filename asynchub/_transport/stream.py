@@ -54,7 +54,7 @@ import h11
 from .._config import HubConfig
 from .._exceptions import ProtocolError, RedirectError, StallError, TLSError, TransferError
 from .._hosts import refuse_public_to_private
-from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length
+from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length, require_identity
 from .connection import BUFFERS, HEAD_LIMIT, Connection, Headers, Piece
 from .errors import describe_os_error, host_port, translate_os_error
 
@@ -342,13 +342,7 @@ class StreamTransport:
             log.debug("redirect %s -> %s", current, target)
             current = target
         try:
-            encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise ProtocolError(
-                    f"{response.url} sent a {encoding!r}-encoded body although identity was"
-                    " asked; the bytes would not match the published SHA-256",
-                    url=response.url,
-                )
+            require_identity(response.headers, response.url)
             yield response
         except BaseException:
             conn.close()
