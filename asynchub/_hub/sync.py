@@ -430,6 +430,7 @@ def _reset_after_fork() -> None:
         hub._runner = _LoopThread()
         hub._create_lock = threading.Lock()
         hub._async_hub = None
+        hub._memo = ManifestMemo()
 
 
 if hasattr(os, "register_at_fork"):

@@ -28,12 +28,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from .._cache.locks import owner_tag
+from .._config import default_host_id
 from .._exceptions import ManifestError
 from .manifest import (
     ModelInfo,
@@ -145,9 +146,14 @@ def _build(entries: list[ModelInfo], spans: list[tuple[int, int]], sha256: str) 
 
 
 def _write(path: Path, data: bytes) -> None:
-    """Write the index atomically; a failure only costs the next process a full parse."""
+    """Write the index atomically; a failure only costs the next process a full parse. Like
+    the cached documents, the temporary is ``.<name>.<host>-<pid>-<hex>.tmp`` (so the one a
+    killed writer leaves is removed with theirs) with mode 0666 minus the umask (readable by
+    a group-shared cache's other users)."""
+    tmp = path.with_name(f".{path.name}.{owner_tag(default_host_id())}.tmp")
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(tmp, flags, 0o666)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

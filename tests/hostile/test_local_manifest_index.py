@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ def test_index_is_written_and_used(tmp_path: Path) -> None:
     path = _write(tmp_path, data)
     first = ManifestView.from_file(path, source="m")
     assert first.parsed and index_path(path).is_file()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert index_path(path).stat().st_mode & 0o777 == 0o666 & ~umask  # group-shared caches
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     second = ManifestView.from_file(path, source="m")
     assert not second.parsed
     _same(second, data)
