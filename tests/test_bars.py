@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -115,6 +119,27 @@ def test_bars_enabled_follows_config_and_terminal(tmp_path: Path) -> None:
         {"ASYNCHUB_DISABLE_PROGRESS_BARS": "1", "ASYNCHUB_CACHE_DIR": str(tmp_path)}
     )
     assert not bars_enabled(env_off, _Tty())
+
+
+def test_importing_ipykernel_is_not_a_notebook(tmp_path: Path) -> None:
+    """A process that imports ipykernel (a test runner, notebook tooling) but is no kernel
+    gets no bars on a pipe; the kernel case is tests/test_notebook_progress.py."""
+    pytest.importorskip("IPython")
+    if importlib.util.find_spec("ipykernel") is None:
+        pytest.skip("ipykernel is not installed")
+    code = (
+        "import io, sys, ipykernel.ipkernel, IPython\n"
+        "from asynchub._config import HubConfig\n"
+        "from asynchub._progress.bars import bars_enabled, in_jupyter_kernel\n"
+        f"config = HubConfig(cache_dir={str(tmp_path)!r})\n"
+        "print(in_jupyter_kernel(), bars_enabled(config, io.StringIO()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ASYNCHUB_DISABLE_PROGRESS_BARS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False"]
 
 
 async def test_bars_follow_a_real_prefetch(hub_config: HubConfig) -> None:

@@ -3,7 +3,8 @@
 ``ProgressBars()`` is passed as ``AsyncHub(config, progress=ProgressBars())`` (the CLI, ``Hub``
 and the module-level functions do this when a person is watching: see :func:`bars_enabled`).
 It shows one aggregate bar (bytes of every planned file) plus one bar per large file while it
-is in flight, on stderr. ``tqdm.auto`` picks widgets in notebooks and text elsewhere.
+is in flight, on stderr. ``tqdm.auto`` picks widgets in notebooks and text elsewhere (also in
+a notebook without ipywidgets, where the text goes to the cell's stderr).
 
 Choices:
 
@@ -51,6 +52,7 @@ __all__ = [
     "AutoBars",
     "ProgressBars",
     "bars_enabled",
+    "in_jupyter_kernel",
     "progress_text",
     "resolve_progress",
 ]
@@ -63,8 +65,8 @@ MIN_RATE_WINDOW = 0.5
 def bars_enabled(config: HubConfig, stream: TextIO | None = None) -> bool:
     """Whether bars should be shown: enabled in ``config`` (off with
     ``ASYNCHUB_DISABLE_PROGRESS_BARS=1``) and ``stream`` (default stderr) is a terminal, or
-    the process is a Jupyter kernel (where ``tqdm.auto`` draws widgets). Pipes, files, CI
-    logs and services get no bars."""
+    the process is a Jupyter kernel (where ``tqdm.auto`` draws widgets, see
+    :func:`in_jupyter_kernel`). Pipes, files, CI logs and services get no bars."""
     if not config.progress_bars:
         return False
     stream = sys.stderr if stream is None else stream
@@ -73,7 +75,23 @@ def bars_enabled(config: HubConfig, stream: TextIO | None = None) -> bool:
             return True
     except (AttributeError, ValueError, OSError):
         pass
-    return "ipykernel" in sys.modules
+    return in_jupyter_kernel()
+
+
+def in_jupyter_kernel() -> bool:
+    """Whether this process is a running Jupyter kernel (a notebook, JupyterLab, VS Code,
+    Colab): IPython's current shell belongs to an ``IPKernelApp``, the test ``tqdm.auto`` uses
+    to pick widgets. ``ipykernel`` merely being imported is not enough: test runners, notebook
+    tooling and services import it without anyone watching their stderr. Nothing is
+    imported here; a process that never imported IPython is not a kernel."""
+    if "ipykernel" not in sys.modules:
+        return False
+    ipython = sys.modules.get("IPython")
+    try:
+        shell = ipython.get_ipython() if ipython is not None else None
+        return shell is not None and "IPKernelApp" in shell.config
+    except Exception:  # an unusual shell: not a kernel we know how to draw in
+        return False
 
 
 @dataclass
@@ -259,6 +277,11 @@ class ProgressBars:
 
     @staticmethod
     def _set(bar: Any, n: int, total: int | None, initial: int, text: str) -> None:
+        if total and total != bar.total and hasattr(bar, "container"):
+            # A notebook widget (tqdm.notebook) keeps its own maximum, set when the bar is
+            # made; only ``reset`` moves it, so a total that grows (a file planned after the
+            # first frame) or becomes known would leave the widget full or stuck at "unknown".
+            bar.reset(total=total)
         bar.total = total
         bar.initial = initial
         bar.n = min(n, total) if total else n
