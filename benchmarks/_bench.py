@@ -48,6 +48,11 @@ class Profile:
     rate_limit: int = 25_000_000
     latency: float = 0.020
     bulk_jobs: int = 16
+    #: scenario F: a mid-size model fetched with the ``asynchub download`` command
+    mid_bytes: int = 128 * MiB
+    #: the connection budget asynchub is run with (the network floor of a capped mirror is
+    #: ``size / (rate_limit * max_connections)``)
+    max_connections: int = 40
 
     def describe(self) -> str:
         if self.name == "operator":
@@ -61,8 +66,8 @@ class Profile:
 
 QUICK = Profile("quick", 256 * MiB, 60, 500_000, 16_000_000, 256 * MiB, 30_000, 3, 8.0,
                 (1, 2, 4, 8, 16, 32), (4 * MiB, 16 * MiB), 1)
-FULL = Profile("full", GiB, 60, 1_000_000, 40_000_000, GiB, 30_000, 3, None,
-               (1, 2, 4, 8, 16, 32), (4 * MiB, 16 * MiB, 64 * MiB), 3)
+FULL = Profile("full", GiB, 60, 1_000_000, 40_000_000, GiB, 30_000, 3, 8.0,
+               (1, 2, 4, 8, 16, 32, 40), (4 * MiB, 16 * MiB), 3, mid_bytes=512 * MiB)
 
 
 def log(message: str) -> None:
@@ -92,6 +97,7 @@ def zoo_spec(profile: Profile) -> list[dict[str, Any]]:
     spec: list[dict[str, Any]] = [
         {"name": "BenchBig", "opset": 13, "tags": ["bench-big"], "size": profile.big_bytes},
         {"name": "BenchSmall", "opset": 13, "tags": ["bench-small"], "size": profile.small_bytes},
+        {"name": "BenchMid", "opset": 13, "tags": ["bench-mid"], "size": profile.mid_bytes},
     ]
     sizes = bulk_sizes(profile.bulk_count, profile.bulk_lo, profile.bulk_hi, profile.bulk_total)
     spec += [{"name": f"Bulk-{i:02d}", "opset": 13, "tags": ["bench-bulk"], "size": size}

@@ -128,6 +128,17 @@ def asynchub_cmd(op: str, **params: Any) -> list[str]:
     return [sys.executable, str(HERE / "_drive_asynchub.py"), json.dumps({"op": op, **params})]
 
 
+def asynchub_cli_cmd(model: str, **params: Any) -> list[str]:
+    """The ``asynchub download`` command as a user types it (configured by ``ASYNCHUB_*``
+    variables for the mirror), through ``env`` so the measured process is the command's."""
+    env = [f"ASYNCHUB_MANIFEST_URL={params['manifest_url']}",
+           f"ASYNCHUB_FILE_URLS={','.join(params['file_urls'])}",
+           "ASYNCHUB_DISABLE_PROGRESS_BARS=1"]
+    return ["env", *env, sys.executable, "-m", "asynchub", "download", model,
+            "--repo", str(params["repo"]), "--cache-dir", str(params["cache_dir"]),
+            "--trust-repo", "-q"]
+
+
 def onnxhub_cmd(op: str, **params: Any) -> list[str]:
     python = VENV_ONNX120 / "bin" / "python"
     return [str(python), str(HERE / "_drive_onnxhub.py"), json.dumps({"op": op, **params})]

@@ -85,9 +85,11 @@ def run_local(args: argparse.Namespace, profile: Profile) -> Path:
             "B": lambda: _scenarios.single_file(ctx, "B", mirror.capped, capped=True),
             "C": lambda: _scenarios.bulk(ctx),
             "D": lambda: _scenarios.small(ctx),
+            "F": lambda: _scenarios.single_file(ctx, "F", mirror.capped, capped=True,
+                                                model="BenchMid", cli=True),
         }
         prefix = f"{profile.name}-"
-        for sid in "ABCD":
+        for sid in "ABCDF":
             if sid in wanted:
                 results["scenarios"][sid] = steps[sid]()
                 # partial results survive a crash
@@ -95,7 +97,7 @@ def run_local(args: argparse.Namespace, profile: Profile) -> Path:
         if "E" in wanted:
             results["sweep"] = _scenarios.sweep(ctx)
     results["meta"]["seconds"] = time.perf_counter() - t0
-    complete = set("ABCDE") <= set(wanted)  # the README shows complete runs only
+    complete = set("ABCDEF") <= set(wanted)  # the README shows complete runs only
     out = _report.write(results, prefix=prefix, update_readme=complete and not args.no_readme)
     log(f"done in {results['meta']['seconds']:.0f} s: {out}")
     return out
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes, < 5 min (default)")
     mode.add_argument("--full", action="store_true", help="1 GiB models, 3 runs of everything")
-    parser.add_argument("--scenarios", default="A,B,C,D,E", help="subset of A,B,C,D,E")
+    parser.add_argument("--scenarios", default="A,B,C,D,E,F", help="subset of A,B,C,D,E,F")
     parser.add_argument("--repeats", type=int, help="runs per tool (default: profile's)")
     parser.add_argument("--connections", help="sweep connection counts, e.g. 1,4,16")
     parser.add_argument("--chunks", help="sweep chunk sizes, e.g. 4M,16M")

@@ -1,20 +1,22 @@
-"""Where received buffers go: one writer thread per file, ``pwritev`` in batches, SHA-256 of the
-bytes that are next in order straight from memory.
+"""Where received buffers go: ``pwritev`` in batches in a writer thread, and the SHA-256 of
+the bytes that are next in order straight from memory in a hasher thread.
 
 :class:`FileSink` takes ``(offset, buffer)`` pairs from the event loop without waiting
-(:meth:`FileSink.submit`) and a dedicated thread does, per batch of whatever has queued up:
+(:meth:`FileSink.submit`). The writer thread takes whatever has queued up as one batch and
+writes it (one ``os.pwritev`` per run of adjacent buffers: the page-cache copy, the only one);
+the buffers whose first byte is the next one to hash go to the hasher thread, which hashes
+them from memory (``hashlib`` releases the GIL for large updates); bytes that arrived out of
+order are only written, and read back from the file when the hash reaches them (so only they
+are read twice, usually from the page cache). Each thread reports back with one
+``call_soon_threadsafe`` per batch, which hands the buffers back to their connections and
+tells the caller what was written and hashed: the thread-crossing cost is paid per batch, not
+per MiB. A failed write is kept and raised by :meth:`FileSink.check` and
+:meth:`FileSink.drain`.
 
-1. one ``os.pwritev`` per buffer at its offset (the page cache copy, the only one);
-2. the SHA-256 of every buffer whose first byte is the next unhashed byte of the file, from the
-   buffer itself (``hashlib`` releases the GIL for large updates); bytes that arrived out of
-   order are written now and hashed later, read back from the file when the hash reaches them
-   (so only out-of-order bytes are read twice, and they are usually still in the page cache);
-3. one ``call_soon_threadsafe`` back to the loop for the whole batch, which releases the buffers
-   to their connections and reports what was written and hashed.
-
-Hand-offs are batched: under load, a batch holds the buffers of every connection that filled
-one meanwhile, so the thread-crossing cost is paid per batch, not per MiB. A failed write is
-kept and raised to the next caller of :meth:`FileSink.check` (and :meth:`FileSink.drain`).
+Status: measured on its own (``benchmarks/receive_path.py``) and unit-tested; the ranged
+engine still writes each lent buffer with one worker-thread hop and hashes with
+:class:`~asynchub._engine.hashing.HashCursor` (wiring this in is the next step of the receive
+path).
 """
 
 from __future__ import annotations
