@@ -66,7 +66,7 @@ class Profile:
 
 QUICK = Profile("quick", 256 * MiB, 60, 500_000, 16_000_000, 256 * MiB, 30_000, 3, 8.0,
                 (1, 2, 4, 8, 16, 32), (4 * MiB, 16 * MiB), 1)
-FULL = Profile("full", GiB, 60, 1_000_000, 40_000_000, GiB, 30_000, 3, 8.0,
+FULL = Profile("full", GiB, 60, 1_000_000, 40_000_000, GiB, 30_000, 3, None,
                (1, 2, 4, 8, 16, 32, 40), (4 * MiB, 16 * MiB), 3, mid_bytes=512 * MiB)
 
 

@@ -6,7 +6,8 @@ first by N connections (keep-alive) and, per mode:
 
 * ``discard`` -- reads the body and drops it (what receiving alone costs);
 * ``engine``  -- the whole engine (``Engine.fetch``: probe, scheduler, resume state, verified)
-  with impl ``engine-stream`` or ``engine-aiohttp``;
+  with impl ``engine-stream`` (adaptive connections up to N), ``engine-fixed`` (always N)
+  or ``engine-aiohttp``;
 * ``write``   -- writes it with ``pwritev`` and hashes it (the stream path: in a batched writer
   thread, hashing in-order bytes from memory; the aiohttp path: ``anyio.to_thread`` per 1 MiB
   piece, hashing after the download from the file, as the engine did).
@@ -148,15 +149,18 @@ async def _child_aiohttp(url: str, size: int, conns: int, mode: str, out: str) -
     return digest
 
 
-async def _child_engine(url: str, size: int, conns: int, mode: str, out: str, kind: str) -> str:
-    """The whole engine (probe, scheduler, writes, hash cursor, resume state) on one transport."""
+async def _child_engine(
+    url: str, size: int, conns: int, mode: str, out: str, kind: str, adaptive: bool = True
+) -> str:
+    """The whole engine (probe, scheduler, writes, hash cursor, resume state) on one transport;
+    ``adaptive=False`` opens ``conns`` connections whatever they bring."""
     from asynchub._config import HubConfig
     from asynchub._engine.engine import Engine, FileJob
     from asynchub._transport.auto import default_transport
 
     cache = Path(out).parent / "cache"
     config = HubConfig(cache_dir=cache, max_connections=conns, max_connections_per_host=conns,
-                       transport=kind)
+                       transport=kind, adaptive_connections=adaptive)
     transport = default_transport(config)
     engine = Engine(config, transport)
     sha = os.environ["BENCH_SHA"]
@@ -174,6 +178,7 @@ def child(args: argparse.Namespace) -> None:
         "aiohttp": _child_aiohttp,
         "engine-stream": functools.partial(_child_engine, kind="stream"),
         "engine-aiohttp": functools.partial(_child_engine, kind="aiohttp"),
+        "engine-fixed": functools.partial(_child_engine, kind="stream", adaptive=False),
     }
     runner = runners[args.impl]
     import aiohttp  # noqa: F401  (imports are not timed: start-up is measured elsewhere)

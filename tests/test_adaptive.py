@@ -89,7 +89,7 @@ def test_never_more_connections_when_the_server_slows_down() -> None:
     at_slowdown = widths[199]
     assert at_slowdown == 40
     assert max(widths[200:]) <= at_slowdown
-    assert settled(widths) < START  # halved while it paid (to 5 here: 2 is < 25 % better)
+    assert settled(widths) < START  # halved while it paid (to 5 here: 4 is no better)
 
 
 def test_maximum_is_respected_and_a_single_connection_is_fine() -> None:

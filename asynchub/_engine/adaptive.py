@@ -23,7 +23,9 @@ where 4 sustained 300 MB/s). :class:`Widener` decides from what it measures:
   the controller holds.
 * **Never collapse.** A step that made things slower (by :data:`DOWN_GAIN`, 25 %) is undone
   at once and half the width is tried (kept only if it is 25 % faster: noise must not walk
-  the width down). While holding, a drop
+  the width down), never below :data:`FLOOR` (4, the count that sustained where 64
+  collapsed; on a busy machine, rates measured over 0.1 s are noisy enough that a lower
+  floor walked down to one connection, which pays a request gap per range). While holding, a drop
   below :data:`DROP` (60 %) of the rate measured when it settled halves the width (a server
   that slows down under load gets fewer connections, never more), and every :data:`REPROBE`
   (1 s) one doubling is tried again, kept only if it pays (conditions change).
@@ -39,6 +41,7 @@ from __future__ import annotations
 __all__ = [
     "DOWN_GAIN",
     "DROP",
+    "FLOOR",
     "FAST",
     "MIN_GAIN",
     "REPROBE",
@@ -51,6 +54,7 @@ __all__ = [
 ]
 
 START = 8
+FLOOR = 4
 WINDOW = 0.1
 WINDOW_BYTES = 8 * 1024 * 1024
 MAX_WINDOW = 2.0
@@ -158,7 +162,7 @@ class Widener:
 
     def _start_probe(self, now: float, rate: float, direction: int) -> None:
         width = self.width * 2 if direction > 0 else self.width // 2
-        width = max(1, min(self.maximum, width))
+        width = max(min(FLOOR, self.maximum), min(self.maximum, width))
         self._held_since = now
         if width == self.width:
             return

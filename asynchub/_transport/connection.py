@@ -15,7 +15,7 @@ from .._exceptions import ProtocolError, StallError
 
 __all__ = ["BUFFERS", "HEAD_LIMIT", "Connection", "Headers", "Piece"]
 
-BUFFERS = 3
+BUFFERS = 2
 HEAD_LIMIT = 64 * 1024
 
 
