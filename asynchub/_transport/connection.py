@@ -299,9 +299,10 @@ class Connection(asyncio.BufferedProtocol):
         while self._head is None:
             if self._error is not None:
                 raise self._error
-            await self._wait(min(stall, 1.0))
-            if self._head is None and time.monotonic() - self.last_byte > stall:
+            quiet = time.monotonic() - self.last_byte
+            if quiet >= stall:
                 raise StallError(f"no answer within {stall:g} s")
+            await self._wait(stall - quiet)  # wakes on data, or exactly when the stall is due
         return self._head
 
     async def next_piece(self, stall: float, flush: float) -> Piece | None:
@@ -312,15 +313,15 @@ class Connection(asyncio.BufferedProtocol):
                 raise self._error
             if self._mode == "done":
                 return None
-            await self._wait(flush)
+            quiet = time.monotonic() - self.last_byte
+            if quiet >= stall:
+                raise StallError(f"no bytes within {stall:g} s")
+            await self._wait(min(flush, stall - quiet))
             if self._ready:
                 continue
             piece = self._current
             if piece is not None and piece.filled and self._mode == "body":
                 self._push_current()  # a slow connection: hand over what it has
-                continue
-            if time.monotonic() - self.last_byte > stall:
-                raise StallError(f"no bytes within {stall:g} s")
 
     @property
     def body_done(self) -> bool:
