@@ -228,6 +228,7 @@ class FileDownload:
         self._unsaved = 0  # bytes written since the last save started
         self._moved = 0  # bytes received (the adaptive width's measure)
         self._live = 0  # workers running (or waiting for a connection token)
+        self._workers_done = True
         config = ctx.config
         self._widener = Widener(config.max_connections) if config.adaptive_connections else None
         self._saved_at = ctx.clock()
@@ -336,15 +337,11 @@ class FileDownload:
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._watchdog)
-                async with anyio.create_task_group() as workers:
-                    ready = anyio.Event()
-                    self._live = 0
-                    workers.start_soon(self._worker, first, ready)
-                    await ready.wait()
-                    if not self.single:
-                        self._widen(workers)
-                        if self._widener is not None:
-                            outer.start_soon(self._adapt, workers)
+                self._workers_done = False
+                try:
+                    await self._run_workers(outer, first)
+                finally:
+                    self._workers_done = True  # no worker may be started after this
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise collapse_group(group) from None
@@ -353,6 +350,19 @@ class FileDownload:
                 await self.save_state()
         if not self.plan.complete:
             raise TransferError(f"{url}: the download stopped before the end", url=url)
+
+    async def _run_workers(self, outer: anyio.abc.TaskGroup, first: int) -> None:
+        """The first worker (the probe), then the others up to the width; returns when every
+        worker is done."""
+        async with anyio.create_task_group() as workers:
+            ready = anyio.Event()
+            self._live = 0
+            workers.start_soon(self._worker, first, ready)
+            await ready.wait()
+            if not self.single:
+                self._widen(workers)
+                if self._widener is not None:
+                    outer.start_soon(self._adapt, workers)
 
     def _widen(self, workers: anyio.abc.TaskGroup) -> None:
         """Start workers up to the current width (as far as the plan has work for them)."""
@@ -367,9 +377,9 @@ class FileDownload:
         widener = self._widener
         assert widener is not None
         shed_for = widener.width
-        while True:
+        while not self._workers_done:
             widener.observe(time.monotonic(), self._moved)
-            if widener.width > self._live:
+            if widener.width > self._live and not workers.cancel_scope.cancel_called:
                 self._widen(workers)
             elif widener.width < self._live and widener.width < shed_for:
                 self.schedule.shed(self._live - widener.width)  # give connections back soon
