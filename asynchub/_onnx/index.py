@@ -241,9 +241,10 @@ def index_in_child(data: bytes, source: str) -> bytes | None:
     imports; see :mod:`.index_child`) returns only the index, a few MB; the hub then parses
     just the entries it looks up. Not ``multiprocessing``: its ``spawn`` and ``forkserver``
     start methods re-import the application's ``__main__``, which a library must not do. A
-    frozen application has no interpreter to start, so it keeps the in-process parse.
+    frozen application (or an embedding one without ``sys.executable``) has no interpreter to
+    start, so it keeps the in-process parse, as it does when the child fails in any way.
     """
-    if getattr(sys, "frozen", False):
+    if getattr(sys, "frozen", False) or not sys.executable:
         return None
     try:
         done = subprocess.run(
