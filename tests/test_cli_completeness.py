@@ -16,48 +16,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from asynchub import __version__
 from tests.mirror import Fault, MirrorServer
+from tests.test_cli import ROOT, TEMPLATE, _env, _json, _run
 
 pytestmark = pytest.mark.timeout(90)
-
-ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE = "/{owner}/{repo}/{ref}/"
-
-
-def _env(base_url: str, cache: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCHUB_")}
-    env.update(
-        ASYNCHUB_MANIFEST_URL=base_url + TEMPLATE + "ONNX_HUB_MANIFEST.json",
-        ASYNCHUB_FILE_URLS=base_url + TEMPLATE + "{path}",
-        ASYNCHUB_CACHE_DIR=str(cache),
-        ASYNCHUB_DISABLE_PROGRESS_BARS="1",
-        ASYNCHUB_CHUNK_SIZE="64K",
-    )
-    env.update(extra)
-    return env
-
-
-def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "asynchub", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def _json(proc: subprocess.CompletedProcess[str]) -> Any:
-    assert proc.stdout, proc.stderr
-    return json.loads(proc.stdout)
-
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
