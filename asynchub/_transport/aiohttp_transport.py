@@ -69,13 +69,13 @@ from .._exceptions import (
     ProxyError,
     RedirectError,
     StallError,
-    TLSError,
     TransferError,
 )
 from .._hosts import refuse_public_to_private
 from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length, require_identity
 from .errors import PROXY_HINT, describe_os_error, host_port, translate_os_error
 from .proxy import proxy_for, redact_url
+from .tls import verifying_context
 
 __all__ = ["AiohttpResponse", "AiohttpTransport"]
 
@@ -244,15 +244,7 @@ class AiohttpTransport:
         if self._config.ca_bundle is None:
             return True
         if self._ssl is None:
-            context = ssl.create_default_context()
-            try:
-                context.load_verify_locations(cafile=str(self._config.ca_bundle))
-            except (OSError, ssl.SSLError) as exc:
-                raise TLSError(
-                    f"cannot load the CA bundle {self._config.ca_bundle}: {exc}; "
-                    "point ca_bundle (ASYNCHUB_CA_BUNDLE) at a PEM file"
-                ) from exc
-            self._ssl = context
+            self._ssl = verifying_context(self._config.ca_bundle)
         return self._ssl
 
     def _drop_session(self) -> None:

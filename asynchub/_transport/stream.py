@@ -52,11 +52,12 @@ import anyio.to_thread
 import h11
 
 from .._config import HubConfig
-from .._exceptions import ProtocolError, RedirectError, StallError, TLSError, TransferError
+from .._exceptions import ProtocolError, RedirectError, StallError, TransferError
 from .._hosts import refuse_public_to_private
 from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length, require_identity
 from .connection import BUFFERS, HEAD_LIMIT, Connection, Headers, Piece
 from .errors import describe_os_error, host_port, translate_os_error
+from .tls import verifying_context
 
 __all__ = ["BUFFERS", "NeedsProxy", "Piece", "StreamResponse", "StreamTransport"]
 
@@ -186,16 +187,7 @@ class StreamTransport:
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            context = ssl.create_default_context()
-            if self._config.ca_bundle is not None:
-                try:
-                    context.load_verify_locations(cafile=str(self._config.ca_bundle))
-                except (OSError, ssl.SSLError) as exc:
-                    raise TLSError(
-                        f"cannot load the CA bundle {self._config.ca_bundle}: {exc}; "
-                        "point ca_bundle (ASYNCHUB_CA_BUNDLE) at a PEM file"
-                    ) from exc
-            self._ssl = context
+            self._ssl = verifying_context(self._config.ca_bundle)
         return self._ssl
 
     async def _connect(self, origin: tuple[str, str, int], url: str) -> Connection:
