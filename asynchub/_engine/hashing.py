@@ -22,6 +22,12 @@ Choices:
   digest; a step already running in the thread is discarded when it returns.
 * SHA-256 state cannot be saved, so a resumed download re-hashes its finished prefix once, at
   disk speed, while the missing bytes are fetched.
+* Bytes that are next in order are hashed from memory by the thread that writes them
+  (:meth:`HashCursor.absorb`, see :mod:`.batch`): the file is read back only for what arrived
+  out of order. The digest and its position (``_at``) change only under one lock; the writer
+  only *tries* it (a step reading from disk holds it for up to :data:`STEP` bytes, and the
+  writer never waits for that: its bytes are then read back later). :attr:`HashCursor.hashed`
+  is the position as the event loop knows it (:meth:`publish`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -96,6 +103,8 @@ class HashCursor:
         self._digest = hashlib.sha256()
         self._generation = 0
         self._buffer = bytearray(0)
+        self._lock = threading.Lock()
+        self._at = 0  # bytes in ``_digest`` (changed under ``_lock`` only)
         self.hashed = 0
         self._target = 0
         self._wake = anyio.Event()
@@ -115,8 +124,10 @@ class HashCursor:
 
     def reset(self) -> None:
         """Forget everything hashed so far (the file is being rewritten from scratch)."""
-        self._generation += 1
-        self._digest = hashlib.sha256()
+        with self._lock:  # a writer or a step in a thread holds it only briefly
+            self._generation += 1
+            self._digest = hashlib.sha256()
+            self._at = 0
         self.hashed = 0
         self._target = 0
         self._wake.set()
@@ -130,23 +141,57 @@ class HashCursor:
                 self._wake = anyio.Event()
                 await self._wake.wait()
                 continue
-            generation, digest, start = self._generation, self._digest, self.hashed
-            end = min(self._target, start + STEP)
-            done = await anyio.to_thread.run_sync(self._hash, digest, start, end)
+            generation = self._generation
+            at = await anyio.to_thread.run_sync(self._step, generation, self._target)
+            self.publish(generation, at)
+
+    def _step(self, generation: int, target: int) -> int:
+        """Hash from the file up to :data:`STEP` bytes towards ``target`` (worker thread);
+        the new position."""
+        with self._lock:
             if generation != self._generation:
-                continue
+                return 0
+            start = self._at
+            end = min(target, start + STEP)
+            if end <= start:
+                return start
+            if not self._buffer and os.fstat(self._fd).st_size < end:
+                self._buffer = bytearray(READ_BLOCK)  # only the read fallback needs it
+            done = hash_range(self._fd, self._digest, start, end, self._buffer)
+            self._at = start + done
             if done < end - start:
                 raise OSError(f"the partial file ended at byte {start + done}, expected {end}")
-            self.hashed = start + done
-            if self._on_progress is not None and done:
-                self._on_progress(done)
-            self._moved.set()
-            self._moved = anyio.Event()
+            return self._at
 
-    def _hash(self, digest: Any, start: int, end: int) -> int:
-        if not self._buffer and os.fstat(self._fd).st_size < end:
-            self._buffer = bytearray(READ_BLOCK)  # only the read fallback needs it
-        return hash_range(self._fd, digest, start, end, self._buffer)
+    def absorb(self, generation: int, offset: int, views: list[memoryview], nbytes: int) -> int:
+        """Hash ``nbytes`` of ``views`` (the bytes at ``offset``, just written) from memory if
+        they are next in order and nothing else hashes now (called in the writer thread);
+        the position afterwards, or -1 if they were not taken."""
+        if not self._lock.acquire(blocking=False):
+            return -1
+        try:
+            if generation != self._generation or self._at != offset or nbytes <= 0:
+                return -1
+            left = nbytes
+            for view in views:
+                if left <= 0:
+                    break
+                self._digest.update(view[:left] if len(view) > left else view)
+                left -= len(view)
+            self._at = offset + nbytes
+            return self._at
+        finally:
+            self._lock.release()
+
+    def publish(self, generation: int, at: int) -> None:
+        """On the loop: the digest reached ``at`` under ``generation``."""
+        if generation != self._generation or at <= self.hashed:
+            return
+        done, self.hashed = at - self.hashed, at
+        if self._on_progress is not None:
+            self._on_progress(done)
+        self._moved.set()
+        self._moved = anyio.Event()
 
     async def moved(self) -> None:
         """Wait until more bytes are hashed (or the cursor is reset)."""

@@ -42,9 +42,9 @@ How a mirror is used (:meth:`FileDownload.run_mirror`):
    still caught by the transport's ``stall_timeout`` read timeout).
 
 Memory is bounded whatever the file size: a connection buffers at most :data:`PIECE` (1 MiB,
-or ``state_interval`` if smaller) before writing it with one ``os.pwritev`` in a worker thread
-(the thread hop costs ~50 µs, a 1 MiB write to the page cache ~100 µs, so larger pieces gain
-nothing and cost memory).
+or ``state_interval`` if smaller) before writing it with ``os.pwritev`` in a worker thread;
+the pieces queued by all connections while a write is under way go to the thread as one batch,
+and the bytes next in order are hashed there from memory (:mod:`.batch`).
 
 What a SIGKILL costs is bounded by time as well as by bytes, whatever the connection count: a
 connection writes what it holds at least every :data:`STATE_PERIOD` (0.25 s) even before its
@@ -80,6 +80,7 @@ from .._progress.events import ProgressEvent
 from .._transport.base import BufferedResponse, Piece, Response
 from .._transport.errors import host_port
 from .adaptive import Widener
+from .batch import BatchWriter
 from .context import Active, Bytes, Context, pwrite_all
 from .hashing import HashCursor
 from .resume import ChunkPlan, ResumeState, save_state
@@ -213,6 +214,7 @@ class FileDownload:
         self.schedule = Scheduler(plan, connections=ctx.config.max_connections, clock=ctx.clock)
         self.cursor = HashCursor(fd, on_progress=self._on_hashed)
         self.cursor.advance(plan.prefix)
+        self._writer = BatchWriter(fd, self.cursor)
         self._state_of = resumed
         self.origin = ""
         self.url = ""
@@ -277,7 +279,8 @@ class FileDownload:
             offset, nbytes = max(offset, first), len(buffers[0])
         if nbytes <= 0:
             return
-        await anyio.to_thread.run_sync(pwrite_all, self.fd, buffers, offset)
+        plan = self.plan
+        await self._writer.write(offset, buffers, lambda: plan.ends[index])
         # a split while writing may have moved the end back: count only what is still ours
         # (the other connection writes the same bytes of the same validated file)
         nbytes = min(nbytes, self.plan.ends[index] - offset)

@@ -1,0 +1,112 @@
+"""The writes of one file in batches: whatever the connections queue while a write is under
+way goes to the worker thread as one call, and the bytes that are next in order are hashed
+there from memory (:meth:`~asynchub._engine.hashing.HashCursor.absorb`).
+
+Choices:
+
+* No thread of its own: the first connection that has bytes to write while nothing is being
+  written becomes the *leader* and runs batches through ``anyio.to_thread`` until the queue is
+  empty; the others wait for their bytes to be written. One thread hop and one wake-up of the
+  loop per batch instead of per piece, and no thread to start or stop per file.
+* The wait is shielded from cancellation: a lent receive buffer is handed back to its
+  connection only once the thread is done with it (as with the per-piece writes before).
+* A piece is hashed from memory only up to the end its range has while it is hashed; the
+  scheduler never splits a range below what its connection has received, so the bytes of a
+  piece never belong to another connection's range.
+* :class:`~asynchub._engine.resume.ChunkPlan` bookkeeping, progress and resume state stay on
+  the loop, after the write (the caller's job): only written bytes are counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import anyio
+import anyio.to_thread
+
+from .context import Bytes, pwrite_all
+from .hashing import HashCursor
+
+__all__ = ["BatchWriter"]
+
+
+class _Write:
+    __slots__ = ("buffers", "done", "error", "hash_limit", "nbytes", "offset")
+
+    def __init__(
+        self, offset: int, buffers: Sequence[Bytes], hash_limit: Callable[[], int]
+    ) -> None:
+        self.offset = offset
+        self.buffers = buffers
+        self.nbytes = sum(map(len, buffers))
+        self.hash_limit = hash_limit
+        self.error: BaseException | None = None
+        self.done = anyio.Event()
+
+
+class BatchWriter:
+    """Writes into ``fd`` in batches and feeds ``cursor`` from memory (module docstring)."""
+
+    def __init__(self, fd: int, cursor: HashCursor) -> None:
+        self.fd = fd
+        self.cursor = cursor
+        self._queue: list[_Write] = []
+        self._busy = False
+        self.batches = 0  # thread calls so far (for tests and benchmarks)
+        self.writes = 0
+
+    async def write(
+        self, offset: int, buffers: Sequence[Bytes], hash_limit: Callable[[], int]
+    ) -> None:
+        """Write ``buffers`` contiguously at ``offset``; returns once they are in the file.
+        ``hash_limit()`` (called in the thread) says how many of their bytes may be hashed."""
+        item = _Write(offset, buffers, hash_limit)
+        self._queue.append(item)
+        with anyio.CancelScope(shield=True):
+            if self._busy:
+                await item.done.wait()
+            else:
+                self._busy = True
+                try:
+                    await self._drain()
+                finally:
+                    self._busy = False
+        if item.error is not None:
+            raise item.error
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            generation = self.cursor.generation
+            try:
+                at = await anyio.to_thread.run_sync(self._run, batch, generation)
+                self.cursor.publish(generation, at)
+            except BaseException as exc:  # handed to every writer of the batch
+                for item in batch:
+                    if item.error is None:
+                        item.error = exc
+                if not isinstance(exc, Exception):
+                    raise
+            finally:
+                self.batches += 1
+                self.writes += len(batch)
+                for item in batch:
+                    item.done.set()
+
+    def _run(self, batch: list[_Write], generation: int) -> int:
+        """Worker thread: write each piece (lowest offset first), hash what is next in order."""
+        at = -1
+        for item in sorted(batch, key=lambda w: w.offset):
+            try:
+                pwrite_all(self.fd, item.buffers, item.offset)
+            except Exception as exc:  # raised to this piece's writer only
+                item.error = exc
+                continue
+            try:
+                nbytes = min(item.nbytes, item.hash_limit() - item.offset)
+            except LookupError:  # the plan was reset meanwhile: nothing to hash
+                continue
+            views = [memoryview(b) for b in item.buffers]
+            moved = self.cursor.absorb(generation, item.offset, views, nbytes)
+            at = max(at, moved)
+        return at
