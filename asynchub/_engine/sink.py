@@ -13,10 +13,11 @@ tells the caller what was written and hashed: the thread-crossing cost is paid p
 per MiB. A failed write is kept and raised by :meth:`FileSink.check` and
 :meth:`FileSink.drain`.
 
-Status: measured on its own (``benchmarks/receive_path.py``) and unit-tested; the ranged
-engine still writes each lent buffer with one worker-thread hop and hashes with
-:class:`~asynchub._engine.hashing.HashCursor` (wiring this in is the next step of the receive
-path).
+Status: measured on its own (``benchmarks/receive_path.py``, mode ``write``) and
+unit-tested. The ranged engine uses :class:`~asynchub._engine.batch.BatchWriter` instead,
+which gives the same batching and in-order hashing from memory with the engine's own threads
+and its :class:`~asynchub._engine.hashing.HashCursor` (so the resume, restart and watchdog
+rules stay where they are) rather than two threads per file.
 """
 
 from __future__ import annotations

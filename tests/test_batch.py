@@ -1,0 +1,122 @@
+"""BatchWriter: the pieces queued while a write is under way go to the thread together, bytes
+next in order are hashed from memory (no cursor task running), out-of-order ones are read back
+by the cursor, a cancelled writer still has its bytes written, write errors reach their
+writer."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from asynchub._engine.batch import BatchWriter
+from asynchub._engine.hashing import HashCursor
+from asynchub._exceptions import HubError
+
+pytestmark = pytest.mark.timeout(30)
+
+KIB = 1024
+SIZE = 4096 * KIB
+PIECE = 128 * KIB
+
+
+def _open(path: Path, size: int) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(fd, size)
+    return fd
+
+
+async def test_in_order_pieces_are_batched_and_hashed_from_memory(tmp_path: Path) -> None:
+    data = random.Random(2).randbytes(SIZE)
+    fd = _open(tmp_path / "file", SIZE)
+    cursor = HashCursor(fd)  # its run() is never started: only memory hashing moves it
+    writer = BatchWriter(fd, cursor)
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                for start in range(0, SIZE, PIECE):  # all queued before the first batch ends
+                    piece = [memoryview(data)[start : start + PIECE]]
+                    group.start_soon(writer.write, start, piece, lambda: SIZE)
+            digest = await cursor.hexdigest(SIZE)
+    finally:
+        os.close(fd)
+    assert (tmp_path / "file").read_bytes() == data
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert cursor.hashed == SIZE
+    assert writer.writes == SIZE // PIECE
+    assert writer.batches < writer.writes
+
+
+async def test_out_of_order_bytes_are_read_back_by_the_cursor(tmp_path: Path) -> None:
+    data = random.Random(3).randbytes(SIZE)
+    fd = _open(tmp_path / "file", SIZE)
+    cursor = HashCursor(fd)
+    writer = BatchWriter(fd, cursor)
+    starts = list(range(0, SIZE, PIECE))
+    order = starts[2:] + starts[:2]  # the head arrives last
+    try:
+        with anyio.fail_after(10):
+            for start in order:
+                await writer.write(start, [data[start : start + PIECE]], lambda: SIZE)
+            assert cursor.hashed == 2 * PIECE  # only the head was next in order
+            async with anyio.create_task_group() as group:
+                group.start_soon(cursor.run)
+                digest = await cursor.hexdigest(SIZE)
+                group.cancel_scope.cancel()
+    finally:
+        os.close(fd)
+    assert digest == hashlib.sha256(data).hexdigest()
+
+
+async def test_the_hash_stops_at_the_limit_and_a_reset_forgets(tmp_path: Path) -> None:
+    data = random.Random(4).randbytes(2 * PIECE)
+    fd = _open(tmp_path / "file", len(data))
+    cursor = HashCursor(fd)
+    writer = BatchWriter(fd, cursor)
+    try:
+        with anyio.fail_after(10):
+            await writer.write(0, [data], lambda: PIECE)  # the range ends half-way
+            assert cursor.hashed == PIECE
+            cursor.reset()
+            assert cursor.hashed == 0
+            await writer.write(0, [data], lambda: len(data))
+            digest = await cursor.hexdigest(len(data))
+    finally:
+        os.close(fd)
+    assert digest == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_cancelled_writer_still_writes_its_bytes(tmp_path: Path) -> None:
+    data = random.Random(5).randbytes(SIZE)
+    fd = _open(tmp_path / "file", SIZE)
+    writer = BatchWriter(fd, HashCursor(fd))
+    try:
+        with anyio.fail_after(10):
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # cancelled before it even starts: the write is shielded
+                await writer.write(0, [data], lambda: SIZE)
+                written = (tmp_path / "file").read_bytes()
+                await anyio.lowlevel.checkpoint()  # the cancellation lands after the write
+            assert scope.cancelled_caught
+    finally:
+        os.close(fd)
+    assert written == data
+
+
+async def test_a_write_error_reaches_its_writer(tmp_path: Path) -> None:
+    path = tmp_path / "file"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)  # writes fail with EBADF
+    cursor = HashCursor(fd)
+    writer = BatchWriter(fd, cursor)
+    try:
+        with anyio.fail_after(10), pytest.raises(HubError):
+            await writer.write(0, [b"x" * 100], lambda: 100)
+    finally:
+        os.close(fd)
+    assert cursor.hashed == 0
