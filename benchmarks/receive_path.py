@@ -16,6 +16,11 @@ Printed per run: wall (in-process), CPU seconds of the child, peak RSS; medians 
 
     python benchmarks/receive_path.py --size-mib 1024 --connections 4,16 --repeat 3
     python benchmarks/receive_path.py --rate 25000000 --connections 40
+
+``BENCH_TRACE=1`` (engine modes) also prints when the first and last bytes arrived, when the
+hash was done and the CPU seconds of each thread; ``BENCH_SPY_EXTRA="--gil"`` is passed to
+py-spy (with ``--py-spy``); ``BENCH_WRAP=script.py`` runs each child as ``python script.py
+receive_path.py ...`` (for ad-hoc instrumentation).
 """
 
 from __future__ import annotations
@@ -162,12 +167,57 @@ async def _child_engine(
     config = HubConfig(cache_dir=cache, max_connections=conns, max_connections_per_host=conns,
                        transport=kind, adaptive_connections=adaptive)
     transport = default_transport(config)
-    engine = Engine(config, transport)
+    trace = _Trace() if os.environ.get("BENCH_TRACE") else None
+    engine = Engine(config, transport, progress=trace)
     sha = os.environ["BENCH_SHA"]
     dest = cache / f"{sha}_blob.bin"
     await engine.fetch(FileJob("blob.bin", (url,), sha, size, dest))
     await transport.aclose()
+    if trace is not None:
+        trace.report()
     return sha
+
+
+class _Trace:
+    """``BENCH_TRACE=1``: when the bytes arrived and when the hash caught up (to stderr)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.first = self.last_transfer = self.last_verified = 0.0
+        self.moved = self.verified = 0
+        self.lag_at_last = 0
+
+    def __call__(self, event: object) -> None:
+        kind, n = getattr(event, "kind", ""), getattr(event, "nbytes", 0) or 0
+        now = time.perf_counter() - self.t0
+        if kind == "transfer":
+            self.first = self.first or now
+            self.moved += n
+            self.last_transfer = now
+            self.lag_at_last = self.moved - self.verified
+        elif kind == "verified":
+            self.verified += n
+            self.last_verified = now
+
+    def report(self) -> None:
+        print(f"trace: first byte {self.first:.3f} s, last byte {self.last_transfer:.3f} s, "
+              f"hash done {self.last_verified:.3f} s, unhashed at the last byte "
+              f"{self.lag_at_last / MIB:.0f} MiB; CPU s per thread: {_thread_cpu()}",
+              file=sys.stderr)
+
+
+def _thread_cpu() -> str:
+    """CPU seconds of each live thread of this process (Linux ``/proc``), busiest first."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out.append((int(fields[11]) + int(fields[12])) / tick)
+    return " ".join(f"{c:.2f}" for c in sorted(out, reverse=True))
 
 
 def child(args: argparse.Namespace) -> None:
@@ -251,16 +301,20 @@ def main() -> None:
                             out = os.path.join(tmp, "out.bin")
                             os.sync()  # no dirty pages of the last run throttle this one
                             spy: list[str] = []
+                            wrap = [os.environ["BENCH_WRAP"]] * bool(os.environ.get("BENCH_WRAP"))
                             if args.py_spy:
                                 Path(args.py_spy).mkdir(parents=True, exist_ok=True)
                                 spy = ["py-spy", "record", "-r", "250", "-f", "raw",
+                                       *os.environ.get("BENCH_SPY_EXTRA", "").split(),
                                        "--threads", "-o",
                                        f"{args.py_spy}/{impl}-{mode}-{conns}.txt", "--"]
                             proc = subprocess.run(
-                                [*spy, sys.executable, __file__, "--child", "--impl", impl,
+                                [*spy, sys.executable, *wrap, __file__, "--child", "--impl", impl,
                                  "--mode", mode, "--url", url, "--size", str(size),
                                  "--connections", str(conns), "--out", out],
                                 capture_output=True, text=True, check=False)
+                        if os.environ.get("BENCH_TRACE"):
+                            print(proc.stderr.strip())
                         if proc.returncode:
                             print(proc.stderr[-3000:])
                             raise SystemExit(1)

@@ -120,3 +120,41 @@ async def test_a_write_error_reaches_its_writer(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     assert cursor.hashed == 0
+
+
+async def test_a_leader_returns_after_its_own_batch_under_a_steady_stream(tmp_path: Path) -> None:
+    """Other connections keep queueing pieces while each batch runs: the writer that led a
+    batch still returns once its own bytes are written (the lead passes on), instead of
+    draining the others' pieces until the stream stops while its own range stays uncounted."""
+    data = random.Random(6).randbytes(SIZE)
+    fd = _open(tmp_path / "file", SIZE)
+    writer = BatchWriter(fd, HashCursor(fd))
+    starts = list(range(PIECE, SIZE, PIECE))
+    batches_when_back: list[int] = []
+    stop = anyio.Event()
+
+    async def leader() -> None:
+        await writer.write(0, [memoryview(data)[:PIECE]], lambda: SIZE)
+        batches_when_back.append(writer.batches)
+        stop.set()
+
+    async def stream() -> None:  # one piece queued while each batch runs, until the leader is back
+        async with anyio.create_task_group() as group:
+            while starts and not stop.is_set():
+                start = starts.pop(0)
+                group.start_soon(writer.write, start, [memoryview(data)[start : start + PIECE]],
+                                 lambda: SIZE)  # fmt: skip
+                seen = writer.batches
+                while writer.batches == seen and not stop.is_set():
+                    await anyio.lowlevel.checkpoint()  # bounded by the batches (and fail_after)
+
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                group.start_soon(leader)
+                await anyio.lowlevel.checkpoint()  # the leader's batch is in the thread
+                group.start_soon(stream)
+    finally:
+        os.close(fd)
+    assert batches_when_back == [1]
+    assert starts, "the stream had to be still going when the leader came back"

@@ -318,3 +318,17 @@ async def test_progress_callback_errors_do_not_break_downloads(rig: Rig) -> None
 
     path = await fetch(rig, job_for(rig.url(blob), blob, rig.cache), broken)  # type: ignore[arg-type]
     assert path.read_bytes() == blob.data
+
+
+async def test_a_dripping_range_is_written_as_it_arrives(rig: Rig) -> None:
+    """A slow connection hands over partial buffers (one per flush interval). Once the engine
+    holds every buffer the connection lends, it writes them instead of waiting for a full
+    piece, which could no longer arrive: one request, no stall, no retry."""
+    blob = put(rig.root, "drip.bin", 400 * KIB)
+    rig.server.add_fault(Fault("drip", path="/drip.bin", rate=800 * KIB))
+    events = Events()
+    got = await fetch(rig, job_for(rig.url(blob), blob, rig.cache), events, chunk_size=MIB,
+                      state_interval=MIB, stall_timeout=3.0, min_rate=0)  # fmt: skip
+    assert got.read_bytes() == blob.data
+    assert len(rig.server.requests_for("/drip.bin")) == 1
+    assert events.messages() == ""

@@ -5,9 +5,13 @@ there from memory (:meth:`~asynchub._engine.hashing.HashCursor.absorb`).
 Choices:
 
 * No thread of its own: the first connection that has bytes to write while nothing is being
-  written becomes the *leader* and runs batches through ``anyio.to_thread`` until the queue is
-  empty; the others wait for their bytes to be written. One thread hop and one wake-up of the
-  loop per batch instead of per piece, and no thread to start or stop per file.
+  written becomes the *leader* and runs one batch (everything queued, its own piece included)
+  through ``anyio.to_thread``; the others wait for their bytes to be written. If more was
+  queued meanwhile, the leader hands the lead to the oldest waiting piece's connection and
+  returns: a leader that drained until the queue ran dry would, under a steady stream of
+  pieces, never get back to its own connection, whose written bytes would then go uncounted
+  (the hash cursor waits at that hole). One thread hop and one wake-up of the loop per batch
+  instead of per piece, and no thread to start or stop per file.
 * The wait is shielded from cancellation: a lent receive buffer is handed back to its
   connection only once the thread is done with it (as with the per-piece writes before).
 * A piece is hashed from memory only up to the end its range has while it is hashed; the
@@ -31,7 +35,7 @@ __all__ = ["BatchWriter"]
 
 
 class _Write:
-    __slots__ = ("buffers", "done", "error", "hash_limit", "nbytes", "offset")
+    __slots__ = ("buffers", "error", "finished", "hash_limit", "nbytes", "offset", "wake")
 
     def __init__(
         self, offset: int, buffers: Sequence[Bytes], hash_limit: Callable[[], int]
@@ -41,7 +45,8 @@ class _Write:
         self.nbytes = sum(map(len, buffers))
         self.hash_limit = hash_limit
         self.error: BaseException | None = None
-        self.done = anyio.Event()
+        self.finished = False  # written (or failed)
+        self.wake = anyio.Event()  # set when finished, or when this writer is to lead
 
 
 class BatchWriter:
@@ -64,34 +69,42 @@ class BatchWriter:
         self._queue.append(item)
         with anyio.CancelScope(shield=True):
             if self._busy:
-                await item.done.wait()
+                await item.wake.wait()  # written by a leader, or made the leader
             else:
                 self._busy = True
+            if not item.finished:
                 try:
-                    await self._drain()
+                    await self._run_batch()
                 finally:
-                    self._busy = False
+                    self._hand_over()
         if item.error is not None:
             raise item.error
 
-    async def _drain(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue, []
-            generation = self.cursor.generation
-            try:
-                at = await anyio.to_thread.run_sync(self._run, batch, generation)
-                self.cursor.publish(generation, at)
-            except BaseException as exc:  # handed to every writer of the batch
-                for item in batch:
-                    if item.error is None:
-                        item.error = exc
-                if not isinstance(exc, Exception):
-                    raise
-            finally:
-                self.batches += 1
-                self.writes += len(batch)
-                for item in batch:
-                    item.done.set()
+    def _hand_over(self) -> None:
+        """The lead goes to the oldest piece still queued (its writer is waiting), or lapses."""
+        if self._queue:
+            self._queue[0].wake.set()
+        else:
+            self._busy = False
+
+    async def _run_batch(self) -> None:
+        batch, self._queue = self._queue, []
+        generation = self.cursor.generation
+        try:
+            at = await anyio.to_thread.run_sync(self._run, batch, generation)
+            self.cursor.publish(generation, at)
+        except BaseException as exc:  # handed to every writer of the batch
+            for item in batch:
+                if item.error is None:
+                    item.error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self.batches += 1
+            self.writes += len(batch)
+            for item in batch:
+                item.finished = True
+                item.wake.set()
 
     def _run(self, batch: list[_Write], generation: int) -> int:
         """Worker thread: write each piece (lowest offset first), hash what is next in order."""

@@ -50,10 +50,11 @@ What a SIGKILL costs is bounded by time as well as by bytes, whatever the connec
 connection writes what it holds at least every :data:`STATE_PERIOD` (0.25 s) even before its
 piece is full, and the resume state is saved when :data:`STATE_PERIOD` has passed since the last
 save, when ``state_interval`` bytes were written since then across all connections of the file,
-or when a range finishes. So the bytes received but not recorded at any moment are at most
-about 0.5 s of transfer (one period in buffers, one in the state) or ``state_interval`` plus
-one piece per connection, whichever is smaller: with 40 connections at 25 MB/s, a kill costs
-~0.5 s of transfer, not the ~160 MB of a per-connection byte threshold.
+or when a range finishes; the save runs in the background (a connection never waits for it,
+and saves coalesce), and none is made once every byte is written. So the bytes received but
+not recorded at any moment are at most about 0.5 s of transfer (one period in buffers, one
+in the state) or ``state_interval`` plus one piece per connection, whichever is smaller: with
+40 connections at 25 MB/s, a kill costs ~0.5 s of transfer, not the ~160 MB of a per-connection byte threshold.
 """
 
 from __future__ import annotations
@@ -227,6 +228,8 @@ class FileDownload:
         self._ignored = 0  # 200 answers to a range request (Range ignored) so far
         self._saving = False
         self._dirty = False
+        self._save_queued = False
+        self._group: anyio.abc.TaskGroup | None = None  # runs the background saves
         self._unsaved = 0  # bytes written since the last save started
         self._moved = 0  # bytes received (the adaptive width's measure)
         self._live = 0  # workers running (or waiting for a connection token)
@@ -295,7 +298,26 @@ class FileDownload:
             or self.ctx.clock() - self._saved_at >= STATE_PERIOD
             or self.plan.is_done(index)
         ):
-            await self.save_state()
+            self._save_soon()
+
+    def _save_soon(self) -> None:
+        """Save the resume state in the background: the connection goes on reading while a
+        worker thread writes the file (a save under way takes the newer state in one more
+        round, see :meth:`save_state`). Skipped once every byte is written: the file is
+        verified and published next, and the save when the mirror's run ends records it."""
+        if self.plan.complete:
+            return
+        if self._saving:
+            self._dirty = True
+        elif not self._save_queued and self._group is not None:
+            self._save_queued = True
+            self._unsaved = 0
+            self._saved_at = self.ctx.clock()
+            self._group.start_soon(self._background_save)
+
+    async def _background_save(self) -> None:
+        self._save_queued = False
+        await self.save_state()
 
     # ------------------------------------------------------------------ mirror level
     async def run_mirror(self, url: str) -> None:
@@ -341,14 +363,17 @@ class FileDownload:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._watchdog)
                 self._workers_done = False
+                self._group = outer
                 try:
                     await self._run_workers(outer, first)
                 finally:
                     self._workers_done = True  # no worker may be started after this
+                    self._group = None
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise collapse_group(group) from None
         finally:
+            self._save_queued = False
             with anyio.CancelScope(shield=True):
                 await self.save_state()
         if not self.plan.complete:
@@ -601,6 +626,8 @@ class FileDownload:
         early (dropping the connection) when the range was split before its end."""
         clock, bucket = self.ctx.clock, self.ctx.bucket
         piece = min(PIECE, max(self.ctx.config.state_interval, 16 * 1024))
+        # holding every buffer the transport lends, waiting for more would wait forever
+        lendable = response.lendable if isinstance(response, BufferedResponse) else 0
         buffers: list[Bytes] = []
         lent: list[Piece] = []
         buffered = 0
@@ -634,7 +661,7 @@ class FileDownload:
                     active.samples.append((active.last, active.total))
                 end = self.plan.ends[index]
                 now = clock()
-                full = buffered >= piece or offset + buffered >= end
+                full = buffered >= piece or offset + buffered >= end or len(lent) >= lendable > 0
                 if full or now - held_since >= STATE_PERIOD:
                     try:
                         await self._flush(index, offset, buffers, active)

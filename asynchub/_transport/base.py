@@ -86,6 +86,12 @@ class BufferedResponse(Protocol):
     the engine writes and hashes a :class:`Piece` and releases it. A transport without it is
     read through :meth:`Response.iter_chunks`."""
 
+    @property
+    def lendable(self) -> int:
+        """How many buffers the response lends at most at once: a caller holding that many
+        must release one before another piece can arrive (else it waits for nothing)."""
+        ...
+
     def iter_pieces(self) -> AsyncIterator[Piece]:
         """The body as filled buffers, as they arrive; each one must be released."""
         ...

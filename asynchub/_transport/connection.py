@@ -83,6 +83,7 @@ class Connection(asyncio.BufferedProtocol):
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self.last_byte = time.monotonic()
+        self._current_since = self.last_byte  # when the buffer being filled got its first byte
         self.reusable = False
         self.answered = False
 
@@ -235,6 +236,8 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---------------------------------------------------------------- buffers
     def _take_free(self) -> Piece:
+        """A buffer for the bytes about to arrive (it becomes ``_current``)."""
+        self._current_since = time.monotonic()
         if self._free:
             return self._free.pop()
         self._pieces += 1  # grows past BUFFERS only if a transport reads once more
@@ -309,19 +312,26 @@ class Connection(asyncio.BufferedProtocol):
         while True:
             if self._ready:
                 return self._ready.popleft()
+            piece = self._current
             if self._error is not None:
+                if piece is not None and piece.filled and self._mode == "body":
+                    self._push_current()  # the bytes that did arrive, before the error
+                    continue
                 raise self._error
             if self._mode == "done":
                 return None
-            quiet = time.monotonic() - self.last_byte
+            now = time.monotonic()
+            quiet = now - self.last_byte
             if quiet >= stall:
                 raise StallError(f"no bytes within {stall:g} s")
-            await self._wait(min(flush, stall - quiet))
-            if self._ready:
-                continue
-            piece = self._current
             if piece is not None and piece.filled and self._mode == "body":
-                self._push_current()  # a slow connection: hand over what it has
+                age = now - self._current_since
+                if age >= flush:  # a slow connection: hand over what it has
+                    self._push_current()
+                    continue
+                await self._wait(min(flush - age, stall - quiet))
+            else:
+                await self._wait(min(flush, stall - quiet))
 
     @property
     def body_done(self) -> bool:

@@ -89,6 +89,10 @@ class StreamResponse:
         self.flush_interval = 0.1
 
     @property
+    def lendable(self) -> int:
+        return BUFFERS
+
+    @property
     def content_length(self) -> int | None:
         return parse_content_length(self.headers.get("Content-Length"), self.url)
 
