@@ -54,7 +54,8 @@ or when a range finishes; the save runs in the background (a connection never wa
 and saves coalesce), and none is made once every byte is written. So the bytes received but
 not recorded at any moment are at most about 0.5 s of transfer (one period in buffers, one
 in the state) or ``state_interval`` plus one piece per connection, whichever is smaller: with
-40 connections at 25 MB/s, a kill costs ~0.5 s of transfer, not the ~160 MB of a per-connection byte threshold.
+40 connections at 25 MB/s, a kill costs ~0.5 s of transfer, not the ~160 MB of a
+per-connection byte threshold.
 """
 
 from __future__ import annotations
