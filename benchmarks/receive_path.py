@@ -301,7 +301,7 @@ def main() -> None:
                             out = os.path.join(tmp, "out.bin")
                             os.sync()  # no dirty pages of the last run throttle this one
                             spy: list[str] = []
-                            wrap = [os.environ["BENCH_WRAP"]] * bool(os.environ.get("BENCH_WRAP"))
+                            wrap = [w for w in [os.environ.get("BENCH_WRAP", "")] if w]
                             if args.py_spy:
                                 Path(args.py_spy).mkdir(parents=True, exist_ok=True)
                                 spy = ["py-spy", "record", "-r", "250", "-f", "raw",
