@@ -17,6 +17,9 @@ Choices:
 * A piece is hashed from memory only up to the end its range has while it is hashed; the
   scheduler never splits a range below what its connection has received, so the bytes of a
   piece never belong to another connection's range.
+* After each batch the disk is asked to start writing its bytes
+  (:func:`~asynchub._engine.writeback.start_writeback`), so the ``fsync`` before the rename
+  finds little left.
 * :class:`~asynchub._engine.resume.ChunkPlan` bookkeeping, progress and resume state stay on
   the loop, after the write (the caller's job): only written bytes are counted.
 """
@@ -30,6 +33,7 @@ import anyio.to_thread
 
 from .context import Bytes, pwrite_all
 from .hashing import HashCursor
+from .writeback import start_writeback
 
 __all__ = ["BatchWriter"]
 
@@ -109,12 +113,15 @@ class BatchWriter:
     def _run(self, batch: list[_Write], generation: int) -> int:
         """Worker thread: write each piece (lowest offset first), hash what is next in order."""
         at = -1
+        low, high = -1, -1
         for item in sorted(batch, key=lambda w: w.offset):
             try:
                 pwrite_all(self.fd, item.buffers, item.offset)
             except Exception as exc:  # raised to this piece's writer only
                 item.error = exc
                 continue
+            low = item.offset if low < 0 else low
+            high = max(high, item.offset + item.nbytes)
             try:
                 nbytes = min(item.nbytes, item.hash_limit() - item.offset)
             except LookupError:  # the plan was reset meanwhile: nothing to hash
@@ -122,4 +129,6 @@ class BatchWriter:
             views = [memoryview(b) for b in item.buffers]
             moved = self.cursor.absorb(generation, item.offset, views, nbytes)
             at = max(at, moved)
+        if low >= 0:
+            start_writeback(self.fd, low, high - low)
         return at
