@@ -8,10 +8,13 @@ because the loop thread cannot get the GIL back until the call returns.
 
 How: :func:`load_model` parses the file as a *skeleton* in which every large graph
 initializer (at least :data:`SPLIT_BYTES`) is replaced by an empty placeholder, then merges
-each initializer's own bytes (read with ``os.pread``, which releases the GIL) into its
-placeholder, one ``MergeFromString`` per tensor. The GIL is released between the steps, so
-the longest stretch the event loop can wait is one copy of the largest tensor instead of one
-copy of the whole file. The result equals ``onnx.load(path)``: same fields, same initializer
+each initializer's own bytes into its placeholder, one ``MergeFromString`` per tensor, straight
+from the file's read-only mapping: protobuf copies them once, into the model, with no
+intermediate ``bytes`` (reading each tensor with ``os.pread`` first cost a second copy and a
+second set of fresh pages: 1.1 s against 0.62 s for one 1 GiB tensor here). A cache file is
+never changed in place (only replaced by a rename, or unlinked), so the mapping stays valid
+while it is read. The GIL can change hands between the steps, so the longest stretch the
+event loop can wait is one copy of the largest tensor instead of one copy of the whole file. The result equals ``onnx.load(path)``: same fields, same initializer
 order (protobuf merges repeated occurrences of a message field and appends repeated fields in
 order, which is what the skeleton relies on), external data loaded the same way.
 
@@ -43,6 +46,9 @@ _GRAPH_FIELD = 7  # ModelProto.graph
 _INITIALIZER_FIELD = 5  # GraphProto.initializer
 _LENGTH_DELIMITED = 2
 _PLACEHOLDER = bytes([(_INITIALIZER_FIELD << 3) | _LENGTH_DELIMITED, 0])
+#: The file mapped read-only, its pages faulted in by the ``mmap`` call (which releases the
+#: GIL), not one by one during a merge (which holds it).
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 class _Unusual(ValueError):
@@ -141,16 +147,14 @@ def load_model(path: Path) -> onnx.ModelProto:
             fd = handle.fileno()
             if os.fstat(fd).st_size < SPLIT_BYTES:
                 return onnx.load(str(path))
-            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as buf:
+            with mmap.mmap(fd, 0, flags=_MAP_FLAGS, prot=mmap.PROT_READ) as buf:
                 skeleton, large = _split(buf)
-            model = onnx.ModelProto()
-            model.ParseFromString(skeleton)
-            for index, offset, length in large:
-                data = os.pread(fd, length, offset)
-                if len(data) != length:
-                    raise _Unusual("the file shrank while it was read")
-                model.graph.initializer[index].MergeFromString(data)
-                del data
+                model = onnx.ModelProto()
+                model.ParseFromString(skeleton)
+                with memoryview(buf) as whole:
+                    for index, offset, length in large:
+                        with whole[offset : offset + length] as tensor:
+                            model.graph.initializer[index].MergeFromString(tensor)
     except _Unusual as exc:
         log.debug("parsing %s in one piece (%s)", path, exc)
         return onnx.load(str(path))

@@ -13,7 +13,7 @@ import h11
 
 from .._exceptions import ProtocolError, StallError
 
-__all__ = ["BUFFERS", "HEAD_LIMIT", "Connection", "Headers", "Piece"]
+__all__ = ["BUFFERS", "HEAD_LIMIT", "Connection", "Headers", "Piece", "Spare"]
 
 BUFFERS = 2
 HEAD_LIMIT = 64 * 1024
@@ -25,14 +25,37 @@ class Piece:
 
     __slots__ = ("_conn", "_data", "filled", "view")
 
-    def __init__(self, conn: Connection, size: int) -> None:
+    def __init__(self, conn: Connection, data: bytearray) -> None:
         self._conn = conn
-        self._data = bytearray(size)
+        self._data = data
         self.filled = 0
         self.view = memoryview(self._data)[:0]
 
     def release(self) -> None:
         self._conn.give_back(self)
+
+
+class Spare:
+    """Receive buffers of closed connections, for the next connection of the same transport:
+    a new buffer costs a zero-filled allocation and a page fault per 4 KiB on its first
+    receive; a spare one is warm. At most ``limit`` are kept (what the live connections of a
+    transport may hold anyway)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        self._buffers: list[bytearray] = []
+        self.reused = 0  # buffers handed out again (for tests and benchmarks)
+
+    def take(self) -> bytearray | None:
+        if not self._buffers:
+            return None
+        self.reused += 1
+        return self._buffers.pop()
+
+    def put(self, data: bytearray) -> None:
+        if len(data) == self.size and len(self._buffers) < self.limit:
+            self._buffers.append(data)
 
 
 class Headers(Mapping[str, str]):
@@ -64,9 +87,12 @@ class Headers(Mapping[str, str]):
 class Connection(asyncio.BufferedProtocol):
     """One HTTP/1.1 connection: the head through h11, a sized body into :class:`Piece` s."""
 
-    def __init__(self, origin: tuple[str, str, int], buffer_size: int) -> None:
+    def __init__(
+        self, origin: tuple[str, str, int], buffer_size: int, spare: Spare | None = None
+    ) -> None:
         self.origin = origin
         self.buffer_size = buffer_size
+        self._spare = spare
         self.transport: asyncio.Transport | None = None
         self.reused = False
         self.closed = False
@@ -95,6 +121,7 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
+        self._recycle()
         if self._mode == "body" and self._remaining is None and exc is None:
             self._push_current()
             self._mode = "done"
@@ -241,7 +268,9 @@ class Connection(asyncio.BufferedProtocol):
         if self._free:
             return self._free.pop()
         self._pieces += 1  # grows past BUFFERS only if a transport reads once more
-        return Piece(self, self.buffer_size)
+        spare = self._spare
+        data = spare.take() if spare is not None else None
+        return Piece(self, data if data is not None else bytearray(self.buffer_size))
 
     def _push_current(self) -> None:
         piece = self._current
@@ -254,6 +283,10 @@ class Connection(asyncio.BufferedProtocol):
     def give_back(self, piece: Piece) -> None:
         piece.filled = 0
         piece.view = memoryview(piece._data)[:0]
+        if self.closed:  # the buffer outlives its connection: for the next one
+            if self._spare is not None:
+                self._spare.put(piece._data)
+            return
         self._free.append(piece)
         self._wake()
         if self._paused and not self.closed and self.transport is not None:
@@ -344,4 +377,13 @@ class Connection(asyncio.BufferedProtocol):
             self.transport.close()
         for piece in self._ready:
             piece.filled = 0
+            self._free.append(piece)
         self._ready.clear()
+        self._recycle()
+
+    def _recycle(self) -> None:
+        """A closed connection's idle buffers go to the spares of its transport."""
+        if self._spare is not None:
+            for piece in self._free:
+                self._spare.put(piece._data)
+        self._free.clear()

@@ -18,6 +18,9 @@ Choices:
   one older than ``flush_interval``) goes to the caller; when every buffer is with the caller,
   the connection stops reading (``pause_reading``) until one is released: memory stays bounded
   and a slow disk slows the sender through TCP.
+* **Spare buffers.** A connection that closes (a range cut short, an error) leaves its buffers
+  to the transport's :class:`~.connection.Spare` list, at most ``BUFFERS x max_connections``,
+  and the next connection starts with them instead of fresh zero-filled memory.
 * **Partial buffers by time.** A slow connection still delivers what it has every
   ``flush_interval`` (0.1 s): progress, the stall watchdog and the resume state see its bytes
   without waiting for a full MiB.
@@ -55,7 +58,7 @@ from .._config import HubConfig
 from .._exceptions import ProtocolError, RedirectError, StallError, TransferError
 from .._hosts import refuse_public_to_private
 from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length, require_identity
-from .connection import BUFFERS, HEAD_LIMIT, Connection, Headers, Piece
+from .connection import BUFFERS, HEAD_LIMIT, Connection, Headers, Piece, Spare
 from .errors import describe_os_error, host_port, translate_os_error
 from .tls import verifying_context
 
@@ -183,6 +186,7 @@ class StreamTransport:
         self._config = config
         self._needs_proxy = needs_proxy
         self.buffer_size = buffer_size
+        self.spare = Spare(buffer_size, BUFFERS * max(1, config.max_connections))
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -212,7 +216,7 @@ class StreamTransport:
         context = None
         if scheme == "https":  # loading the trust store blocks: a worker thread, once
             context = self._ssl or await anyio.to_thread.run_sync(self._ssl_context)
-        conn = Connection(origin, self.buffer_size)
+        conn = Connection(origin, self.buffer_size, self.spare)
         try:
             await asyncio.wait_for(
                 loop.create_connection(

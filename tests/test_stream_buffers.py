@@ -1,0 +1,71 @@
+"""The stream transport's receive buffers: a connection closed early (a range cut short)
+leaves its buffers to the next connection, at most BUFFERS x max_connections are kept, and the
+bytes read through recycled buffers are the file's."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asynchub._transport.connection import BUFFERS, Spare
+from asynchub._transport.stream import StreamTransport
+from tests.mirror import MirrorServer
+from tests.test_transfer import MIB, fast_config, put
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[MirrorServer]:
+    (tmp_path / "root").mkdir()
+    srv = MirrorServer(tmp_path / "root")
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+async def _read(transport: StreamTransport, url: str, start: int, end: int, *, cut: bool) -> bytes:
+    """Bytes ``start..end-1`` (or only the first piece, closing the connection, if ``cut``)."""
+    got = bytearray()
+    async with transport.request(url, headers={"Range": f"bytes={start}-{end - 1}"}) as response:
+        assert response.status == 206
+        async for piece in response.iter_pieces():
+            got += piece.view
+            piece.release()
+            if cut:
+                response.close()
+                break
+    return bytes(got)
+
+
+async def test_a_cut_connection_leaves_its_buffers_to_the_next(
+    server: MirrorServer, tmp_path: Path
+) -> None:
+    blob = put(tmp_path / "root", "big.bin", 3 * MIB)
+    url = f"{server.url}/big.bin"
+    transport = StreamTransport(fast_config(tmp_path / "cache"))
+    try:
+        with anyio.fail_after(20):
+            first = await _read(transport, url, 0, 3 * MIB, cut=True)
+            assert 0 < len(first) <= MIB and blob.data.startswith(first)
+            assert transport.spare.reused == 0
+            rest = await _read(transport, url, len(first), 3 * MIB, cut=False)
+    finally:
+        await transport.aclose()
+    assert first + rest == blob.data
+    assert transport.spare.reused >= 1  # the second connection started with warm buffers
+
+
+def test_spares_are_bounded_and_sized() -> None:
+    spare = Spare(1024, limit=BUFFERS)
+    for _ in range(BUFFERS + 3):
+        spare.put(bytearray(1024))
+    spare.put(bytearray(512))  # another size is never handed out
+    taken = [spare.take() for _ in range(BUFFERS + 1)]
+    assert [len(b) for b in taken if b is not None] == [1024] * BUFFERS
+    assert taken[-1] is None
