@@ -15,8 +15,9 @@ second set of fresh pages: 1.1 s against 0.62 s for one 1 GiB tensor here). A ca
 never changed in place (only replaced by a rename, or unlinked), so the mapping stays valid
 while it is read. The GIL can change hands between the steps, so the longest stretch the
 event loop can wait is one copy of the largest tensor instead of one copy of the whole file.
-The result equals ``onnx.load(path)``: same fields, same initializer order (protobuf merges repeated occurrences of a message field and appends repeated fields in
-order, which is what the skeleton relies on), external data loaded the same way.
+The result equals ``onnx.load(path)``: same fields, same initializer order (protobuf merges
+repeated occurrences of a message field and appends repeated fields in order, which is what
+the skeleton relies on), external data loaded the same way.
 
 Limits (measured, see ``benchmarks/results/loop_lag.md``): a single huge tensor is still one
 copy under the GIL (protobuf offers no way to fill a bytes field piecewise or without copying).
