@@ -1,5 +1,5 @@
 """The stream transport's receive buffers: a connection closed early (a range cut short)
-leaves its buffers to the next connection, at most BUFFERS x max_connections are kept, and the
+leaves its buffers to the next connection, at most a few are kept, and the
 bytes read through recycled buffers are the file's."""
 
 from __future__ import annotations

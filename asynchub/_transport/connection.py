@@ -38,8 +38,7 @@ class Piece:
 class Spare:
     """Receive buffers of closed connections, for the next connection of the same transport:
     a new buffer costs a zero-filled allocation and a page fault per 4 KiB on its first
-    receive; a spare one is warm. At most ``limit`` are kept (what the live connections of a
-    transport may hold anyway)."""
+    receive; a spare one is warm. At most ``limit`` are kept."""
 
     def __init__(self, size: int, limit: int) -> None:
         self.size = size

@@ -19,7 +19,7 @@ Choices:
   the connection stops reading (``pause_reading``) until one is released: memory stays bounded
   and a slow disk slows the sender through TCP.
 * **Spare buffers.** A connection that closes (a range cut short, an error) leaves its buffers
-  to the transport's :class:`~.connection.Spare` list, at most ``BUFFERS x max_connections``,
+  to the transport's :class:`~.connection.Spare` list (at most :data:`SPARE`),
   and the next connection starts with them instead of fresh zero-filled memory.
 * **Partial buffers by time.** A slow connection still delivers what it has every
   ``flush_interval`` (0.1 s): progress, the stall watchdog and the resume state see its bytes
@@ -69,6 +69,9 @@ log = logging.getLogger("asynchub")
 
 USER_AGENT = "asynchub/0.1"
 BUFFER_SIZE = 1024 * 1024
+#: Spare buffers kept for new connections (8 MiB): enough for the few connections opened at
+#: once when ranges are cut short, little beside what the live connections hold.
+SPARE = 4 * BUFFERS
 MAX_INFORMATIONAL = 16
 _SENSITIVE = ("authorization", "cookie", "proxy-authorization")
 
@@ -186,7 +189,7 @@ class StreamTransport:
         self._config = config
         self._needs_proxy = needs_proxy
         self.buffer_size = buffer_size
-        self.spare = Spare(buffer_size, BUFFERS * max(1, config.max_connections))
+        self.spare = Spare(buffer_size, SPARE)
         self._idle: dict[tuple[str, str, int], list[Connection]] = {}
         self._ssl: ssl.SSLContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
