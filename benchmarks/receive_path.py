@@ -19,8 +19,8 @@ Printed per run: wall (in-process), CPU seconds of the child, peak RSS; medians 
 
 ``BENCH_TRACE=1`` (engine modes) also prints when the first and last bytes arrived, when the
 hash was done and the CPU seconds of each thread; ``BENCH_SPY_EXTRA="--gil"`` is passed to
-py-spy (with ``--py-spy``); ``BENCH_PREFIX=cmd`` runs each child under ``cmd`` (``perf record``, say);
-``BENCH_WRAP=script.py`` runs each child as ``python script.py
+py-spy (with ``--py-spy``); ``BENCH_PREFIX=cmd`` runs each child under ``cmd`` (a script
+around ``perf record``, say); ``BENCH_WRAP=script.py`` runs each child as ``python script.py
 receive_path.py ...`` (for ad-hoc instrumentation).
 """
 
@@ -303,6 +303,7 @@ def main() -> None:
                             os.sync()  # no dirty pages of the last run throttle this one
                             spy: list[str] = []
                             wrap = [w for w in [os.environ.get("BENCH_WRAP", "")] if w]
+                            prefix = [w for w in [os.environ.get("BENCH_PREFIX", "")] if w]
                             if args.py_spy:
                                 Path(args.py_spy).mkdir(parents=True, exist_ok=True)
                                 spy = ["py-spy", "record", "-r", "250", "-f", "raw",
@@ -310,7 +311,7 @@ def main() -> None:
                                        "--threads", "-o",
                                        f"{args.py_spy}/{impl}-{mode}-{conns}.txt", "--"]
                             proc = subprocess.run(
-                                [*spy, *([os.environ["BENCH_PREFIX"]] if os.environ.get("BENCH_PREFIX") else []), sys.executable, *wrap, __file__, "--child", "--impl", impl,
+                                [*spy, *prefix, sys.executable, *wrap, __file__, "--child", "--impl", impl,
                                  "--mode", mode, "--url", url, "--size", str(size),
                                  "--connections", str(conns), "--out", out],
                                 capture_output=True, text=True, check=False)
