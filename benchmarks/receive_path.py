@@ -311,8 +311,8 @@ def main() -> None:
                                        "--threads", "-o",
                                        f"{args.py_spy}/{impl}-{mode}-{conns}.txt", "--"]
                             proc = subprocess.run(
-                                [*spy, *prefix, sys.executable, *wrap, __file__, "--child", "--impl", impl,
-                                 "--mode", mode, "--url", url, "--size", str(size),
+                                [*spy, *prefix, sys.executable, *wrap, __file__, "--child",
+                                 "--impl", impl, "--mode", mode, "--url", url, "--size", str(size),
                                  "--connections", str(conns), "--out", out],
                                 capture_output=True, text=True, check=False)
                         if os.environ.get("BENCH_TRACE"):
