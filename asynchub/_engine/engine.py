@@ -214,6 +214,20 @@ def _not_a_file(path: Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISLNK(mode))
 
 
+def _look(root: Path, job: FileJob, force: bool) -> bool:
+    """Create the file's directory; whether a verified copy is there already (blocking)."""
+    ensure_dir(root, job.dest.parent)
+    return not force and file_matches(job.dest, job.sha256, job.size)
+
+
+def _look_again(job: FileJob, force: bool) -> tuple[bool, bool, bool]:
+    """Under the lock (blocking): whether a verified copy is there now, whether something
+    that is not a file holds the name, whether anything does."""
+    if not force and file_matches(job.dest, job.sha256, job.size):
+        return True, False, True
+    return False, _not_a_file(job.dest), os.path.lexists(job.dest)
+
+
 async def _writeback(fd: int, cursor: HashCursor, sync: Callable[[int], None] = _datasync) -> None:
     """Flush the partial to disk (``os.fdatasync`` in a worker thread) each time another
     :data:`WRITEBACK` bytes (64 MiB) are hashed, so the fsync before the rename has little
@@ -389,13 +403,9 @@ class Engine:
             self._emit(ProgressEvent("failed", job.name, message=str(exc)))
             raise
 
-    async def _cached(self, job: FileJob) -> bool:
-        return await anyio.to_thread.run_sync(file_matches, job.dest, job.sha256, job.size)
-
     async def _fetch_locked(self, job: FileJob, force: bool, res: _LoopResources) -> Path:
         config = self.config
-        await anyio.to_thread.run_sync(ensure_dir, config.cache_dir, job.dest.parent)
-        if not force and await self._cached(job):
+        if await anyio.to_thread.run_sync(_look, config.cache_dir, job, force):
             self._emit(ProgressEvent("cached", job.name, total=job.size, path=job.dest))
             return job.dest
         if config.offline:
@@ -406,16 +416,17 @@ class Engine:
         async with file_lock(config, job.name, job.dest) as held:
             # Check again even if the lock was free: another process may have published the
             # file (and released its lock) since the check above.
-            if not force and await self._cached(job):
+            cached, odd, exists = await anyio.to_thread.run_sync(_look_again, job, force)
+            if cached:
                 self._emit(ProgressEvent("cached", job.name, total=job.size, path=job.dest))
                 return job.dest
-            if await anyio.to_thread.run_sync(_not_a_file, job.dest):
+            if odd:
                 raise CacheError(
                     errno.EISDIR,
                     f"{job.dest} exists and is not a regular file; asynchub will not replace it."
                     " Move or delete it, then try again",
                 )
-            if not force and await anyio.to_thread.run_sync(os.path.lexists, job.dest):
+            if not force and exists:
                 log.warning("%s: %s fails verification; fetching it again", job.name, job.dest)
                 if held:
                     # Only the lock's holder may delete it; without locks another process may
@@ -437,11 +448,13 @@ class Engine:
         chunk = config.chunk_size
         if size is not None and size < config.min_split_size:
             chunk = size
-        found: tuple[Path, ResumeState] | None = None
         host, stale = config.host_id, 2 * config.lock_lease
-        if clean:
-            found = await anyio.to_thread.run_sync(
-                lambda: find_resumable(
+
+        def open_partial() -> tuple[Path, ResumeState | None, int]:
+            """The partial to continue (or a new one), its state, an open descriptor."""
+            found: tuple[Path, ResumeState] | None = None
+            if clean:
+                found = find_resumable(
                     job.dest,
                     sha256=job.sha256,
                     size=size,
@@ -450,15 +463,16 @@ class Engine:
                     abandoned=lambda p: may_adopt(p, host=host, stale_after=stale),
                     claim=lambda p: claim_partial(p, host),
                 )
-            )
-        # Leave live writers alone, remove what dead ones (of any host) left.
-        await anyio.to_thread.run_sync(
-            lambda: remove_abandoned(job.dest, host=host, stale_after=stale)
-        )
-        partial = found[0] if found else new_partial_path(job.dest, host)
-        state = found[1] if found else None
+            # Leave live writers alone, remove what dead ones (of any host) left.
+            remove_abandoned(job.dest, host=host, stale_after=stale)
+            partial = found[0] if found else new_partial_path(job.dest, host)
+            state = found[1] if found else None
+            fd = _open_partial(partial, state.size if state else size, found is None)
+            return partial, state, fd
+
+        # one worker-thread call for all of it: many files start at once in a prefetch
+        partial, state, fd = await anyio.to_thread.run_sync(open_partial)
         size = state.size if state is not None else size
-        fd = await anyio.to_thread.run_sync(_open_partial, partial, size, found is None)
         if state is not None:
             plan = ChunkPlan(state.size, chunk, state.written, state.ranges)
         else:  # unknown size: one provisional range, the probe's, until the probe answers
