@@ -15,6 +15,7 @@ import anyio.lowlevel
 import pytest
 
 from asynchub._engine.batch import BatchWriter
+from asynchub._engine.context import file_threads
 from asynchub._engine.hashing import HashCursor
 from asynchub._exceptions import HubError
 
@@ -158,3 +159,34 @@ async def test_a_leader_returns_after_its_own_batch_under_a_steady_stream(tmp_pa
         os.close(fd)
     assert batches_when_back == [1]
     assert starts, "the stream had to be still going when the leader came back"
+
+
+async def test_writes_run_on_the_threads_they_are_given(tmp_path: Path) -> None:
+    """The engine's file threads are a limiter of their own: with its one token taken, a write
+    waits; once the token is free, the bytes are written."""
+    data = random.Random(7).randbytes(PIECE)
+    fd = _open(tmp_path / "file", SIZE)
+    threads = anyio.CapacityLimiter(1)
+    writer = BatchWriter(fd, HashCursor(fd, threads=threads), threads=threads)
+    done = anyio.Event()
+
+    async def write() -> None:
+        await writer.write(0, [memoryview(data)], lambda: SIZE)
+        done.set()
+
+    try:
+        with anyio.fail_after(10):
+            await threads.acquire()
+            async with anyio.create_task_group() as group:
+                group.start_soon(write)
+                await anyio.wait_all_tasks_blocked()
+                assert not done.is_set() and writer.batches == 0
+                threads.release()
+    finally:
+        os.close(fd)
+    assert done.is_set() and writer.batches == 1
+    assert (tmp_path / "file").read_bytes()[:PIECE] == data
+
+
+async def test_file_threads_follow_the_cpus() -> None:
+    assert file_threads().total_tokens == max(4, os.cpu_count() or 1)

@@ -56,9 +56,12 @@ class _Write:
 class BatchWriter:
     """Writes into ``fd`` in batches and feeds ``cursor`` from memory (module docstring)."""
 
-    def __init__(self, fd: int, cursor: HashCursor) -> None:
+    def __init__(
+        self, fd: int, cursor: HashCursor, *, threads: anyio.CapacityLimiter | None = None
+    ) -> None:
         self.fd = fd
         self.cursor = cursor
+        self._threads = threads  # None: anyio's default worker threads
         self._queue: list[_Write] = []
         self._busy = False
         self.batches = 0  # thread calls so far (for tests and benchmarks)
@@ -95,7 +98,9 @@ class BatchWriter:
         batch, self._queue = self._queue, []
         generation = self.cursor.generation
         try:
-            at = await anyio.to_thread.run_sync(self._run, batch, generation)
+            at = await anyio.to_thread.run_sync(
+                self._run, batch, generation, limiter=self._threads
+            )
             self.cursor.publish(generation, at)
         except BaseException as exc:  # handed to every writer of the batch
             for item in batch:

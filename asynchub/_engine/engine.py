@@ -95,6 +95,7 @@ from .._exceptions import (
 from .._loops import PerLoop
 from .._progress.events import ProgressCallback, ProgressEvent
 from .._transport.base import Transport
+from .context import file_threads
 from .hashing import HashCursor
 from .locking import file_lock
 from .ranged import Context, FileDownload, Unranged, collapse_group
@@ -158,6 +159,7 @@ class _LoopResources:
     limiter: anyio.CapacityLimiter
     bucket: TokenBucket | None
     host_slots: HostSlots
+    threads: anyio.CapacityLimiter = field(default_factory=file_threads)
     inflight: dict[Path, _Shared] = field(default_factory=dict)
 
 
@@ -338,6 +340,7 @@ class Engine:
             clock=self._clock,
             emit=self._emit,
             host_slot=res.host_slots,
+            threads=res.threads,
         )
 
     # ------------------------------------------------------------------ public API

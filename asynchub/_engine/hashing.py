@@ -97,8 +97,15 @@ class HashCursor:
     hashed.
     """
 
-    def __init__(self, fd: int, *, on_progress: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+        threads: anyio.CapacityLimiter | None = None,
+    ) -> None:
         self._fd = fd
+        self._threads = threads  # None: anyio's default worker threads
         self._on_progress = on_progress
         self._digest = hashlib.sha256()
         self._generation = 0
@@ -142,7 +149,9 @@ class HashCursor:
                 await self._wake.wait()
                 continue
             generation = self._generation
-            at = await anyio.to_thread.run_sync(self._step, generation, self._target)
+            at = await anyio.to_thread.run_sync(
+                self._step, generation, self._target, limiter=self._threads
+            )
             self.publish(generation, at)
 
     def _step(self, generation: int, target: int) -> int:

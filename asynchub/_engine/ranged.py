@@ -214,9 +214,9 @@ class FileDownload:
         self.size_known = size_known  # else ``plan`` is the probe's provisional range
         self._on_size = on_size
         self.schedule = Scheduler(plan, connections=ctx.config.max_connections, clock=ctx.clock)
-        self.cursor = HashCursor(fd, on_progress=self._on_hashed)
+        self.cursor = HashCursor(fd, on_progress=self._on_hashed, threads=ctx.threads)
         self.cursor.advance(plan.prefix)
-        self._writer = BatchWriter(fd, self.cursor)
+        self._writer = BatchWriter(fd, self.cursor, threads=ctx.threads)
         self._state_of = resumed
         self.origin = ""
         self.url = ""
@@ -266,7 +266,9 @@ class FileDownload:
                 self._dirty = False
                 self._unsaved = 0
                 self._saved_at = self.ctx.clock()
-                await anyio.to_thread.run_sync(save_state, self.partial, self.snapshot())
+                await anyio.to_thread.run_sync(
+                    save_state, self.partial, self.snapshot(), limiter=self.ctx.threads
+                )
         except OSError as exc:
             log.debug("could not save the resume state of %s: %s", self.partial, exc)
         finally:
