@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.to_thread
 
-from .parse import SPLIT_BYTES
+from .parse import SPLIT_BYTES, encode_varint
 
 if TYPE_CHECKING:
     import onnx
@@ -62,16 +62,6 @@ _WINDOW = 64 * 1024  # bytes read at once to decode field headers
 
 class _Unusual(ValueError):
     """Something the follower does not handle: parse the verified file in one go instead."""
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        if not value:
-            out.append(low)
-            return bytes(out)
-        out.append(low | 0x80)
 
 
 class _Headers:
@@ -203,7 +193,7 @@ class ParseFollower:
                 if len(data) != batch_end - batch_start:
                     raise _Unusual("the file is shorter than its verified prefix")
                 if batch_in_graph:
-                    data = _GRAPH_KEY + _encode_varint(len(data)) + data
+                    data = _GRAPH_KEY + encode_varint(len(data)) + data
                 model.MergeFromString(data)
             batch_start = batch_end
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["SPLIT_BYTES", "load_model"]
+__all__ = ["SPLIT_BYTES", "encode_varint", "load_model"]
 
 log = logging.getLogger("asynchub")
 
@@ -72,7 +72,8 @@ def _varint(buf: mmap.mmap, pos: int) -> tuple[int, int]:
             raise _Unusual("varint too long")
 
 
-def _encode_varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """``value`` as a protobuf varint (also used by :mod:`.follow`)."""
     out = bytearray()
     while True:
         low, value = value & 0x7F, value >> 7
@@ -126,7 +127,7 @@ def _split(buf: mmap.mmap) -> tuple[bytes, list[tuple[int, int, int]]]:
                 raise _Unusual("a graph field overruns its length")
             graph.append(buf[kept:end])
             body_bytes = b"".join(graph)
-            parts += [buf[copied:pos], buf[pos:after_key], _encode_varint(len(body_bytes))]
+            parts += [buf[copied:pos], buf[pos:after_key], encode_varint(len(body_bytes))]
             parts.append(body_bytes)
             copied = end
         pos = end
