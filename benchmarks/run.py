@@ -88,7 +88,9 @@ def run_local(args: argparse.Namespace, profile: Profile) -> Path:
             "F": lambda: _scenarios.single_file(ctx, "F", mirror.capped, capped=True,
                                                 model="BenchMid", cli=True),
         }
-        prefix = f"{profile.name}-"
+        complete = set("ABCDEF") <= set(wanted)  # the README shows complete runs only
+        # a subset writes its own files, so it never replaces the last complete run's
+        prefix = f"{profile.name}-" if complete else f"{profile.name}-{''.join(sorted(wanted))}-"
         for sid in "ABCDF":
             if sid in wanted:
                 results["scenarios"][sid] = steps[sid]()
@@ -97,7 +99,6 @@ def run_local(args: argparse.Namespace, profile: Profile) -> Path:
         if "E" in wanted:
             results["sweep"] = _scenarios.sweep(ctx)
     results["meta"]["seconds"] = time.perf_counter() - t0
-    complete = set("ABCDEF") <= set(wanted)  # the README shows complete runs only
     out = _report.write(results, prefix=prefix, update_readme=complete and not args.no_readme)
     log(f"done in {results['meta']['seconds']:.0f} s: {out}")
     return out
