@@ -49,9 +49,11 @@ and the bytes next in order are hashed there from memory (:mod:`.batch`).
 What a SIGKILL costs is bounded by time as well as by bytes, whatever the connection count: a
 connection writes what it holds at least every :data:`STATE_PERIOD` (0.25 s) even before its
 piece is full, and the resume state is saved when :data:`STATE_PERIOD` has passed since the last
-save, when ``state_interval`` bytes were written since then across all connections of the file,
-or when a range finishes; the save runs in the background (a connection never waits for it,
-and saves coalesce), and none is made once every byte is written. So the bytes received but
+save or when ``state_interval`` bytes were written since then across all connections of the
+file (not when a range finishes: a prefetch of many small files would write a state file per
+request); the save runs in the background (a connection never waits for it, and saves
+coalesce), and none is made once every byte is written, not even when the mirror's run ends:
+the file is verified and published next. So the bytes received but
 not recorded at any moment are at most about 0.5 s of transfer (one period in buffers, one
 in the state) or ``state_interval`` plus one piece per connection, whichever is smaller: with
 40 connections at 25 MB/s, a kill costs ~0.5 s of transfer, not the ~160 MB of a
@@ -299,7 +301,6 @@ class FileDownload:
         if (
             self._unsaved >= self.ctx.config.state_interval
             or self.ctx.clock() - self._saved_at >= STATE_PERIOD
-            or self.plan.is_done(index)
         ):
             self._save_soon()
 
@@ -307,7 +308,8 @@ class FileDownload:
         """Save the resume state in the background: the connection goes on reading while a
         worker thread writes the file (a save under way takes the newer state in one more
         round, see :meth:`save_state`). Skipped once every byte is written: the file is
-        verified and published next, and the save when the mirror's run ends records it."""
+        verified and published next (a kill in between costs at most the bytes received since
+        the last save, as at any other moment)."""
         if self.plan.complete:
             return
         if self._saving:
@@ -377,8 +379,9 @@ class FileDownload:
             raise collapse_group(group) from None
         finally:
             self._save_queued = False
-            with anyio.CancelScope(shield=True):
-                await self.save_state()
+            if not self.plan.complete:  # a complete file is verified and published next
+                with anyio.CancelScope(shield=True):
+                    await self.save_state()
         if not self.plan.complete:
             raise TransferError(f"{url}: the download stopped before the end", url=url)
 
