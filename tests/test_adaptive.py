@@ -12,7 +12,7 @@ import anyio
 import pytest
 from aiohttp import web
 
-from asynchub._engine.adaptive import START, Widener
+from asynchub._engine.adaptive import MAX_WARMUP, START, WARMUP, Widener
 from asynchub._engine.engine import Engine
 from tests.test_transfer import KIB, MIB, Blob, fast_config, job_for
 from tests.transports import Transport
@@ -95,6 +95,45 @@ def test_never_more_connections_when_the_server_slows_down() -> None:
 def test_maximum_is_respected_and_a_single_connection_is_fine() -> None:
     assert max(simulate(per_connection_cap, maximum=6)) == 6
     assert set(simulate(per_connection_cap, maximum=1)) == {1}
+
+
+def _slow_to_answer(latency: float, learned: float | None) -> list[int]:
+    """Widths every 10 ms against a capped CDN whose new connections deliver nothing for
+    ``latency`` seconds (connect, TLS, first byte), with the first request's latency told to
+    the controller (``learned``) or not."""
+    widener = Widener(40)
+    if learned is not None:
+        widener.learn_latency(learned)
+    started: list[float] = [-1.0] * widener.width  # the first ones already deliver
+    moved, widths = 0.0, []
+    for step in range(300):
+        now = step * 0.01
+        moved += sum(25 * MB * 0.01 for t in started if now >= t + latency)
+        width = widener.observe(now, int(moved))
+        if width > len(started):
+            started += [now] * (width - len(started))
+        del started[width:]
+        widths.append(width)
+    return widths
+
+
+def test_warm_up_follows_the_latency_of_the_first_request() -> None:
+    widener = Widener(40)
+    assert widener.warmup == WARMUP
+    widener.learn_latency(0.001)  # loopback
+    assert widener.warmup == WARMUP
+    widener.learn_latency(0.15)  # a distant CDN: connect, TLS and first byte
+    assert widener.warmup == pytest.approx(0.3)
+    widener.learn_latency(30.0)
+    assert widener.warmup == MAX_WARMUP
+
+
+def test_a_distant_server_is_measured_after_its_new_connections_answer() -> None:
+    """New connections that take 0.15 s to answer: measured too early, the wider step looks
+    no better and the width stays low; after a warm-up learned from the first request, it
+    reaches the maximum."""
+    assert max(_slow_to_answer(0.15, learned=0.15)) == 40
+    assert max(_slow_to_answer(0.15, learned=None)) < 40
 
 
 # ---------------------------------------------------------------------------- real servers

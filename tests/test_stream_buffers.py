@@ -69,3 +69,24 @@ def test_spares_are_bounded_and_sized() -> None:
     taken = [spare.take() for _ in range(BUFFERS + 1)]
     assert [len(b) for b in taken if b is not None] == [1024] * BUFFERS
     assert taken[-1] is None
+
+
+async def test_an_idle_connection_holds_no_buffers(server: MirrorServer, tmp_path: Path) -> None:
+    """A connection back in the keep-alive pool has given its buffers to the spares; the next
+    request on it takes them again (memory follows the connections receiving)."""
+    blob = put(tmp_path / "root", "two.bin", 3 * MIB)
+    url = f"{server.url}/two.bin"
+    transport = StreamTransport(fast_config(tmp_path / "cache"))
+    try:
+        with anyio.fail_after(20):
+            first = await _read(transport, url, 0, 2 * MIB, cut=False)
+            pooled = [c for conns in transport._idle.values() for c in conns]
+            assert len(pooled) == 1
+            assert pooled[0]._free == [] and pooled[0]._pieces == 0
+            assert len(transport.spare._buffers) >= 1
+            rest = await _read(transport, url, 2 * MIB, 3 * MIB, cut=False)
+            assert [c for conns in transport._idle.values() for c in conns] == pooled  # reused
+    finally:
+        await transport.aclose()
+    assert first + rest == blob.data
+    assert transport.spare.reused >= 1

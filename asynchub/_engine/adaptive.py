@@ -7,11 +7,15 @@ servers slow down as connections are added (huggingface_hub #4893: 64 connection
 where 4 sustained 300 MB/s). :class:`Widener` decides from what it measures:
 
 * **Start with a few** (:data:`START`, 8, or the maximum if lower).
-* **Measure** the bytes received over windows of at least :data:`WINDOW` (0.1 s) and
-  :data:`WINDOW_BYTES` (8 MiB, so the 1 MiB granularity of received buffers stays near ten
-  percent; at most :data:`MAX_WINDOW`, 2 s, on a slow link), one window per width, after
-  :data:`WARMUP` (0.05 s) whenever connections were added (connect, first byte: a window
-  that includes them understates the width's rate).
+* **Measure** the bytes received (counted as they arrive, not per buffer handed over) over
+  windows of at least :data:`WINDOW` (0.05 s) and :data:`WINDOW_BYTES` (4 MiB; at most
+  :data:`MAX_WINDOW`, 2 s, on a slow link), one window per width, after a *warm-up* whenever
+  connections were added (connect, TLS, first byte: a window that includes them understates
+  the width's rate). The warm-up is twice what the file's first request took to its answer
+  (:meth:`Widener.learn_latency`), at least :data:`WARMUP` (0.02 s) and at most
+  :data:`MAX_WARMUP` (1 s): 20 ms on loopback, a few hundred on a distant CDN. While holding
+  (below), windows are :data:`HOLD_WINDOW` (0.2 s): nothing there is urgent, and a prefetch
+  of many files polls less.
 * **Grow while it pays.** After a window at width ``w`` following one at ``p < w``, the
   *efficiency* is how much of the linear gain arrived: ``(R(w)/R(p) - 1) / (w/p - 1)``. At
   :data:`FAST` (0.7) or better the bottleneck is per connection: the width is multiplied by 4
@@ -24,7 +28,7 @@ where 4 sustained 300 MB/s). :class:`Widener` decides from what it measures:
 * **Never collapse.** A step that made things slower (by :data:`DOWN_GAIN`, 25 %) is undone
   at once and half the width is tried (kept only if it is 25 % faster: noise must not walk
   the width down), never below :data:`FLOOR` (4, the count that sustained where 64
-  collapsed; on a busy machine, rates measured over 0.1 s are noisy enough that a lower
+  collapsed; on a busy machine, rates measured over short windows are noisy enough that a lower
   floor walked down to one connection, which pays a request gap per range). While holding, a drop
   below :data:`DROP` (60 %) of the rate measured when it settled halves the width (a server
   that slows down under load gets fewer connections, never more), and every :data:`REPROBE`
@@ -43,6 +47,8 @@ __all__ = [
     "DROP",
     "FLOOR",
     "FAST",
+    "HOLD_WINDOW",
+    "MAX_WARMUP",
     "MIN_GAIN",
     "REPROBE",
     "SLOW",
@@ -55,10 +61,12 @@ __all__ = [
 
 START = 8
 FLOOR = 4
-WINDOW = 0.1
-WINDOW_BYTES = 8 * 1024 * 1024
+WINDOW = 0.05
+HOLD_WINDOW = 0.2
+WINDOW_BYTES = 4 * 1024 * 1024
 MAX_WINDOW = 2.0
-WARMUP = 0.05
+WARMUP = 0.02
+MAX_WARMUP = 1.0
 DOWN_GAIN = 0.25
 FAST = 0.7
 SLOW = 0.3
@@ -74,6 +82,7 @@ class Widener:
         self.maximum = max(1, maximum)
         self.width = min(max(1, start), self.maximum)
         self.window = window
+        self.warmup = WARMUP
         self.holding = self.width >= self.maximum
         self._since: float | None = None  # start of the current window
         self._base = 0  # bytes at that start
@@ -82,6 +91,18 @@ class Widener:
         self._held_since = 0.0
         self._probe: tuple[int, float, int] | None = None  # (width, rate, direction) before
         self._warming = False
+
+    def learn_latency(self, seconds: float) -> None:
+        """What one request took from sending to its answer here: new connections get twice
+        that before their window counts (see the module docstring)."""
+        self.warmup = min(MAX_WARMUP, max(WARMUP, 2 * seconds))
+
+    @property
+    def poll(self) -> float:
+        """How long until :meth:`observe` can next decide something."""
+        if self._warming:
+            return self.warmup / 2
+        return (HOLD_WINDOW if self.holding and self._probe is None else self.window) / 2
 
     def observe(self, now: float, moved: int) -> int:
         """Account ``moved`` (bytes received so far, monotonic) at time ``now``; return the
@@ -92,13 +113,14 @@ class Widener:
             self._warming = True
             return self.width
         if self._warming:  # new connections need a moment (connect, first byte)
-            if now - self._since < WARMUP:
+            if now - self._since < self.warmup:
                 return self.width
             self._since, self._base, self._warming = now, moved, False
             return self.width
         elapsed = now - self._since
         moved_in = moved - self._base
-        if elapsed < self.window or (moved_in < WINDOW_BYTES and elapsed < MAX_WINDOW):
+        window = HOLD_WINDOW if self.holding and self._probe is None else self.window
+        if elapsed < window or (moved_in < WINDOW_BYTES and elapsed < MAX_WINDOW):
             return self.width
         rate = (moved - self._base) / elapsed
         self._since, self._base = now, moved

@@ -234,7 +234,8 @@ class FileDownload:
         self._save_queued = False
         self._group: anyio.abc.TaskGroup | None = None  # runs the background saves
         self._unsaved = 0  # bytes written since the last save started
-        self._moved = 0  # bytes received (the adaptive width's measure)
+        self._moved = 0  # bytes received in pieces (the adaptive width's measure)
+        self._streams: dict[Active, BufferedResponse] = {}  # live bodies (see _received)
         self._live = 0  # workers running (or waiting for a connection token)
         self._workers_done = True
         config = ctx.config
@@ -412,13 +413,22 @@ class FileDownload:
         assert widener is not None
         shed_for = widener.width
         while not self._workers_done:
-            widener.observe(time.monotonic(), self._moved)
+            widener.observe(time.monotonic(), self._received())
             if widener.width > self._live and not workers.cancel_scope.cancel_called:
                 self._widen(workers)
             elif widener.width < self._live and widener.width < shed_for:
                 self.schedule.shed(self._live - widener.width)  # give connections back soon
             shed_for = widener.width
-            await anyio.sleep(widener.window / 2)
+            await anyio.sleep(widener.poll)
+
+    def _received(self) -> int:
+        """Body bytes received so far: those handed over in pieces, plus what each live
+        connection holds in a buffer not yet handed over (exact at any moment, so short
+        windows measure the rate, not the 1 MiB granularity of the pieces)."""
+        moved = self._moved
+        for active, response in self._streams.items():
+            moved += max(0, response.received - active.total)
+        return moved
 
     async def _watchdog(self) -> None:
         config = self.ctx.config
@@ -487,11 +497,14 @@ class FileDownload:
         async with self.ctx.host_slot(sent):
             active = Active(self.ctx.clock())
             self._active.add(active)
+            asked = time.monotonic()
             try:
                 with anyio.CancelScope() as scope:
                     active.scope = scope
                     async with self.ctx.transport.request(sent, headers=headers) as response:
                         active.last = self.ctx.clock()
+                        if ready is not None and self._widener is not None:
+                            self._widener.learn_latency(time.monotonic() - asked)
                         await self._answer(index, response, sent, start, last, ready, active)
             finally:
                 self._active.discard(active)
@@ -642,6 +655,8 @@ class FileDownload:
         received[index] = offset
         held_since = clock()
         body = self._body(response)
+        if isinstance(response, BufferedResponse):
+            self._streams[active] = response
         try:
             async for data, loan in body:
                 if loan is not None:
@@ -688,6 +703,7 @@ class FileDownload:
             finally:
                 _give_back(lent)
                 received.pop(index, None)
+                self._streams.pop(active, None)
                 with anyio.CancelScope(shield=True):
                     await body.aclose()
 

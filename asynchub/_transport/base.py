@@ -92,6 +92,12 @@ class BufferedResponse(Protocol):
         must release one before another piece can arrive (else it waits for nothing)."""
         ...
 
+    @property
+    def received(self) -> int:
+        """Body bytes received so far, including those in a buffer not yet lent (an exact
+        measure of throughput between two pieces; the adaptive width reads it)."""
+        ...
+
     def iter_pieces(self) -> AsyncIterator[Piece]:
         """The body as filled buffers, as they arrive; each one must be released."""
         ...

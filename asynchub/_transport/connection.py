@@ -111,6 +111,7 @@ class Connection(asyncio.BufferedProtocol):
         self._current_since = self.last_byte  # when the buffer being filled got its first byte
         self.reusable = False
         self.answered = False
+        self.received = 0  # body bytes of the current answer received so far
 
     # ---------------------------------------------------------------- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -146,6 +147,7 @@ class Connection(asyncio.BufferedProtocol):
             piece = self._current
             assert piece is not None
             piece.filled += nbytes
+            self.received += nbytes
             if self._remaining is not None:
                 self._remaining -= nbytes
             if self._remaining == 0:
@@ -241,6 +243,7 @@ class Connection(asyncio.BufferedProtocol):
             n = min(len(view), self.buffer_size - piece.filled)
             piece._data[piece.filled : piece.filled + n] = view[:n]
             piece.filled += n
+            self.received += n
             view = view[n:]
             if piece.filled >= self.buffer_size:
                 self._push_current()
@@ -327,6 +330,7 @@ class Connection(asyncio.BufferedProtocol):
         self._remaining = None
         self.reusable = False
         self.answered = False
+        self.received = 0
         self.last_byte = time.monotonic()
         self.transport.write(request)
 
@@ -378,6 +382,12 @@ class Connection(asyncio.BufferedProtocol):
             piece.filled = 0
             self._free.append(piece)
         self._ready.clear()
+        self._recycle()
+
+    def shed(self) -> None:
+        """Going idle (to the keep-alive pool): its free buffers go to the transport's spares,
+        so a pooled connection holds no memory; it takes buffers again when it is reused."""
+        self._pieces -= len(self._free)
         self._recycle()
 
     def _recycle(self) -> None:
