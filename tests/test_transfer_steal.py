@@ -116,6 +116,32 @@ def test_lowest_offset_first_then_tapering() -> None:
     assert schedule.steals == 0
 
 
+def _first_piece(size: int, *, width: int, latency: float | None) -> int:
+    plan = ChunkPlan(size, 16 * MIB)
+    schedule = Scheduler(plan, connections=40, clock=Clock())
+    schedule.width = width
+    if latency is not None:
+        schedule.learn_latency(latency)
+    index = schedule.take()
+    assert index is not None
+    start, end = plan.bounds(index)
+    return end - start
+
+
+def test_pieces_shrink_with_many_connections_and_a_short_round_trip() -> None:
+    """The bytes in flight at the end are hashed after the last one: with many connections
+    and cheap requests the pieces are small; with one connection, or before the round trip
+    is known, a whole chunk."""
+    size = 1024 * MIB
+    assert _first_piece(size, width=40, latency=None) == 16 * MIB
+    assert _first_piece(size, width=1, latency=0.02) == 16 * MIB
+    loopback = _first_piece(size, width=40, latency=0.001)
+    distant = _first_piece(size, width=40, latency=0.05)
+    assert loopback == MIN_PART
+    assert MIN_PART < distant < 16 * MIB  # ~5.8 MB: the round trip is worth bigger pieces
+    assert _first_piece(size, width=10, latency=0.05) == 16 * MIB  # fewer hold more
+
+
 def test_idle_connection_steals_from_the_range_with_most_left() -> None:
     plan = ChunkPlan(48 * MIB, 16 * MIB)
     schedule = Scheduler(plan, connections=1, clock=Clock())

@@ -445,24 +445,33 @@ class FileDownload:
     # ------------------------------------------------------------------ chunk level
     async def _worker(self, index: int | None, ready: anyio.Event | None) -> None:
         self._live += 1
+        schedule = self.schedule
         try:
             async with self.ctx.limiter:
-                if index is None:
-                    index = self.schedule.take()
-                while index is not None:
-                    try:
-                        await self._fetch_chunk(index, ready)
-                    finally:
-                        self.schedule.release(index)
-                    if self.single:
-                        return
-                    widener = self._widener
-                    if widener is not None and self._live > widener.width:
-                        return  # fewer connections pay better: give this one back
-                    ready = None
-                    index = self.schedule.take()
+                schedule.width += 1  # the connections this file holds (pieces are sized by it)
+                try:
+                    await self._work(index, ready)
+                finally:
+                    schedule.width -= 1
         finally:
             self._live -= 1
+
+    async def _work(self, index: int | None, ready: anyio.Event | None) -> None:
+        """Ranges one after the other on one connection token, until none is worth taking."""
+        if index is None:
+            index = self.schedule.take()
+        while index is not None:
+            try:
+                await self._fetch_chunk(index, ready)
+            finally:
+                self.schedule.release(index)
+            if self.single:
+                return
+            widener = self._widener
+            if widener is not None and self._live > widener.width:
+                return  # fewer connections pay better: give this one back
+            ready = None
+            index = self.schedule.take()
 
     async def _fetch_chunk(self, index: int, ready: anyio.Event | None) -> None:
         retrier = Retrier(
@@ -503,8 +512,11 @@ class FileDownload:
                     active.scope = scope
                     async with self.ctx.transport.request(sent, headers=headers) as response:
                         active.last = self.ctx.clock()
-                        if ready is not None and self._widener is not None:
-                            self._widener.learn_latency(time.monotonic() - asked)
+                        if ready is not None:
+                            latency = time.monotonic() - asked
+                            self.schedule.learn_latency(latency)
+                            if self._widener is not None:
+                                self._widener.learn_latency(latency)
                         await self._answer(index, response, sent, start, last, ready, active)
             finally:
                 self._active.discard(active)
