@@ -63,7 +63,6 @@ per-connection byte threshold.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -84,6 +83,7 @@ from .._progress.events import ProgressEvent
 from .._transport.base import BufferedResponse, Piece, Response
 from .._transport.errors import host_port
 from .adaptive import Widener
+from .answers import Restart, collapse_group, parse_content_range, strong_etag
 from .batch import BatchWriter
 from .context import Active, Bytes, Context, pwrite_all
 from .hashing import HashCursor
@@ -129,63 +129,11 @@ MAX_RESTARTS = 3
 #: this much of their range (or a quarter of it, for a smaller range): real progress, not
 #: "some bytes flowed".
 MEANINGFUL = 1024 * 1024
-#: ``bytes <first>-<last>/<total>`` in ASCII digits (``re.ASCII``: ``[0-9]``, never ``\\d``); a huge
-#: total still parses, so the size checks can say what is wrong with it.
-_CONTENT_RANGE = re.compile(r"(?i:bytes)[ ]+([0-9]{1,20})-([0-9]{1,20})/([0-9]{1,40})", re.ASCII)
-
-
-class Restart(Exception):
-    """The file changed on the server: start it again from scratch."""
 
 
 class Unranged(Exception):
     """A file of unknown size whose server gives no size for a range (a ``200`` without
     ``Content-Length``, or a ``416``): it must be fetched as one plain stream."""
-
-
-def parse_content_range(value: str | None, url: str) -> tuple[int, int, int]:
-    """``bytes a-b/n`` → ``(a, b, n)``; :class:`ProtocolError` for anything else. Only ASCII
-    digits count: ``"²".isdigit()`` is true but ``int("²")`` fails, and ``int("١٢")`` reads
-    digits HTTP does not allow."""
-    match = _CONTENT_RANGE.fullmatch((value or "").strip())
-    if match is None:
-        raise ProtocolError(f"{url} sent an unusable Content-Range {value!r:.80}", url=url)
-    first, last, total = match.groups()
-    start, end = int(first), int(last)
-    if end < start:
-        raise ProtocolError(f"{url} sent an empty Content-Range {value!r:.80}", url=url)
-    return start, end, int(total)
-
-
-def _strong_etag(response: Response) -> str | None:
-    etag = response.headers.get("ETag")
-    if etag is None or etag.strip().startswith("W/"):
-        return None
-    return etag.strip()
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
-
-
-def collapse_group(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one exception of a task group's failure that matters most."""
-    leaves = _leaves(group)
-    cancelled = anyio.get_cancelled_exc_class()
-
-    def rank(exc: BaseException) -> int:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            return 0
-        if isinstance(exc, Restart):
-            return 1
-        if isinstance(exc, HubError):
-            return 3 if retryable(exc) else 2
-        return 5 if isinstance(exc, cancelled) else 4
-
-    return min(leaves, key=rank)
 
 
 class FileDownload:
@@ -630,7 +578,7 @@ class FileDownload:
         bytes: load-balanced backends give the same bytes different strong ETags, and the
         SHA-256 verifies the whole file anyway (a real change of content fails it, and the
         engine then starts the file over; a change of size is caught here at once)."""
-        etag = _strong_etag(response)
+        etag = strong_etag(response)
         modified = response.headers.get("Last-Modified")
         if not self.validated:
             self.etag = etag
