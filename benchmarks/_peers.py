@@ -14,8 +14,9 @@ Tools, each invoked the way a user would:
 * curl -- one stream, ``curl -sS --fail -o``;
 * aria2c -- ``-x16 -s16`` (``-j16`` for many files), ``--file-allocation=falloc`` (the
   manual's advice for ext4; the default ``prealloc`` would write every file twice);
-* hf_transfer -- ``hf_transfer.download`` with huggingface_hub's settings (100 parallel
-  requests, 10 MiB chunks);
+* hf_transfer -- ``hf_transfer.download`` with 10 MiB chunks (huggingface_hub's), twice: 16
+  parallel requests (``max_files=16``, the setting the targets name) and huggingface_hub's
+  own 100 (``HF_TRANSFER_CONCURRENCY``), shown beside it;
 * ``sha256sum`` -- the separate verification pass added to the peers that do not verify.
 """
 
@@ -38,7 +39,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 VENV_ONNX120 = HERE / ".venv-onnx120"
 MiB = 1024 * 1024
-HF_MAX_FILES = 100  # huggingface_hub's HF_TRANSFER_CONCURRENCY
+HF_MAX_FILES = 16  # the targets' hf_transfer: 16 parallel requests
+HF_MAX_FILES_HUB = 100  # huggingface_hub's HF_TRANSFER_CONCURRENCY
 HF_CHUNK = 10 * MiB  # huggingface_hub's DOWNLOAD_CHUNK_SIZE
 
 
@@ -182,11 +184,11 @@ def aria2c_cmd(urls: list[tuple[str, Path]], *, split: int = 16, jobs: int | Non
     return [*base, f"-j{jobs or 16}", "-i", str(list_file)]
 
 
-def hf_transfer_cmd(url: str, out: Path) -> list[str]:
+def hf_transfer_cmd(url: str, out: Path, max_files: int = HF_MAX_FILES) -> list[str]:
     code = (
         "import sys, hf_transfer\n"
         "hf_transfer.download(url=sys.argv[1], filename=sys.argv[2], "
-        f"max_files={HF_MAX_FILES}, chunk_size={HF_CHUNK}, parallel_failures=0, max_retries=0)\n"
+        f"max_files={max_files}, chunk_size={HF_CHUNK}, parallel_failures=0, max_retries=0)\n"
     )
     return [sys.executable, "-c", code, url, str(out)]
 

@@ -95,7 +95,7 @@ def scenario_table(scenario: dict[str, Any]) -> str:
     if scenario["targets"]:
         lines += ["", "Targets:", ""]
         for t in scenario["targets"]:
-            mark = {True: "PASS", False: "MISS", None: "n/a"}[t["ok"]]
+            mark = {True: "PASS", False: "MISS", None: "info"}[t["ok"]]
             lines.append(f"- **{mark}** {t['text']}: {t['detail']}")
     return "\n".join(lines) + "\n"
 

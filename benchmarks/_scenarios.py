@@ -23,6 +23,9 @@ from _peers import Run
 
 MiB = 1024 * 1024
 ARIA2C_MAX_SPLIT = 16  # aria2c refuses -x above 16
+#: hf_transfer with huggingface_hub's 100 parallel requests ("hf_transfer" is the 16 the
+#: targets name); compared for information, not as a target
+HF_HUB = f"hf_transfer, {_peers.HF_MAX_FILES_HUB} files"
 
 
 @dataclass
@@ -145,9 +148,10 @@ def single_file(ctx: Ctx, sid: str, endpoint: Endpoint, capped: bool,
         ("curl", lambda _i: _peers.curl_cmd(url, target)),
         ("aria2c -x16 -s16", lambda _i: _peers.aria2c_cmd([(url, target)])),
         ("hf_transfer", lambda _i: _peers.hf_transfer_cmd(url, target)),
+        (HF_HUB, lambda _i: _peers.hf_transfer_cmd(url, target, _peers.HF_MAX_FILES_HUB)),
     ]
     for tool, make in peers:
-        if not _peers.have(tool.split()[0]):
+        if not _peers.have(tool.split()[0].rstrip(",")):
             rows.append(_missing(tool))
             continue
         log(f"{sid}: {tool}")
@@ -202,8 +206,14 @@ def _single_targets(rows: list[Row], limit: Limit | None, size: int,
         peer = _find(rows, tool)
         if peer:
             a, b = whole.med() or 0.0, peer.med() or 0.0
-            targets.append(_target(f"{whole.tool} (wall) <= {ratio:g} x {tool}",
+            name = f"{tool} ({_peers.HF_MAX_FILES} files)" if tool == "hf_transfer" else tool
+            targets.append(_target(f"{whole.tool} (wall) <= {ratio:g} x {name}",
                                    a <= ratio * b, f"{a:.2f} s vs {b:.2f} s ({a / b:.2f} x)"))
+    hub_hf = _find(rows, HF_HUB)
+    if hub_hf:  # information: more connections than asynchub's budget
+        a, b = whole.med() or 0.0, hub_hf.med() or 0.0
+        targets.append(_target(f"{whole.tool} (wall) vs {HF_HUB} (not a target)", None,
+                               f"{a:.2f} s vs {b:.2f} s ({a / b:.2f} x)"))
     if capped:
         hub = next((r for r in rows if r.tool.startswith("onnx.hub") and r.n), None)
         if hub:
