@@ -330,7 +330,7 @@ def small(ctx: Ctx) -> dict[str, Any]:
             targets.append(_target("warm load <= 1.1 x bare onnx.load (wall of the script)",
                                    a <= 1.1 * b, f"{a * 1000:.0f} ms vs {b * 1000:.0f} ms"))
             a, b = warm_row.med("seconds") or 0.0, bare.med("seconds") or 0.0
-            targets.append(_target("warm load vs bare onnx.load, in-process first call (info)",
+            targets.append(_target("warm load vs bare onnx.load, in-process first call",
                                    None, f"{a * 1000:.2f} ms vs {b * 1000:.2f} ms"))
     if cold and hub_cold:
         a, b = cold.med("seconds") or 0.0, hub_cold.med("seconds") or 0.0
