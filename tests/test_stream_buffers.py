@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asynchub._transport.connection import BUFFERS, Spare
+from asynchub._transport.connection import BUFFERS, Spare, new_buffer
 from asynchub._transport.stream import StreamTransport
 from tests.mirror import MirrorServer
 from tests.test_transfer import MIB, fast_config, put
@@ -64,8 +64,8 @@ async def test_a_cut_connection_leaves_its_buffers_to_the_next(
 def test_spares_are_bounded_and_sized() -> None:
     spare = Spare(1024, limit=BUFFERS)
     for _ in range(BUFFERS + 3):
-        spare.put(bytearray(1024))
-    spare.put(bytearray(512))  # another size is never handed out
+        spare.put(new_buffer(1024))
+    spare.put(new_buffer(512))  # another size is never handed out
     taken = [spare.take() for _ in range(BUFFERS + 1)]
     assert [len(b) for b in taken if b is not None] == [1024] * BUFFERS
     assert taken[-1] is None

@@ -14,7 +14,8 @@ Choices:
   buffers: h11 would copy each byte into its receive buffer and again into a ``Data`` event.
   Chunked bodies (rare from file servers) keep going through h11, with its copies.
 * **Buffers per connection.** Each connection owns up to :data:`BUFFERS` buffers of
-  ``buffer_size`` bytes (1 MiB by default). A full buffer (or the end of the body, or a partial
+  ``buffer_size`` bytes (1 MiB by default; private anonymous maps, see
+  :data:`~.connection.Buffer`). A full buffer (or the end of the body, or a partial
   one older than ``flush_interval``) goes to the caller; when every buffer is with the caller,
   the connection stops reading (``pause_reading``) until one is released: memory stays bounded
   and a slow disk slows the sender through TCP.
