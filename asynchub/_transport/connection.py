@@ -407,12 +407,6 @@ class Connection(asyncio.BufferedProtocol):
         self._ready.clear()
         self._recycle()
 
-    def shed(self) -> None:
-        """Going idle (to the keep-alive pool): its free buffers go to the transport's spares,
-        so a pooled connection holds no memory; it takes buffers again when it is reused."""
-        self._pieces -= len(self._free)
-        self._recycle()
-
     def _recycle(self) -> None:
         """A closed connection's idle buffers go to the spares of its transport."""
         if self._spare is not None:

@@ -19,10 +19,11 @@ Choices:
   one older than ``flush_interval``) goes to the caller; when every buffer is with the caller,
   the connection stops reading (``pause_reading``) until one is released: memory stays bounded
   and a slow disk slows the sender through TCP.
-* **Spare buffers.** A connection that closes (a range cut short, an error) or goes idle to
-  the keep-alive pool leaves its buffers to the transport's :class:`~.connection.Spare` list
-  (at most :data:`SPARE`), and the next connection to need one takes them instead of fresh
-  zero-filled memory: memory follows the connections receiving, not those opened.
+* **Spare buffers.** A connection that closes (a range cut short, an error) leaves its buffers
+  to the transport's :class:`~.connection.Spare` list (at most :data:`SPARE`), and the next
+  connection starts with them instead of fresh memory. A connection back in the keep-alive
+  pool keeps its own: it is reused within moments (handing them over at every request
+  tripled the fresh buffers of a 512 MiB download in 2 MiB ranges, and its CPU).
 * **Partial buffers by time.** A slow connection still delivers what it has every
   ``flush_interval`` (0.1 s): progress, the stall watchdog and the resume state see its bytes
   without waiting for a full MiB.
@@ -244,7 +245,6 @@ class StreamTransport:
     def _release(self, conn: Connection) -> None:
         if conn.reusable and conn.body_done and not conn.closed:
             conn._mode = "idle"
-            conn.shed()
             self._idle.setdefault(conn.origin, []).append(conn)
         else:
             conn.close()
