@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asynchub._transport.connection import BUFFERS, Spare, new_buffer
+from asynchub._transport.connection import BUFFERS, Connection, Spare, new_buffer
 from asynchub._transport.stream import StreamTransport
 from tests.mirror import MirrorServer
 from tests.test_transfer import MIB, fast_config, put
@@ -91,3 +91,18 @@ async def test_a_kept_alive_connection_keeps_its_buffers(
     assert got == blob.data
     assert len(pooled) == 1 and pooled[0]._pieces <= BUFFERS
     assert spares == 0 and reused == 0  # never handed over between requests
+
+
+def test_a_closed_connection_holds_no_piece() -> None:
+    """Closing mid-body leaves the connection holding no piece (each refers back to it): its
+    buffers go to the spares or are freed at once, not whenever the cycle collector runs."""
+    spare = Spare(1024, limit=8)
+    conn = Connection(("http", "127.0.0.1", 1), 1024, spare)
+    conn._mode, conn._remaining = "body", 5000  # a body under way, as after its head
+    view = conn.get_buffer(-1)
+    view[:100] = b"x" * 100
+    conn.buffer_updated(100)  # part of a buffer received
+    assert conn._current is not None
+    conn.close()
+    assert conn._current is None and not conn._free and not conn._ready
+    assert len(spare._buffers) == 1

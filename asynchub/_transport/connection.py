@@ -405,10 +405,16 @@ class Connection(asyncio.BufferedProtocol):
             piece.filled = 0
             self._free.append(piece)
         self._ready.clear()
+        if self._current is not None:  # the bytes of a body cut short: not wanted
+            self._current.filled = 0
+            self._free.append(self._current)
+            self._current = None
         self._recycle()
 
     def _recycle(self) -> None:
-        """A closed connection's idle buffers go to the spares of its transport."""
+        """A closed connection's idle buffers go to the spares of its transport. It then holds
+        no piece (each piece refers to its connection): nothing waits for the cycle collector,
+        and the buffers not kept are returned as soon as their last piece is dropped."""
         if self._spare is not None:
             for piece in self._free:
                 self._spare.put(piece._data)
