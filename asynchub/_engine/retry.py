@@ -12,7 +12,6 @@ progress resumes from its last byte.
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import time
@@ -63,6 +62,8 @@ def parse_retry_after(value: str | None, *, now: float) -> float | None:
     value = value.strip()
     if value.isascii() and value.isdigit():
         return float(value)
+    import email.utils  # here: an HTTP date is rare, and the module costs ~6 ms to import
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

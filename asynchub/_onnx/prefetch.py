@@ -41,7 +41,6 @@ still missing. Choices:
 from __future__ import annotations
 
 import contextlib
-import difflib
 import errno
 import logging
 import os
@@ -54,7 +53,6 @@ from typing import TYPE_CHECKING, Literal
 
 import anyio
 
-from .._cache.archive import extract_test_data
 from .._cache.layout import commit, ensure_dir, new_partial_path, partials_for, remove_quietly
 from .._engine.engine import Engine, FileJob
 from .._exceptions import (
@@ -192,6 +190,8 @@ def select_entries(
             by_tag = filter_models(entries, tags=tags)
             if tags and not by_tag:
                 known = sorted({t.lower() for e in entries for t in e.tags})
+                import difflib  # only to word an error
+
                 close = {c for t in tags for c in difflib.get_close_matches(t.lower(), known)}
                 hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
                 raise ModelNotFoundError(
@@ -203,6 +203,8 @@ def select_entries(
             matching = filter_models(entries, model=name)
             if not matching:
                 names = {e.model.lower(): e.model for e in entries}
+                import difflib  # only to word an error
+
                 near = difflib.get_close_matches(name.lower(), list(names), n=3)
                 hint = f" (did you mean {', '.join(names[c] for c in near)}?)" if near else ""
                 raise ModelNotFoundError(
@@ -547,6 +549,8 @@ async def _finish_item(
         return None
     if want.kind != "test_data" or not extract:
         return dest
+
+    from .._cache.archive import extract_test_data  # tarfile and gzip: only for test data
 
     try:
         extracted: Path = await hub.run_blocking(extract_test_data, dest, force)
