@@ -12,8 +12,9 @@ atomic rename keep the cache right); the lock only saves bandwidth.
 * Its content is the holder's record, JSON: ``host`` (``HubConfig.host_id``), ``pid``,
   ``started`` (the process's start time, which tells a reused pid apart), ``acquired`` and
   ``renewed`` (wall clock), ``token``. The holder rewrites it every ``lease / 4`` seconds from
-  a thread (the *lease renewal*), so a stopped process (Ctrl-Z, a frozen container, a host
-  that vanished with the lock still granted) stops renewing it.
+  a thread (the *lease renewal*; one thread per process renews every lock it holds, so a
+  prefetch of 60 files starts no thread per file), so a stopped process (Ctrl-Z, a frozen
+  container, a host that vanished with the lock still granted) stops renewing it.
 * It is deleted on release, while still locked; a waiter that locked a file it had opened
   just before checks that the path still names that file (same inode) and tries again
   otherwise, so deleting it never lets two processes hold the lock at once. A cache left
@@ -181,6 +182,51 @@ _BUSY = (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK)
 _VANISHED = (errno.ENOENT, errno.ESTALE)
 
 
+class _Renewer:
+    """The one thread of a process that rewrites the records of the locks it holds, each every
+    ``max(0.05, lease / 4)`` seconds; started with the first lock, it ends when none is left
+    (and starts again with the next)."""
+
+    def __init__(self) -> None:
+        self._due: dict[CacheLock, float] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, lock: CacheLock) -> None:
+        with self._cond:
+            self._due[lock] = time.monotonic() + lock.interval
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="asynchub-lease", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def remove(self, lock: CacheLock) -> None:
+        with self._cond:
+            self._due.pop(lock, None)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._due:
+                    self._thread = None
+                    return
+                now = time.monotonic()
+                due = [lock for lock, at in self._due.items() if at <= now]
+                for lock in due:
+                    self._due[lock] = now + lock.interval
+                if not due:
+                    self._cond.wait(min(self._due.values()) - now)
+                    continue
+            for lock in due:  # outside the condition: a slow file system delays no add
+                lock.renew()
+
+
+_RENEWER = _Renewer()
+
+
 def _close_quietly(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
@@ -197,9 +243,12 @@ class CacheLock:
         self.lease = lease
         self._fd = -1
         self._record: dict[str, object] = {}
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
         self._write_lock = threading.Lock()
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two renewals of the record."""
+        return max(0.05, self.lease / 4)
 
     @property
     def held(self) -> bool:
@@ -256,11 +305,7 @@ class CacheLock:
         }
         self._fd = fd
         self._write_record()
-        self._stop.clear()
-        self._renewer = threading.Thread(
-            target=self._renew_loop, name=f"asynchub-lease {self.path.name}", daemon=True
-        )
-        self._renewer.start()
+        _RENEWER.add(self)
         return True
 
     def _write_record(self) -> None:
@@ -272,8 +317,9 @@ class CacheLock:
                 os.ftruncate(self._fd, 0)
                 os.pwrite(self._fd, data, 0)
 
-    def _renew_loop(self) -> None:
-        while not self._stop.wait(max(0.05, self.lease / 4)):
+    def renew(self) -> None:
+        """Rewrite the record with the time now (the lease renewal; nothing once released)."""
+        if self.held:
             self._record["renewed"] = time.time()
             self._write_record()
 
@@ -281,11 +327,8 @@ class CacheLock:
         """Delete the lock file (still locked), then unlock it."""
         if not self.held:
             return
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join(5)
-            self._renewer = None
-        with self._write_lock:
+        _RENEWER.remove(self)
+        with self._write_lock:  # waits for a renewal under way; none writes after
             fd, self._fd = self._fd, -1
             try:
                 with contextlib.suppress(OSError):

@@ -110,6 +110,40 @@ def test_lock_file_names_its_holder_renews_and_goes_away(tmp_path: Path) -> None
     other.release()
 
 
+def test_one_thread_renews_every_lock_held(tmp_path: Path) -> None:
+    """Locks held at once are renewed by one thread of the process, each at its own pace;
+    the thread ends once none is held."""
+    import threading
+
+    locks = [CacheLock(tmp_path / f"f{i}.onnx.lock", host="node-a", lease=0.2) for i in range(5)]
+    slow = CacheLock(tmp_path / "slow.onnx.lock", host="node-a", lease=60.0)
+    try:
+        for lock in (*locks, slow):
+            assert lock.try_acquire()
+        firsts = [lock.holder() for lock in locks]
+        assert all(h is not None for h in firsts)
+        renewers = [t for t in threading.enumerate() if t.name.startswith("asynchub-lease")]
+        assert len(renewers) == 1
+        for lock, first in zip(locks, firsts, strict=True):
+            assert first is not None
+            wait_until(
+                lambda lock=lock, first=first: (h := lock.holder()) is not None
+                and h.renewed > first.renewed,
+                "a renewal of every lock",
+                5,
+            )
+        held = slow.holder()
+        assert held is not None and held.renewed == held.acquired  # not due for 15 s
+    finally:
+        for lock in (*locks, slow):
+            lock.release()
+    wait_until(
+        lambda: not any(t.name.startswith("asynchub-lease") for t in threading.enumerate()),
+        "the renewal thread to end",
+        5,
+    )
+
+
 def test_dead_holder_on_this_host_is_taken_over(tmp_path: Path) -> None:
     path = tmp_path / "f.onnx.lock"
     with holding(path, "node-a", 0.2) as proc:
