@@ -80,8 +80,8 @@ from .._cache.layout import (
     state_path,
     translate_oserror,
 )
+from .._cache.locks import CacheLock, may_adopt, remove_abandoned
 from .._cache.locks import claim as claim_partial
-from .._cache.locks import may_adopt, remove_abandoned
 from .._config import HubConfig
 from .._exceptions import (
     CacheError,
@@ -97,7 +97,7 @@ from .._progress.events import ProgressCallback, ProgressEvent
 from .._transport.base import Transport
 from .context import file_threads
 from .hashing import HashCursor
-from .locking import file_lock
+from .locking import file_lock, new_lock
 from .ranged import Context, FileDownload, Unranged, collapse_group
 from .ratelimit import TokenBucket
 from .resume import ChunkPlan, ResumeState, find_resumable
@@ -220,6 +220,22 @@ def _look(root: Path, job: FileJob, force: bool) -> bool:
     """Create the file's directory; whether a verified copy is there already (blocking)."""
     ensure_dir(root, job.dest.parent)
     return not force and file_matches(job.dest, job.sha256, job.size)
+
+
+def _look_and_lock(
+    config: HubConfig, job: FileJob, force: bool
+) -> tuple[bool, CacheLock | None, tuple[bool, bool, bool] | None]:
+    """The usual start of a file in one worker-thread call (blocking): whether a verified copy
+    is there (:func:`_look`); if not, its lock, taken if it is free, and then the look again
+    under it (:func:`_look_again`)."""
+    if _look(config.cache_dir, job, force):
+        return True, None, None
+    if config.offline or not config.use_locks:
+        return False, None, None
+    lock = new_lock(config, job.dest)
+    if not lock.try_acquire():
+        return False, lock, None
+    return False, lock, _look_again(job, force)
 
 
 def _look_again(job: FileJob, force: bool) -> tuple[bool, bool, bool]:
@@ -408,7 +424,10 @@ class Engine:
 
     async def _fetch_locked(self, job: FileJob, force: bool, res: _LoopResources) -> Path:
         config = self.config
-        if await anyio.to_thread.run_sync(_look, config.cache_dir, job, force):
+        cached, lock, under = await anyio.to_thread.run_sync(
+            _look_and_lock, config, job, force, limiter=res.threads
+        )
+        if cached:
             self._emit(ProgressEvent("cached", job.name, total=job.size, path=job.dest))
             return job.dest
         if config.offline:
@@ -416,10 +435,12 @@ class Engine:
                 f"{job.name} is not in the cache ({job.dest}) and offline mode is on; "
                 "fetch it once online, or turn offline mode off (ASYNCHUB_OFFLINE=0)"
             )
-        async with file_lock(config, job.name, job.dest) as held:
+        async with file_lock(config, job.name, job.dest, lock=lock) as held:
             # Check again even if the lock was free: another process may have published the
             # file (and released its lock) since the check above.
-            cached, odd, exists = await anyio.to_thread.run_sync(_look_again, job, force)
+            if under is None or not held:
+                under = await anyio.to_thread.run_sync(_look_again, job, force)
+            cached, odd, exists = under
             if cached:
                 self._emit(ProgressEvent("cached", job.name, total=job.size, path=job.dest))
                 return job.dest
