@@ -188,6 +188,11 @@ class _Renewer:
     (and starts again with the next)."""
 
     def __init__(self) -> None:
+        self._reset()
+        if hasattr(os, "register_at_fork"):  # the child has no renewal thread: start afresh
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._due: dict[CacheLock, float] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None

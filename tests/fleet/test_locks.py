@@ -144,6 +144,34 @@ def test_one_thread_renews_every_lock_held(tmp_path: Path) -> None:
     )
 
 
+def test_a_forked_child_renews_its_own_locks(tmp_path: Path) -> None:
+    """The renewal thread does not survive a fork: the child starts its own for its locks."""
+    held = CacheLock(tmp_path / "parent.onnx.lock", host="node-a", lease=0.2)
+    assert held.try_acquire()  # the parent's renewal thread runs
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: exit code 0 once its own lock was renewed
+            code = 1
+            try:
+                mine = CacheLock(tmp_path / "child.onnx.lock", host="node-a", lease=0.2)
+                if mine.try_acquire():
+                    first = mine.holder()
+                    deadline = time.monotonic() + 5
+                    while time.monotonic() < deadline and first is not None:
+                        now = mine.holder()
+                        if now is not None and now.renewed > first.renewed:
+                            code = 0
+                            break
+                        time.sleep(0.02)
+                    mine.release()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child's lock was never renewed"
+    finally:
+        held.release()
+
+
 def test_dead_holder_on_this_host_is_taken_over(tmp_path: Path) -> None:
     path = tmp_path / "f.onnx.lock"
     with holding(path, "node-a", 0.2) as proc:
