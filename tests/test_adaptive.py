@@ -244,3 +244,43 @@ async def test_engine_stops_adding_when_the_total_is_capped(tmp_path: Path) -> N
         await _download(server, blob, tmp_path / "cache")
     busy = [n for n in server.samples if n]
     assert sorted(busy)[len(busy) // 2] <= START  # held at the start width (probes are brief)
+
+
+@pytest.mark.timeout(90)
+async def test_files_sharing_a_small_budget_start_no_idle_workers(tmp_path: Path) -> None:
+    """Eight files on a budget of four connections: a file widens only as far as the budget
+    has tokens (plus one in line), instead of starting workers that would only queue."""
+    blob = Blob("blob", random.Random(5).randbytes(8 * MIB))
+    cache = tmp_path / "cache"
+    jobs = [job_for("", blob, cache, name=f"copy{i}", dest=cache / f"copy{i}.onnx")
+            for i in range(8)]  # fmt: skip
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            workers = [
+                t for t in asyncio.all_tasks()
+                if t.get_name().endswith("FileDownload._worker")
+            ]  # fmt: skip
+            peak = max(peak, len(workers))
+            await asyncio.sleep(0.005)
+
+    async with PacedServer(blob.data, per_conn=8 * MIB, total=None) as server:
+        jobs = [job_for(server.url, blob, cache, name=j.name, dest=j.dest) for j in jobs]
+        config = fast_config(
+            cache, chunk_size=2 * MIB, min_split_size=MIB, max_connections=4,
+            max_connections_per_host=4, stall_timeout=20.0,
+        )  # fmt: skip
+        transport = Transport(config)
+        engine = Engine(config, transport)
+        try:
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(watch)
+                    results = await engine.fetch_many(jobs)
+                    group.cancel_scope.cancel()
+        finally:
+            await transport.aclose()
+    assert all(isinstance(r, Path) and r.read_bytes() == blob.data for r in results)
+    assert 4 <= peak <= 2 * len(jobs)  # not START (8) per file: 64

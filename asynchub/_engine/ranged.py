@@ -348,9 +348,19 @@ class FileDownload:
                     outer.start_soon(self._adapt, workers)
 
     def _widen(self, workers: anyio.abc.TaskGroup) -> None:
-        """Start workers up to the current width (as far as the plan has work for them)."""
-        width = self.ctx.config.max_connections if self._widener is None else self._widener.width
-        for _ in range(min(width - self._live, self.schedule.wanted())):
+        """Start workers up to the current width, as far as the plan has work for them. An
+        adaptive file also stops at the tokens the engine's connection budget has free, with
+        at most one of its workers waiting in line: more would only queue, then take tokens
+        as other files give them back and split those files' ranges (the adaptive loop widens
+        again as tokens come back). A prefetch of 60 files started 1,326 workers for 361
+        ranges without this bound, 192 for 296 with it, and took 1.7 s instead of 1.9-2.1 s."""
+        if self._widener is None:  # fixed: every worker at once, each waits its turn
+            more = self.ctx.config.max_connections - self._live
+        else:
+            waiting = self._live - self.schedule.width  # workers without a token yet
+            free = int(self.ctx.limiter.available_tokens) + 1 - waiting
+            more = min(self._widener.width - self._live, free)
+        for _ in range(min(more, self.schedule.wanted())):
             workers.start_soon(self._worker, None, None)
 
     async def _adapt(self, workers: anyio.abc.TaskGroup) -> None:
