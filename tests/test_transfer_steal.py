@@ -116,10 +116,11 @@ def test_lowest_offset_first_then_tapering() -> None:
     assert schedule.steals == 0
 
 
-def _first_piece(size: int, *, width: int, latency: float | None) -> int:
+def _first_piece(size: int, *, width: int, latency: float | None, starting: int = 0) -> int:
     plan = ChunkPlan(size, 16 * MIB)
     schedule = Scheduler(plan, connections=40, clock=Clock())
     schedule.width = width
+    schedule.starting = starting
     if latency is not None:
         schedule.learn_latency(latency)
     index = schedule.take()
@@ -140,6 +141,34 @@ def test_pieces_shrink_with_many_connections_and_a_short_round_trip() -> None:
     assert loopback == MIN_PART
     assert MIN_PART < distant < 16 * MIB  # ~5.8 MB: the round trip is worth bigger pieces
     assert _first_piece(size, width=10, latency=0.05) == 16 * MIB  # fewer hold more
+
+
+def test_pieces_are_sized_for_the_workers_just_started() -> None:
+    """Eight workers started at once take their pieces one after the other as their tokens
+    come: the first must not take a piece sized for one connection."""
+    size = 512 * MIB
+    alone = _first_piece(size, width=1, latency=0.001)
+    assert alone > 8 * MIB
+    assert _first_piece(size, width=1, latency=0.001, starting=8) < 3 * MIB
+    assert _first_piece(size, width=8, latency=0.001, starting=1) < 3 * MIB
+
+
+def test_the_probe_asks_for_a_small_first_piece() -> None:
+    """The first request of a file of many chunks asks for MIN_PART bytes, not the whole
+    first chunk; a file of few chunks, or a range too short to cut, is asked for whole."""
+    plan = ChunkPlan(512 * MIB, 16 * MIB)
+    first = Scheduler(plan, connections=40, clock=Clock()).claim_first()
+    assert first is not None and plan.bounds(first) == (0, MIN_PART)
+    assert first in plan.claimed
+    four = ChunkPlan(64 * MIB, 16 * MIB)
+    index = Scheduler(four, connections=40, clock=Clock()).claim_first()
+    assert index is not None and four.bounds(index) == (0, MIN_PART)
+    small = ChunkPlan(17 * MIB, 16 * MIB)
+    index = Scheduler(small, connections=40, clock=Clock()).claim_first()
+    assert index is not None and small.bounds(index) == (0, 16 * MIB)
+    short = ChunkPlan(6 * MIB, 1 * MIB)
+    index = Scheduler(short, connections=40, clock=Clock()).claim_first()
+    assert index is not None and short.bounds(index) == (0, 1 * MIB)
 
 
 def test_idle_connection_steals_from_the_range_with_most_left() -> None:
@@ -242,7 +271,7 @@ async def test_many_connections_on_a_few_chunks_share_them(rig: Rig) -> None:
                        state_interval=4 * MIB)  # fmt: skip
     assert path.read_bytes() == blob.data
     ranges = sorted(r.range for r in rig.server.requests if r.range is not None)
-    assert ranges[0] == (0, 8 * MIB - 1)  # the probe: a whole first chunk
+    assert ranges[0] == (0, 8 * MIB - 1)  # the probe: a whole first chunk (few chunks)
     assert len(ranges) >= 4  # 2 chunks, yet all 4 connections got work
     assert rig.server.served_bytes() < blob.size + 2 * MIB
 

@@ -404,6 +404,8 @@ class FileDownload:
     async def _worker(self, index: int | None, ready: anyio.Event | None) -> None:
         self._live += 1
         schedule = self.schedule
+        if self._widener is not None:
+            schedule.starting = self._live
         try:
             async with self.ctx.limiter:
                 schedule.width += 1  # the connections this file holds (pieces are sized by it)
@@ -413,6 +415,8 @@ class FileDownload:
                     schedule.width -= 1
         finally:
             self._live -= 1
+            if self._widener is not None:
+                schedule.starting = self._live
 
     async def _work(self, index: int | None, ready: anyio.Event | None) -> None:
         """Ranges one after the other on one connection token, until none is worth taking."""
