@@ -20,7 +20,7 @@ from aiohttp import web
 from asynchub._cache.layout import partials_for, state_path
 from asynchub._engine.engine import Engine
 from asynchub._engine.resume import SPLIT_STATE_VERSION, ChunkPlan, ResumeState, find_resumable
-from asynchub._engine.schedule import KEEP, MIN_AGE, MIN_PART, Scheduler
+from asynchub._engine.schedule import KEEP, MIN_AGE, MIN_PART, MIN_TAIL_PART, Scheduler
 from tests.mirror import Fault, MirrorServer
 from tests.test_resume import CHILD, ROOT, run_child
 from tests.test_transfer import KIB, MIB, Events, Rig, fast_config, fetch, job_for, put, rig
@@ -151,6 +151,39 @@ def test_pieces_are_sized_for_the_workers_just_started() -> None:
     assert alone > 8 * MIB
     assert _first_piece(size, width=1, latency=0.001, starting=8) < 3 * MIB
     assert _first_piece(size, width=8, latency=0.001, starting=1) < 3 * MIB
+
+
+def _last_pieces(latency: float) -> list[int]:
+    """The sizes of the pieces taken one after the other from a 64 MiB file by 40
+    connections receiving 25 MB/s each, after 60 MiB were taken."""
+    clock = Clock()
+    plan = ChunkPlan(64 * MIB, 16 * MIB)
+    schedule = Scheduler(plan, connections=40, clock=clock)
+    schedule.learn_latency(latency)
+    schedule.width = 40
+    sizes = []
+    while True:
+        index = schedule.take()
+        if index is None:
+            break
+        start, end = plan.bounds(index)
+        sizes.append(end - start)
+        if sum(sizes) >= 60 * MIB:  # the rest is the tail: a rate is known by now
+            clock.now += 0.2
+            for held in list(plan.claimed):
+                schedule.received[held] = plan.next_offset(held) + 5_000_000
+    return sizes
+
+
+def test_the_last_pieces_shrink_where_requests_are_cheap() -> None:
+    """On a short round trip the taper goes below MIN_PART (down to MIN_TAIL_PART), so the
+    connections finish together; the pieces before the tail, and every piece behind a long
+    round trip, stay at least MIN_PART."""
+    near = _last_pieces(0.001)
+    assert min(near[:20]) >= MIN_PART
+    assert MIN_TAIL_PART <= min(near) < MIN_PART
+    far = _last_pieces(0.05)
+    assert min(far) >= MIN_PART or min(far) == 64 * MIB - sum(far[:-1])
 
 
 def test_the_probe_asks_for_a_small_first_piece() -> None:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar, cast
 
 import anyio
 
-from .._cache.archive import extract_test_data
 from .._config import HubConfig
 from .._engine.engine import Engine, FileJob
 from .._exceptions import HubClosedError, HubError
@@ -419,6 +418,8 @@ class AsyncHub:
         job = onnx_source.test_data_job(info, spec)
         await onnx_source.check_trust(spec, silent=silent, trust_repo=trust_repo)
         archive = await self.engine.fetch(job, force=force_reload)
+        from .._cache.archive import extract_test_data  # tarfile and gzip: only here
+
         extracted: Path = await self.run_blocking(extract_test_data, archive, force_reload)
         return extracted
 

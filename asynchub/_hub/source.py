@@ -25,13 +25,14 @@ CLI handlers, so listing the sources costs nothing at start-up.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import argparse
+
     from .._cache.admin import FileRef
     from .._config import HubConfig
     from .._engine.engine import FileJob

@@ -7,7 +7,6 @@ cheap: the card parser, the API and the CLI handlers are imported when first use
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +14,8 @@ from typing import TYPE_CHECKING
 from .._hub.source import SourceSpec
 
 if TYPE_CHECKING:
+    import argparse
+
     from .._cache.admin import FileRef
     from .._engine.engine import FileJob
     from .._hub.source import Source, SourceHost
