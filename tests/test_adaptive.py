@@ -12,7 +12,14 @@ import anyio
 import pytest
 from aiohttp import web
 
-from asynchub._engine.adaptive import MAX_WARMUP, START, WARMUP, Widener
+from asynchub._engine.adaptive import (
+    FIRST_WINDOW,
+    MAX_WARMUP,
+    START,
+    WARMUP,
+    WINDOW,
+    Widener,
+)
 from asynchub._engine.engine import Engine
 from tests.test_transfer import KIB, MIB, Blob, fast_config, job_for
 from tests.transports import Transport
@@ -126,6 +133,33 @@ def test_warm_up_follows_the_latency_of_the_first_request() -> None:
     assert widener.warmup == pytest.approx(0.3)
     widener.learn_latency(30.0)
     assert widener.warmup == MAX_WARMUP
+
+
+def _first_change(
+    widener: Widener, per_conn: float, now: float = 0.0, moved: float = 0.0
+) -> tuple[float, float]:
+    """When the width next changes (and the bytes moved by then), on a link where each
+    connection moves ``per_conn`` bytes/s, with :meth:`Widener.observe` called every
+    millisecond from ``now``."""
+    step, width = 0.001, widener.width
+    while widener.width == width:
+        widener.observe(now, int(moved))
+        now += step
+        moved += widener.width * per_conn * step
+    return now, moved
+
+
+def test_the_first_window_is_shorter_than_the_next_ones() -> None:
+    """The starting width is measured over FIRST_WINDOW x WINDOW after the warm-up (it is only
+    the baseline); the widened one over a whole WINDOW."""
+    widener = Widener(400)
+    first, moved = _first_change(widener, 25e6)
+    assert first == pytest.approx(WARMUP + FIRST_WINDOW * WINDOW, abs=0.003)
+    assert widener.width == START * 4
+    second, _ = _first_change(widener, 25e6, first, moved)
+    assert second - first == pytest.approx(WARMUP + WINDOW, abs=0.003)
+    assert widener.width == START * 16
+    assert first < 0.8 * (second - first)
 
 
 def test_a_distant_server_is_measured_after_its_new_connections_answer() -> None:
