@@ -140,6 +140,7 @@ class Row:
     cpu: list[float] = field(default_factory=list)
     rss: list[float] = field(default_factory=list)
     requests: list[int] = field(default_factory=list)
+    server_cpu: list[float] = field(default_factory=list)  # the mirror's CPU-s, per run
     extra: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
     note: str = ""
@@ -207,11 +208,13 @@ def run_series(
     before: Callable[[], None] | None = None,
     after: Callable[[Run], str | None] | None = None,
     counter: Callable[[], int] | None = None,
+    server_cpu: Callable[[], float] | None = None,
     sha_pass: Callable[[], list[tuple[Path, str]]] | None = None,
     timeout: float = 1800.0,
 ) -> list[Row]:
     """Measure ``tool`` ``repeats`` times; returns its row (and a ``+ sha256sum`` row when
-    ``sha_pass`` names the files to verify after each run)."""
+    ``sha_pass`` names the files to verify after each run). ``server_cpu()`` (the mirror's
+    CPU-s so far) is read around each run when given."""
     row = Row(tool)
     sha_row = Row(f"{tool} + sha256sum") if sha_pass else None
     total = repeats or profile.repeats
@@ -220,7 +223,9 @@ def run_series(
             before()
         start_count = counter() if counter else None
         cmd = make_cmd(i)
+        server_before = server_cpu() if server_cpu else 0.0
         run = measure(cmd, timeout=timeout)
+        server = server_cpu() - server_before if server_cpu else None
         requests = counter() - start_count if counter and start_count is not None else None
         problem = None if run.ok else "run failed"
         if run.ok and after:
@@ -230,6 +235,8 @@ def run_series(
             log(f"  {tool}: FAILED ({row.error})")
             break
         row.add(run, requests)
+        if server is not None:
+            row.server_cpu.append(server)
         if sha_row is not None and sha_pass is not None:
             files = sha_pass()
             check = measure(_peers.sha256sum_cmd([p for p, _ in files]))

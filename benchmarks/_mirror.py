@@ -152,6 +152,22 @@ class MirrorSet:
                 proc.wait(5)
         self._procs.clear()
 
+    def server_cpu(self) -> float:
+        """CPU-s the mirror's processes (and their children: nginx's workers) used so far,
+        read from ``/proc`` (0 where there is none)."""
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        pids = [proc.pid for proc in self._procs]
+        for pid in list(pids):
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+                pids += [int(child) for child in children]
+        for pid in pids:
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+        return total / tick
+
     def describe(self) -> str:
         cap = f"{self.rate_limit / 1e6:g} MB/s per connection"
         return f"{self.kind} on 127.0.0.1 (cap {cap}, latency {self.latency * 1000:g} ms)"

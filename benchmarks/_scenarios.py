@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,7 +122,8 @@ def single_file(ctx: Ctx, sid: str, endpoint: Endpoint, capped: bool,
     url = _url(endpoint, entry)
     out = ctx.work / "out"
     rows: list[Row] = []
-    kw: dict[str, Any] = {"profile": p, "counter": _counter(endpoint)}
+    kw: dict[str, Any] = {"profile": p, "counter": _counter(endpoint),
+                          "server_cpu": ctx.mirror.server_cpu}
 
     cache = ctx.work / "cache-asynchub"
     log(f"{sid}: asynchub download")
@@ -181,6 +183,29 @@ def _network_floor(ctx: Ctx, size: int, capped: bool) -> float | None:
     return None if loop is None else loop.median * size / loop.nbytes
 
 
+PEERS_FOR_FLOOR = ("curl", "aria2c -x16 -s16", "hf_transfer", HF_HUB)
+
+
+def _machine_floor(rows: list[Row], limit: Limit | None,
+                   size: int) -> tuple[float, str] | None:
+    """The least CPU this machine was seen to spend moving these bytes (the cheapest peer's
+    client CPU plus the mirror's CPU during that peer's runs, medians) plus SHA-256 of them
+    on one core, spread perfectly over every core: no verified download on this machine can
+    be faster while client and mirror share its cores."""
+    if limit is None:
+        return None
+    spent = [((r.med("cpu") or 0.0) + (r.med("server_cpu") or 0.0), r.tool)
+             for tool in PEERS_FOR_FLOOR if (r := _find(rows, tool)) and r.server_cpu]
+    if not spent:
+        return None
+    work, tool = min(spent)
+    sha = limit.median * size / limit.nbytes
+    cores = os.cpu_count() or 1
+    floor = (work + sha) / cores
+    return floor, (f"({tool}: {work:.2f} CPU-s client and mirror, + SHA-256 {sha:.2f} "
+                   f"CPU-s) / {cores} cores")
+
+
 def _single_targets(rows: list[Row], limit: Limit | None, size: int,
                     capped: bool, net: float | None) -> list[dict[str, Any]]:
     ours = _find(rows, "asynchub download")
@@ -194,6 +219,11 @@ def _single_targets(rows: list[Row], limit: Limit | None, size: int,
         targets.append(_target(
             "verified download (in-process) <= 1.15 x max(network floor, SHA-256 floor)",
             t <= bound, f"{t:.2f} s vs {bound:.2f} s"))
+        machine = _machine_floor(rows, limit, size)
+        if machine is not None:
+            floor_s, detail = machine
+            targets.append(_target("machine floor (not a target): " + detail, None,
+                                   f"{t:.2f} s vs {floor_s:.2f} s ({t / floor_s:.2f} x)"))
     cpu = (ours.med("cpu") or 0.0) / (size / 2**30)
     targets.append(_target("client CPU <= 2.0 CPU-s per verified GiB", cpu <= 2.0,
                            f"{cpu:.2f} CPU-s/GiB"))
@@ -333,9 +363,15 @@ def small(ctx: Ctx) -> dict[str, Any]:
             targets.append(_target("warm load vs bare onnx.load, in-process first call",
                                    None, f"{a * 1000:.2f} ms vs {b * 1000:.2f} ms"))
     if cold and hub_cold:
+        # Whole processes: onnx.hub's driver imports onnx (its package) before its timer
+        # starts, asynchub imports onnx inside the first load, so in-process times differ by
+        # the onnx import (~0.6 s) and compare nothing.
+        a, b = cold.med() or 0.0, hub_cold.med() or 0.0
+        targets.append(_target("cold load <= onnx.hub cold load (wall of the script)", a <= b,
+                               f"{a * 1000:.0f} ms vs {b * 1000:.0f} ms"))
         a, b = cold.med("seconds") or 0.0, hub_cold.med("seconds") or 0.0
-        targets.append(_target("cold load <= onnx.hub cold load (in-process)", a <= b,
-                               f"{a * 1000:.1f} ms vs {b * 1000:.1f} ms"))
+        targets.append(_target("cold load in-process, asynchub's including import onnx "
+                               "(not a target)", None, f"{a * 1000:.1f} ms vs {b * 1000:.1f} ms"))
     if not targets:
         targets.append(_target("asynchub load measured", False, "no successful asynchub run"))
     header = (f"{size / 1000:.0f} KB model, manifest of {len(ctx.manifest)} entries, "
