@@ -186,6 +186,19 @@ def test_the_last_pieces_shrink_where_requests_are_cheap() -> None:
     assert min(far) >= MIN_PART or min(far) == 64 * MIB - sum(far[:-1])
 
 
+def test_a_connection_wanted_elsewhere_splits_nothing() -> None:
+    """With nothing unclaimed, ``take(steal=False)`` (other files wait for a connection)
+    leaves the ranges in flight whole; ``take()`` splits the one with most left."""
+    plan = ChunkPlan(32 * MIB, 16 * MIB)
+    schedule = Scheduler(plan, connections=1, clock=Clock())
+    assert [schedule.take(), schedule.take()] == [0, 1]
+    plan.add(0, 16 * MIB)
+    schedule.release(0)
+    assert schedule.take(steal=False) is None and schedule.steals == 0
+    assert plan.bounds(1) == (16 * MIB, 32 * MIB)
+    assert schedule.take() is not None and schedule.steals == 1
+
+
 def test_the_probe_asks_for_a_small_first_piece() -> None:
     """The first request of a file of many chunks asks for MIN_PART bytes, not the whole
     first chunk; a file of few chunks, or a range too short to cut, is asked for whole."""

@@ -421,7 +421,7 @@ class FileDownload:
     async def _work(self, index: int | None, ready: anyio.Event | None) -> None:
         """Ranges one after the other on one connection token, until none is worth taking."""
         if index is None:
-            index = self.schedule.take()
+            index = self.schedule.take(steal=self._may_steal())
         while index is not None:
             try:
                 await self._fetch_chunk(index, ready)
@@ -433,7 +433,12 @@ class FileDownload:
             if widener is not None and self._live > widener.width:
                 return  # fewer connections pay better: give this one back
             ready = None
-            index = self.schedule.take()
+            index = self.schedule.take(steal=self._may_steal())
+
+    def _may_steal(self) -> bool:
+        """Whether an idle connection of this file may split a range in flight: not while
+        other downloads wait for a connection token (see :meth:`_work`)."""
+        return not self.ctx.limiter.statistics().tasks_waiting
 
     async def _fetch_chunk(self, index: int, ready: anyio.Event | None) -> None:
         retrier = Retrier(

@@ -22,6 +22,11 @@ connections of one download (:meth:`Scheduler.take`). Three rules, in this order
    the part before the split point and stops there, the idle connection fetches the rest.
    The split point shares the remaining bytes in proportion to the two connections' rates, so
    a crawling connection keeps almost nothing (:data:`KEEP` bytes past what it has received).
+   Not while other downloads of the engine wait for a connection (``take(steal=False)``, see
+   :meth:`~asynchub._engine.ranged.FileDownload._may_steal`): the connection is given back
+   and starts a file that has not begun, instead of cutting the holder's answer short (which
+   costs the holder a new connection). In the 60-model prefetch this made 21 splits instead of
+   59, and opened 65 connections instead of 94.
 
 Choices:
 
@@ -153,9 +158,10 @@ class Scheduler:
         self._mark(index)
         return index
 
-    def take(self) -> int | None:
+    def take(self, *, steal: bool = True) -> int | None:
         """A range for an idle worker, now held by it; ``None`` when there is nothing worth
-        taking (the worker then ends)."""
+        taking (the worker then ends). With ``steal`` false, no range in flight is split
+        once nothing is unclaimed (the connection is wanted elsewhere)."""
         plan = self.plan
         unclaimed = plan.open_unclaimed()
         if unclaimed:
@@ -172,7 +178,7 @@ class Scheduler:
             plan.claim(index)
             self._mark(index)
             return index
-        victim = self._slowest()
+        victim = self._slowest() if steal else None
         return None if victim is None else self._split_off(victim)
 
     def release(self, index: int) -> None:
