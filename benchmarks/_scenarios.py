@@ -306,6 +306,11 @@ def bulk(ctx: Ctx, *, endpoint: Endpoint | None = None, tags: list[str] | None =
                 ratio = (peer.med() or 0.0) / (ours.med() or 1.0)
                 targets.append(_target(f">= {factor:g} x faster than {peer.tool} (wall)",
                                        ratio >= factor, f"{ratio:.1f} x"))
+        cpu = (ours.med("cpu") or 0.0) / (total / 2**30)
+        targets.append(_target("client CPU <= 2.0 CPU-s per verified GiB", cpu <= 2.0,
+                               f"{cpu:.2f} CPU-s/GiB"))
+        rss = max(ours.rss)
+        targets.append(_target("peak RSS <= 200 MB", rss <= 200, f"{rss:.0f} MB"))
     header = (f"{len(entries)} models, {total / MiB:.0f} MiB, {_conditions(ctx, endpoint)}, "
               f"{ctx.mirror.kind}; {p.describe()}")
     return _scenario("C", "C: bulk prefetch of a tag", header, total, rows,
