@@ -1,5 +1,5 @@
 """The receive path alone: one file over N connections from nginx on loopback, asynchub's
-buffered receive path (``_transport/stream.py`` + ``_engine/sink.py``) against aiohttp.
+buffered receive path (``_transport/stream.py`` + ``_engine/batch.py``) against aiohttp.
 
 Each run is a fresh child process that fetches the file as 4 MiB ranges taken lowest offset
 first by N connections (keep-alive) and, per mode:
@@ -69,34 +69,46 @@ async def _workers(size: int, n: int, fetch: object) -> None:
 
 async def _child_stream(url: str, size: int, conns: int, mode: str, out: str) -> str:
     from asynchub._config import HubConfig
-    from asynchub._engine.sink import FileSink
+    from asynchub._engine.batch import BatchWriter
+    from asynchub._engine.hashing import HashCursor
     from asynchub._transport.stream import StreamTransport
 
     transport = StreamTransport(HubConfig())
     fd = os.open(out, os.O_RDWR | os.O_CREAT, 0o600)
     os.posix_fallocate(fd, 0, size)  # as the engine does
-    sink = FileSink(fd, on_done=lambda spans, hashed: None) if mode == "write" else None
+    cursor = HashCursor(fd) if mode == "write" else None
+    writer = BatchWriter(fd, cursor) if cursor is not None else None
+    ends: dict[int, int] = {}  # written spans not yet joined to the prefix
+    prefix = 0
 
     async def one(start: int, end: int) -> None:
+        nonlocal prefix
         headers = {"Range": f"bytes={start}-{end - 1}"}
         async with transport.request(url, headers=headers) as response:
             assert response.status == 206, response.status
             offset = start
             async for piece in response.iter_pieces():
                 n = len(piece.view)
-                if sink is None:
+                if writer is None or cursor is None:
                     piece.release()
                 else:
-                    sink.submit(offset, piece)
+                    try:
+                        await writer.write(offset, [piece.view], lambda: size)
+                    finally:
+                        piece.release()
+                    ends[offset] = offset + n
+                    while prefix in ends:
+                        prefix = ends.pop(prefix)
+                    cursor.advance(prefix)
                 offset += n
             assert offset == end
 
+    hashing = asyncio.create_task(cursor.run()) if cursor is not None else None
     await _workers(size, conns, one)
     digest = ""
-    if sink is not None:
-        await sink.drain()
-        digest = await sink.hashed_to(size)
-        sink.close()
+    if cursor is not None and hashing is not None:
+        digest = await cursor.hexdigest(size)
+        hashing.cancel()
     await transport.aclose()
     os.close(fd)
     return digest

@@ -14,7 +14,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from asynchub._engine.batch import BatchWriter
+from asynchub._engine.batch import BatchWriter, WriteQueue
 from asynchub._engine.context import file_threads
 from asynchub._engine.hashing import HashCursor
 from asynchub._exceptions import HubError
@@ -190,3 +190,31 @@ async def test_writes_run_on_the_threads_they_are_given(tmp_path: Path) -> None:
 
 async def test_file_threads_follow_the_cpus() -> None:
     assert file_threads().total_tokens == max(4, os.cpu_count() or 1)
+
+
+async def test_files_sharing_a_queue_share_its_batches(tmp_path: Path) -> None:
+    """Pieces of several files queued at once go to the thread together: fewer thread calls
+    than pieces, each file written and hashed from memory as if alone."""
+    files = 4
+    data = [random.Random(10 + i).randbytes(SIZE) for i in range(files)]
+    fds = [_open(tmp_path / f"file{i}", SIZE) for i in range(files)]
+    cursors = [HashCursor(fd) for fd in fds]
+    queue = WriteQueue()
+    writers = [BatchWriter(fd, c, queue=queue) for fd, c in zip(fds, cursors, strict=True)]
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                for start in range(0, SIZE, PIECE):  # the files' pieces interleaved
+                    for blob, writer in zip(data, writers, strict=True):
+                        piece = [memoryview(blob)[start : start + PIECE]]
+                        group.start_soon(writer.write, start, piece, lambda: SIZE)
+            digests = [await cursor.hexdigest(SIZE) for cursor in cursors]
+    finally:
+        for fd in fds:
+            os.close(fd)
+    for i, blob in enumerate(data):
+        assert (tmp_path / f"file{i}").read_bytes() == blob
+        assert digests[i] == hashlib.sha256(blob).hexdigest()
+    assert queue.writes == files * (SIZE // PIECE)
+    assert queue.batches < SIZE // PIECE  # fewer calls than one file's pieces alone
+    assert sum(w.batches for w in writers) > queue.batches  # calls that wrote several files

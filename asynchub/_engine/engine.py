@@ -95,6 +95,7 @@ from .._exceptions import (
 from .._loops import PerLoop
 from .._progress.events import ProgressCallback, ProgressEvent
 from .._transport.base import Transport
+from .batch import WriteQueue
 from .context import file_threads
 from .hashing import HashCursor
 from .locking import file_lock, new_lock
@@ -161,6 +162,10 @@ class _LoopResources:
     host_slots: HostSlots
     threads: anyio.CapacityLimiter = field(default_factory=file_threads)
     inflight: dict[Path, _Shared] = field(default_factory=dict)
+    writes: WriteQueue = field(init=False)  # every file's writes, in shared batches
+
+    def __post_init__(self) -> None:
+        self.writes = WriteQueue(threads=self.threads)
 
 
 def _preallocate(fd: int, size: int) -> None:
@@ -516,6 +521,7 @@ class Engine:
             resumed=state,
             size_known=size is not None,
             on_size=functools.partial(self._sized, job, fd),
+            writes=res.writes,
         )
         try:
             mirror = await self._run_mirrors(job, download)

@@ -48,16 +48,12 @@ and the bytes next in order are hashed there from memory (:mod:`.batch`).
 
 What a SIGKILL costs is bounded by time as well as by bytes, whatever the connection count: a
 connection writes what it holds at least every :data:`STATE_PERIOD` (0.25 s) even before its
-piece is full, and the resume state is saved when :data:`STATE_PERIOD` has passed since the last
-save or when ``state_interval`` bytes were written since then across all connections of the
-file (not when a range finishes: a prefetch of many small files would write a state file per
-request); the save runs in the background (a connection never waits for it, and saves
-coalesce), and none is made once every byte is written, not even when the mirror's run ends:
-the file is verified and published next. So the bytes received but
-not recorded at any moment are at most about 0.5 s of transfer (one period in buffers, one
-in the state) or ``state_interval`` plus one piece per connection, whichever is smaller: with
-40 connections at 25 MB/s, a kill costs ~0.5 s of transfer, not the ~160 MB of a
-per-connection byte threshold.
+piece is full, and the resume state is saved within the period after any write, or as soon as
+``state_interval`` bytes were written across all connections of the file (:mod:`.saver`). So
+the bytes received but not recorded at any moment are at most about 0.5 s of transfer (one
+period in buffers, one in the state) or ``state_interval`` plus one piece per connection,
+whichever is smaller: with 40 connections at 25 MB/s, a kill costs ~0.5 s of transfer, not the
+~160 MB of a per-connection byte threshold.
 """
 
 from __future__ import annotations
@@ -84,10 +80,10 @@ from .._transport.base import BufferedResponse, Piece, Response
 from .._transport.errors import host_port
 from .adaptive import Widener
 from .answers import Restart, collapse_group, parse_content_range, strong_etag
-from .batch import BatchWriter
+from .batch import BatchWriter, WriteQueue
 from .context import Active, Bytes, Context, pwrite_all
 from .hashing import HashCursor
-from .resume import ChunkPlan, ResumeState, save_state
+from .resume import ChunkPlan, ResumeState
 from .retry import (
     Retrier,
     RetryableStatus,
@@ -97,6 +93,7 @@ from .retry import (
     retryable,
     status_failure,
 )
+from .saver import STATE_PERIOD, StateSaver
 from .schedule import Scheduler
 from .watchdog import poll_interval
 
@@ -122,8 +119,6 @@ if sys.version_info < (3, 11):  # pragma: no cover
 log = logging.getLogger("asynchub")
 
 PIECE = 1024 * 1024
-#: Seconds between resume-state saves (and the longest a connection holds unwritten bytes).
-STATE_PERIOD = 0.25
 MAX_RESTARTS = 3
 #: A failed try gives the retry budget back only once the tries since the last reset wrote
 #: this much of their range (or a quarter of it, for a smaller range): real progress, not
@@ -153,6 +148,7 @@ class FileDownload:
         resumed: ResumeState | None = None,
         size_known: bool = True,
         on_size: Callable[[int], Awaitable[None]] | None = None,
+        writes: WriteQueue | None = None,
     ) -> None:
         self.ctx = ctx
         self.name = name
@@ -166,7 +162,7 @@ class FileDownload:
         self.schedule = Scheduler(plan, connections=ctx.config.max_connections, clock=ctx.clock)
         self.cursor = HashCursor(fd, on_progress=self._on_hashed, threads=ctx.threads)
         self.cursor.advance(plan.prefix)
-        self._writer = BatchWriter(fd, self.cursor, threads=ctx.threads)
+        self._writer = BatchWriter(fd, self.cursor, threads=ctx.threads, queue=writes)
         self._state_of = resumed
         self.origin = ""
         self.url = ""
@@ -177,18 +173,19 @@ class FileDownload:
         self._active: set[Active] = set()
         self._retry_wave = RetryWave(ctx.clock)
         self._ignored = 0  # 200 answers to a range request (Range ignored) so far
-        self._saving = False
-        self._dirty = False
-        self._save_queued = False
-        self._group: anyio.abc.TaskGroup | None = None  # runs the background saves
-        self._unsaved = 0  # bytes written since the last save started
         self._moved = 0  # bytes received in pieces (the adaptive width's measure)
         self._streams: dict[Active, BufferedResponse] = {}  # live bodies (see _received)
         self._live = 0  # workers running (or waiting for a connection token)
         self._workers_done = True
         config = ctx.config
         self._widener = Widener(config.max_connections) if config.adaptive_connections else None
-        self._saved_at = ctx.clock()
+        self._saver = StateSaver(
+            partial,
+            self.snapshot,
+            complete=lambda: self.plan.complete,
+            interval=ctx.config.state_interval,
+            threads=ctx.threads,
+        )
 
     # ------------------------------------------------------------------ progress and state
     def _on_hashed(self, nbytes: int) -> None:
@@ -207,23 +204,8 @@ class FileDownload:
         )
 
     async def save_state(self) -> None:
-        """Write the resume state; concurrent calls coalesce into at most one more write."""
-        self._dirty = True
-        if self._saving:
-            return
-        self._saving = True
-        try:
-            while self._dirty:
-                self._dirty = False
-                self._unsaved = 0
-                self._saved_at = self.ctx.clock()
-                await anyio.to_thread.run_sync(
-                    save_state, self.partial, self.snapshot(), limiter=self.ctx.threads
-                )
-        except OSError as exc:
-            log.debug("could not save the resume state of %s: %s", self.partial, exc)
-        finally:
-            self._saving = False
+        """Write the resume state now (see :mod:`.saver`)."""
+        await self._saver.save()
 
     async def _flush(self, index: int, offset: int, buffers: list[Bytes], active: Active) -> None:
         """Write ``buffers`` (the bytes from ``offset`` on) into range ``index``: only from its
@@ -246,32 +228,7 @@ class FileDownload:
         self.plan.add(index, nbytes)
         self.cursor.advance(self.plan.prefix)
         self.ctx.emit(ProgressEvent("transfer", self.name, nbytes=nbytes, total=self.plan.size))
-        self._unsaved += nbytes
-        if (
-            self._unsaved >= self.ctx.config.state_interval
-            or self.ctx.clock() - self._saved_at >= STATE_PERIOD
-        ):
-            self._save_soon()
-
-    def _save_soon(self) -> None:
-        """Save the resume state in the background: the connection goes on reading while a
-        worker thread writes the file (a save under way takes the newer state in one more
-        round, see :meth:`save_state`). Skipped once every byte is written: the file is
-        verified and published next (a kill in between costs at most the bytes received since
-        the last save, as at any other moment)."""
-        if self.plan.complete:
-            return
-        if self._saving:
-            self._dirty = True
-        elif not self._save_queued and self._group is not None:
-            self._save_queued = True
-            self._unsaved = 0
-            self._saved_at = self.ctx.clock()
-            self._group.start_soon(self._background_save)
-
-    async def _background_save(self) -> None:
-        self._save_queued = False
-        await self.save_state()
+        self._saver.wrote(nbytes)
 
     # ------------------------------------------------------------------ mirror level
     async def run_mirror(self, url: str) -> None:
@@ -317,17 +274,17 @@ class FileDownload:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(self._watchdog)
                 self._workers_done = False
-                self._group = outer
+                self._saver.group = outer
                 try:
                     await self._run_workers(outer, first)
                 finally:
                     self._workers_done = True  # no worker may be started after this
-                    self._group = None
+                    self._saver.stopped()
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise collapse_group(group) from None
         finally:
-            self._save_queued = False
+            self._saver.stopped()
             if not self.plan.complete:  # a complete file is verified and published next
                 with anyio.CancelScope(shield=True):
                     await self.save_state()
