@@ -67,7 +67,6 @@ from pathlib import Path
 import anyio
 import anyio.abc
 import anyio.lowlevel
-import anyio.to_thread
 
 from .._exceptions import (
     HubError,
