@@ -129,12 +129,12 @@ class Killer:
     def _watch_staging(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            for staging in self.cache_dir.rglob("*.staging-*"):
-                try:
+            try:  # the walk itself fails when a directory goes away under it
+                for staging in self.cache_dir.rglob("*.staging-*"):
                     if sum(1 for _ in staging.rglob("*")) >= self.arg:
                         die()
-                except OSError:
-                    continue
+            except OSError:
+                continue
         # the extraction ended before the point was reached: die anyway, after it
         die()
 
@@ -142,7 +142,11 @@ class Killer:
         deadline = time.monotonic() + 30
         seen: dict[str, int] = {}
         while time.monotonic() < deadline:
-            for entry in self.cache_dir.rglob("*.partial.json*"):
+            try:  # the walk itself fails when a directory goes away under it
+                entries = list(self.cache_dir.rglob("*.partial.json*"))
+            except OSError:
+                continue
+            for entry in entries:
                 if entry.name.endswith(".tmp"):
                     die()  # caught in the middle of a state write
                 try:
