@@ -278,7 +278,6 @@ class FileDownload:
                     await self._run_workers(outer, first)
                 finally:
                     self._workers_done = True  # no worker may be started after this
-                    self._saver.stopped()
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise collapse_group(group) from None
