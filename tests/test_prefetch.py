@@ -166,6 +166,41 @@ async def test_progress_events_add_up_to_the_planned_totals(hub_config: HubConfi
     assert sum(moved.values()) == result.bytes_fetched
 
 
+async def test_interrupted_after_the_last_byte_is_not_fetched_again(tmp_path: Path) -> None:
+    """Cancelled after every byte of a file arrived, before it was verified: the rerun
+    resumes all of it (the state is saved on the way out) and asks the mirror for nothing."""
+    repo = tmp_path / "mirror" / REPO_PREFIX
+    build_zoo(repo, [ZooModel("Whole", 12, ("one",), size=400_000)])
+    total = sum(p.stat().st_size for p in repo.rglob("*.onnx"))
+    async with MirrorServer(tmp_path / "mirror", rate_limit=4_000_000) as server:
+        config = mirror_config(server.url, tmp_path / "cache", max_connections=4)
+        async with AsyncHub(config) as hub:
+            with anyio.CancelScope() as scope:
+                moved = 0
+
+                def stop_at_the_end(event: ProgressEvent) -> None:
+                    nonlocal moved
+                    if event.kind == "transfer":
+                        moved += event.nbytes
+                        if moved >= total:
+                            scope.cancel()
+
+                hub.progress = stop_at_the_end
+                await hub.prefetch(tags=["one"])
+            assert scope.cancelled_caught and moved == total
+        assert list((tmp_path / "cache").rglob("*.partial")), "the partial file was kept"
+        served_before = server.served_bytes("*.onnx")
+        events: list[ProgressEvent] = []
+        async with AsyncHub(config, progress=events.append) as hub:
+            result = await hub.prefetch(tags=["one"])
+        served_again = server.served_bytes("*.onnx") - served_before
+    assert not result.failed
+    assert sum(e.nbytes for e in events if e.kind == "resumed") == total
+    assert served_again == 0 and result.bytes_fetched == 0
+    (item,) = result.items
+    assert item.path is not None and _sha(item.path) == item.sha256
+
+
 async def test_interrupted_then_rerun_fetches_only_the_rest(tmp_path: Path) -> None:
     repo = tmp_path / "mirror" / REPO_PREFIX
     build_zoo(repo, [ZooModel(f"Big{c}", 12, ("big",), size=600_000) for c in "ABCD"])

@@ -532,6 +532,10 @@ class Engine:
                 clean and plan.done_bytes > 0 and not isinstance(exc, (IntegrityError, CacheError))
             )
             with anyio.CancelScope(shield=True):
+                if keep and fd >= 0 and plan.complete:
+                    # every byte is on disk, not yet verified: the transfer saved no state
+                    # (a complete file is published next), so the last one saved is older
+                    await download.save_state()
                 if fd >= 0:
                     await anyio.to_thread.run_sync(os.close, fd)
                 if not keep:
