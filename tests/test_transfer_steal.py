@@ -20,7 +20,14 @@ from aiohttp import web
 from asynchub._cache.layout import partials_for, state_path
 from asynchub._engine.engine import Engine
 from asynchub._engine.resume import SPLIT_STATE_VERSION, ChunkPlan, ResumeState, find_resumable
-from asynchub._engine.schedule import KEEP, MIN_AGE, MIN_PART, MIN_TAIL_PART, Scheduler
+from asynchub._engine.schedule import (
+    KEEP,
+    MIN_AGE,
+    MIN_PART,
+    MIN_TAIL_PART,
+    PIECE_SECONDS,
+    Scheduler,
+)
 from tests.mirror import Fault, MirrorServer
 from tests.test_resume import CHILD, ROOT, run_child
 from tests.test_transfer import KIB, MIB, Events, Rig, fast_config, fetch, job_for, put, rig
@@ -184,6 +191,46 @@ def test_the_last_pieces_shrink_where_requests_are_cheap() -> None:
     assert MIN_TAIL_PART <= min(near) < MIN_PART
     far = _last_pieces(0.05)
     assert min(far) >= MIN_PART or min(far) == 64 * MIB - sum(far[:-1])
+
+
+def _fast_link(width: int) -> tuple[ChunkPlan, Scheduler, Clock, list[int]]:
+    """A 1 GiB file on ``width`` connections of a fast link (0.5 ms round trip, 200 MB/s
+    each): ranges finish in about 10 ms, never MIN_AGE old. Returns the plan, its scheduler,
+    the clock and the sizes of the pieces taken, finishing each as the next is taken."""
+    clock = Clock()
+    plan = ChunkPlan(1024 * MIB, 16 * MIB)
+    schedule = Scheduler(plan, connections=40, clock=clock)
+    schedule.learn_latency(0.0005)
+    schedule.width = width
+    sizes: list[int] = []
+    while (index := schedule.take()) is not None:
+        start, end = plan.bounds(index)
+        sizes.append(end - start)
+        clock.now += (end - start) / 200e6
+        plan.add(index, end - start)
+        schedule.release(index)
+    return plan, schedule, clock, sizes
+
+
+def test_pieces_last_a_while_on_a_fast_link() -> None:
+    """A range that finished within milliseconds still tells the rate a connection reaches
+    (on a fast link no range is ever MIN_AGE old), and pieces there last at least
+    PIECE_SECONDS at that rate: a request costs CPU at both ends, whatever its round trip."""
+    plan, _schedule, _clock, sizes = _fast_link(8)
+    assert plan.done_bytes == plan.size
+    before_the_taper = sizes[1:100]  # the first is taken before any rate is known
+    assert min(before_the_taper) >= 200e6 * PIECE_SECONDS * 0.7 > MIN_PART
+    assert len(sizes) < 1024 * MIB // MIN_PART // 3
+
+
+def test_the_taper_divides_what_is_left_among_the_connections_held() -> None:
+    """Eight connections held of forty allowed: the last pieces are a share of what is left
+    among the eight, so the taper begins late and takes few small requests."""
+    _plan, _schedule, _clock, eight = _fast_link(8)
+    _plan, _schedule, _clock, forty = _fast_link(40)
+    small = [size for size in eight if size < 2 * MIN_PART]
+    assert sum(small) <= 64 * MIB
+    assert 3 * len(small) < len([size for size in forty if size < 2 * MIN_PART])
 
 
 def test_a_connection_wanted_elsewhere_splits_nothing() -> None:
