@@ -8,7 +8,8 @@ A :class:`StateSaver` is told of every write (:meth:`StateSaver.wrote`) and save
   (0.25 s) has passed since it; a write that comes earlier schedules a save at the end of the
   period, so the state catches up within the period even when every connection stops
   writing (a stalled range, the last bytes of a file);
-* never for a complete file (it is verified and published next), and not per finished range
+* never for a complete file (it is verified and published next; if that is interrupted, the
+  engine saves the complete state on the way out), and not per finished range
   (a prefetch of many small files would write a state file per request);
 * in a worker thread, without a connection ever waiting for it; saves coalesce (a save
   asked while one runs is one more round, with the newer state).
