@@ -280,6 +280,11 @@ class CacheLock:
         except OSError as exc:
             if exc.errno in _VANISHED:  # deleted by a release on another host meanwhile
                 return False
+            if exc.errno == errno.EEXIST:
+                # created by another host between this one's lookup and its create: FUSE file
+                # systems (GlusterFS here) answer EEXIST then, although O_EXCL was not asked.
+                # That host is taking the lock; the next try opens the file it created.
+                return False
             raise CacheError(
                 exc.errno or errno.EIO, f"opening the lock {self.path}: {exc.strerror}"
             ) from exc
