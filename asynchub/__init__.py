@@ -64,7 +64,7 @@ from ._exceptions import (
 if TYPE_CHECKING:
     from . import hub, mindspore
     from ._config import HubConfig
-    from ._engine.retry import RetryPolicy
+    from ._engine.policy import RetryPolicy
     from ._hub.client import AsyncHub
     from ._hub.sync import Hub
     from ._onnx.manifest import ModelInfo

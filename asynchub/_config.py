@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._engine.retry import RetryPolicy
+from ._engine.policy import RetryPolicy
 from ._exceptions import ConfigError
 from ._hosts import is_private_host
 from ._progress.units import parse_size_text

@@ -21,7 +21,6 @@ resolves differently at connect time (DNS rebinding) is outside what this rule c
 from __future__ import annotations
 
 import ipaddress
-import socket
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -58,6 +57,8 @@ def is_private_host(host: str) -> bool:
         return _local_address(ipaddress.ip_address(name.partition("%")[0]))
     except ValueError:
         pass
+    import socket  # here: the configuration (read by ``asynchub --help``) imports this module
+
     try:
         infos = socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):

@@ -1,7 +1,8 @@
-"""Retrying: an immutable policy and the one retry loop every request of asynchub uses.
+"""Retrying: the one retry loop every request of asynchub uses, under an immutable policy.
 
-:class:`RetryPolicy` is a value (exponential backoff with full jitter, a cap, Retry-After);
-randomness is injectable (``rand``) so tests are deterministic. :class:`Retrier` is the loop's
+:class:`RetryPolicy` (in :mod:`.policy`, re-exported here) is a value (exponential backoff with
+full jitter, a cap, Retry-After); randomness is injectable (``rand``) so tests are
+deterministic. :class:`Retrier` is the loop's
 state: documents (manifests, cards), ranged chunks and whole-file streams all count their
 failed tries, decide what is retryable, honour ``Retry-After`` and sleep through the
 *injected* sleep function here, so tests never wait for real and a fix to the rules applies
@@ -13,11 +14,8 @@ progress resumes from its last byte.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from datetime import timezone
 from typing import TypeVar
 
 from .._exceptions import (
@@ -31,6 +29,7 @@ from .._exceptions import (
     TLSError,
     TransferError,
 )
+from .policy import RetryPolicy, parse_retry_after
 
 __all__ = [
     "RETRYABLE_STATUSES",
@@ -53,64 +52,6 @@ T = TypeVar("T")
 
 #: Statuses worth another try: request timeout, too many requests, and server errors.
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
-
-
-def parse_retry_after(value: str | None, *, now: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():
-        return float(value)
-    import email.utils  # here: an HTTP date is rare, and the module costs ~6 ms to import
-
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - now)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently to retry a failing request.
-
-    ``attempts`` counts tries after the first; the budget is given back once tries made real
-    progress (see :class:`Retrier`), not whenever a byte flowed. Waits are ``uniform(0, min(cap,
-    base * 2**n))`` (full jitter); a server's ``Retry-After`` is honoured up to
-    ``max_retry_after`` seconds.
-
-    A failure to *connect* (refused, unreachable, no DNS answer, connect timeout, dead proxy)
-    gets a smaller, faster budget: ``connect_attempts`` retries after
-    ``uniform(0, connect_backoff * 2**n)`` seconds. A dead network is then reported in about a
-    second (defaults: 2 retries, waits of at most 0.25 s and 0.5 s, per URL), instead of the
-    8-14 s that five exponential waits took; a blip (a server restarting) still gets its
-    retries. A connect *timeout* costs ``connect_timeout`` per try on top.
-    """
-
-    attempts: int = 5
-    backoff_base: float = 0.5
-    backoff_cap: float = 30.0
-    max_retry_after: float = 120.0
-    connect_attempts: int = 2
-    connect_backoff: float = 0.25
-    rand: Callable[[], float] = field(default=random.random, compare=False, repr=False)
-
-    def limit(self, *, connect: bool = False) -> int:
-        """How many retries a failure of this kind gets (``connect``: a connect failure)."""
-        return min(self.connect_attempts, self.attempts) if connect else self.attempts
-
-    def delay(
-        self, attempt: int, retry_after: float | None = None, *, connect: bool = False
-    ) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_retry_after)
-        base = min(self.connect_backoff, self.backoff_base) if connect else self.backoff_base
-        ceiling = min(self.backoff_cap, base * float(1 << min(attempt, 30)))
-        return self.rand() * ceiling
 
 
 class WrongMirror(ProtocolError):
