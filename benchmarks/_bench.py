@@ -2,7 +2,9 @@
 
 A *series* is one tool measured ``n`` times in fresh processes; every run starts from the same
 state (outputs and caches deleted, dirty pages flushed with ``os.sync()``, all outside the
-timed region). Numbers are reported as median with min-max.
+timed region). The series of a scenario run in rounds (:func:`run_rounds`: each round runs
+every tool once), so a slow spell of the machine is shared by the tools compared. Numbers are
+reported as median with min-max.
 """
 
 from __future__ import annotations
@@ -199,6 +201,97 @@ def fresh(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
 
 
+@dataclass
+class Series:
+    """One tool to measure (see :func:`run_rounds`): ``make_cmd(i)`` is the command of run
+    ``i``; ``before()`` resets the state before each run, ``after(run)`` checks its outcome (a
+    message if it failed); ``sha_pass()`` names the files to verify with ``sha256sum`` after
+    each run (a ``+ sha256sum`` row)."""
+
+    tool: str
+    make_cmd: Callable[[int], list[str]]
+    before: Callable[[], None] | None = None
+    after: Callable[[Run], str | None] | None = None
+    sha_pass: Callable[[], list[tuple[Path, str]]] | None = None
+    repeats: int | None = None
+    row: Row = field(init=False)
+    sha_row: Row | None = field(init=False)
+    stopped: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.row = Row(self.tool)
+        self.sha_row = Row(f"{self.tool} + sha256sum") if self.sha_pass else None
+
+
+def run_rounds(
+    series: list[Series],
+    *,
+    profile: Profile,
+    counter: Callable[[], int] | None = None,
+    server_cpu: Callable[[], float] | None = None,
+    timeout: float = 1800.0,
+) -> list[Row]:
+    """Measure every series in rounds: round ``i`` runs each tool once, starting one tool
+    further along each round. A slow spell of this shared machine (they last tens of seconds
+    here) then lands on every tool of a scenario, not only on the one measured while it
+    lasted. ``server_cpu()`` (the mirror's CPU-s so far) is read around each run when given.
+    Rows come back in the order of ``series``."""
+    totals = [s.repeats or profile.repeats for s in series]
+    for i in range(max(totals, default=0)):
+        for k in range(len(series)):
+            index = (i + k) % len(series)
+            one = series[index]
+            if not one.stopped and i < totals[index]:
+                _run_once(one, i, totals[index], profile, counter, server_cpu, timeout)
+    rows: list[Row] = []
+    for one in series:
+        rows.append(one.row)
+        if one.sha_row is not None:
+            rows.append(combine(one.row, one.sha_row, f"{one.tool} + sha256sum"))
+    return rows
+
+
+def _run_once(one: Series, i: int, total: int, profile: Profile,
+              counter: Callable[[], int] | None, server_cpu: Callable[[], float] | None,
+              timeout: float) -> None:
+    row, sha_row = one.row, one.sha_row
+    if one.before:
+        one.before()
+    start_count = counter() if counter else None
+    cmd = one.make_cmd(i)
+    server_before = server_cpu() if server_cpu else 0.0
+    run = measure(cmd, timeout=timeout)
+    server = server_cpu() - server_before if server_cpu else None
+    requests = counter() - start_count if counter and start_count is not None else None
+    problem = None if run.ok else "run failed"
+    if run.ok and one.after:
+        problem = one.after(run)
+    if problem:
+        row.fail(run, problem)
+        log(f"  {one.tool}: FAILED ({row.error})")
+        one.stopped = True
+        return
+    row.add(run, requests)
+    if server is not None:
+        row.server_cpu.append(server)
+    if sha_row is not None and one.sha_pass is not None:
+        files = one.sha_pass()
+        check = measure(_peers.sha256sum_cmd([p for p, _ in files]))
+        pairs = [line.split(maxsplit=1) for line in check.stdout.splitlines() if line.strip()]
+        got = {path.strip(): digest for digest, path in pairs}
+        bad = [p.name for p, sha in files if got.get(str(p)) != sha]
+        if check.returncode != 0 or bad:
+            sha_row.error = f"sha256sum: {len(bad)} file(s) do not match, e.g. {bad[:1]}"
+            row.error = sha_row.error
+        sha_row.add(check)
+    log(f"  {one.tool}: run {i + 1}/{total} {run.wall:.2f} s wall"
+        + (f", {run.extra['seconds']:.3f} s in-process" if "seconds" in run.extra else "")
+        + f", {run.rss_mb:.0f} MB RSS" + (f", {requests} requests" if requests else ""))
+    if profile.slow_cutoff and i == 0 and run.wall > profile.slow_cutoff and total > 1:
+        row.note = f"n=1: slower than {profile.slow_cutoff:g} s (quick profile)"
+        one.stopped = True
+
+
 def run_series(
     tool: str,
     make_cmd: Callable[[int], list[str]],
@@ -212,51 +305,9 @@ def run_series(
     sha_pass: Callable[[], list[tuple[Path, str]]] | None = None,
     timeout: float = 1800.0,
 ) -> list[Row]:
-    """Measure ``tool`` ``repeats`` times; returns its row (and a ``+ sha256sum`` row when
-    ``sha_pass`` names the files to verify after each run). ``server_cpu()`` (the mirror's
-    CPU-s so far) is read around each run when given."""
-    row = Row(tool)
-    sha_row = Row(f"{tool} + sha256sum") if sha_pass else None
-    total = repeats or profile.repeats
-    for i in range(total):
-        if before:
-            before()
-        start_count = counter() if counter else None
-        cmd = make_cmd(i)
-        server_before = server_cpu() if server_cpu else 0.0
-        run = measure(cmd, timeout=timeout)
-        server = server_cpu() - server_before if server_cpu else None
-        requests = counter() - start_count if counter and start_count is not None else None
-        problem = None if run.ok else "run failed"
-        if run.ok and after:
-            problem = after(run)
-        if problem:
-            row.fail(run, problem)
-            log(f"  {tool}: FAILED ({row.error})")
-            break
-        row.add(run, requests)
-        if server is not None:
-            row.server_cpu.append(server)
-        if sha_row is not None and sha_pass is not None:
-            files = sha_pass()
-            check = measure(_peers.sha256sum_cmd([p for p, _ in files]))
-            pairs = [line.split(maxsplit=1) for line in check.stdout.splitlines() if line.strip()]
-            got = {path.strip(): digest for digest, path in pairs}
-            bad = [p.name for p, sha in files if got.get(str(p)) != sha]
-            if check.returncode != 0 or bad:
-                sha_row.error = f"sha256sum: {len(bad)} file(s) do not match, e.g. {bad[:1]}"
-                row.error = sha_row.error
-            sha_row.add(check)
-        log(f"  {tool}: run {i + 1}/{total} {run.wall:.2f} s wall"
-            + (f", {run.extra['seconds']:.3f} s in-process" if "seconds" in run.extra else "")
-            + f", {run.rss_mb:.0f} MB RSS" + (f", {requests} requests" if requests else ""))
-        if profile.slow_cutoff and i == 0 and run.wall > profile.slow_cutoff and total > 1:
-            row.note = f"n=1: slower than {profile.slow_cutoff:g} s (quick profile)"
-            break
-    rows = [row]
-    if sha_row is not None:
-        rows.append(combine(row, sha_row, f"{tool} + sha256sum"))
-    return rows
+    """Measure one tool ``repeats`` times in a row (:func:`run_rounds` of one series)."""
+    return run_rounds([Series(tool, make_cmd, before, after, sha_pass, repeats)],
+                      profile=profile, counter=counter, server_cpu=server_cpu, timeout=timeout)
 
 
 def verify_files(files: list[tuple[Path, str]]) -> str | None:

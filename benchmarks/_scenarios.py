@@ -18,7 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import _peers
-from _bench import REPO, Limit, Profile, Row, clean, fresh, log, run_series, sizes_match
+from _bench import (
+    REPO,
+    Limit,
+    Profile,
+    Row,
+    Series,
+    clean,
+    fresh,
+    log,
+    run_rounds,
+    run_series,
+    sizes_match,
+)
 from _mirror import Endpoint, MirrorSet
 from _peers import Run
 
@@ -121,31 +133,32 @@ def single_file(ctx: Ctx, sid: str, endpoint: Endpoint, capped: bool,
     size, sha = entry["metadata"]["model_bytes"], entry["metadata"]["model_sha"]
     url = _url(endpoint, entry)
     out = ctx.work / "out"
-    rows: list[Row] = []
     kw: dict[str, Any] = {"profile": p, "counter": _counter(endpoint),
                           "server_cpu": ctx.mirror.server_cpu}
 
     cache = ctx.work / "cache-asynchub"
-    log(f"{sid}: asynchub download")
-    rows += run_series("asynchub download", lambda _i: _peers.asynchub_cmd(
-        "download", model=model, **_hub_params(ctx, endpoint, cache)),
-        before=lambda: clean(cache), after=_check_cached(ctx, cache, [entry]), **kw)
-    if cli:
-        log(f"{sid}: asynchub download (CLI)")
-        rows += run_series("`asynchub download` command", lambda _i: _peers.asynchub_cli_cmd(
-            model, **_hub_params(ctx, endpoint, cache)),
-            before=lambda: clean(cache), after=_check_cached(ctx, cache, [entry]), **kw)
-    if _peers.have("onnxhub"):
-        hub_cache = ctx.work / "cache-onnxhub"
-        log(f"{sid}: onnx.hub")
-        rows += run_series("onnx.hub 1.20.1 (download + SHA-256, no parse)",
-                           lambda _i: _peers.onnxhub_cmd(
-                               "download", model=model,
-                               **_hub_params(ctx, endpoint, hub_cache)),
-                           before=lambda: clean(hub_cache), **kw)
-    else:
-        rows.append(_missing("onnx.hub 1.20.1"))
+    hub_cache = ctx.work / "cache-onnxhub"
     target = out / "model.onnx"
+
+    def reset() -> None:  # every run starts without any tool's output
+        clean(cache, hub_cache)
+        fresh(out)
+
+    series = [Series("asynchub download", lambda _i: _peers.asynchub_cmd(
+        "download", model=model, **_hub_params(ctx, endpoint, cache)),
+        before=reset, after=_check_cached(ctx, cache, [entry]))]
+    if cli:
+        series.append(Series("`asynchub download` command", lambda _i: _peers.asynchub_cli_cmd(
+            model, **_hub_params(ctx, endpoint, cache)),
+            before=reset, after=_check_cached(ctx, cache, [entry])))
+    missing: list[Row] = []
+    if _peers.have("onnxhub"):
+        series.append(Series("onnx.hub 1.20.1 (download + SHA-256, no parse)",
+                             lambda _i: _peers.onnxhub_cmd(
+                                 "download", model=model,
+                                 **_hub_params(ctx, endpoint, hub_cache)), before=reset))
+    else:
+        missing.append(_missing("onnx.hub 1.20.1"))
     peers: list[tuple[str, Callable[[int], list[str]]]] = [
         ("curl", lambda _i: _peers.curl_cmd(url, target)),
         ("aria2c -x16 -s16", lambda _i: _peers.aria2c_cmd([(url, target)])),
@@ -154,13 +167,14 @@ def single_file(ctx: Ctx, sid: str, endpoint: Endpoint, capped: bool,
     ]
     for tool, make in peers:
         if not _peers.have(tool.split()[0].rstrip(",")):
-            rows.append(_missing(tool))
+            missing.append(_missing(tool))
             continue
-        log(f"{sid}: {tool}")
-        rows += run_series(tool, make, before=lambda: fresh(out),
-                           after=lambda _r: sizes_match([(target, size)]),
-                           sha_pass=lambda: [(target, sha)], **kw)
-    clean(out, cache)
+        series.append(Series(tool, make, before=reset,
+                             after=lambda _r: sizes_match([(target, size)]),
+                             sha_pass=lambda: [(target, sha)]))
+    log(f"{sid}: {', '.join(one.tool for one in series)}, in rounds")
+    rows = run_rounds(series, **kw) + missing
+    clean(out, cache, hub_cache)
 
     limit = ctx.limits.get("sha1")
     net = _network_floor(ctx, size, capped)
@@ -263,37 +277,40 @@ def bulk(ctx: Ctx, *, endpoint: Endpoint | None = None, tags: list[str] | None =
     entries = ctx.select(tags, models)
     total = sum(e["metadata"]["model_bytes"] for e in entries)
     kw: dict[str, Any] = {"profile": p, "counter": _counter(endpoint)}
-    rows: list[Row] = []
     cache = ctx.work / "cache-asynchub"
-    log(f"C: asynchub prefetch of {len(entries)} models")
-    rows += run_series("asynchub prefetch", lambda _i: _peers.asynchub_cmd(
+    hub_cache = ctx.work / "cache-onnxhub"
+    out = ctx.work / "out"
+
+    def reset() -> None:  # every run starts without any tool's output
+        clean(cache, hub_cache)
+        fresh(out)
+
+    series = [Series("asynchub prefetch", lambda _i: _peers.asynchub_cmd(
         "prefetch", **selection, **_hub_params(ctx, endpoint, cache)),
-        before=lambda: clean(cache), after=_check_cached(ctx, cache, entries), **kw)
+        before=reset, after=_check_cached(ctx, cache, entries))]
+    missing: list[Row] = []
     if _peers.have("onnxhub"):
-        hub_cache = ctx.work / "cache-onnxhub"
-        log("C: onnx.hub load one by one")
-        rows += run_series("onnx.hub 1.20.1 load, one by one", lambda _i: _peers.onnxhub_cmd(
+        series.append(Series("onnx.hub 1.20.1 load, one by one", lambda _i: _peers.onnxhub_cmd(
             "load_many", **selection, **_hub_params(ctx, endpoint, hub_cache)),
-            before=lambda: clean(hub_cache), after=_check_cached(ctx, hub_cache, entries), **kw)
+            before=reset, after=_check_cached(ctx, hub_cache, entries)))
     else:
-        rows.append(_missing("onnx.hub 1.20.1"))
+        missing.append(_missing("onnx.hub 1.20.1"))
     if _peers.have("aria2c"):
-        out = ctx.work / "out"
         files = [(_url(endpoint, e), out / Path(e["model_path"]).name) for e in entries]
-        tool = f"aria2c -j{p.bulk_jobs} -x16 -s16"
-        log(f"C: {tool}")
-        rows += run_series(
-            tool, lambda _i: _peers.aria2c_cmd(files, jobs=p.bulk_jobs,
-                                               list_file=ctx.work / "aria2c-list.txt"),
-            before=lambda: fresh(out),
+        series.append(Series(
+            f"aria2c -j{p.bulk_jobs} -x16 -s16",
+            lambda _i: _peers.aria2c_cmd(files, jobs=p.bulk_jobs,
+                                         list_file=ctx.work / "aria2c-list.txt"),
+            before=reset,
             after=lambda _r: sizes_match([(f, e["metadata"]["model_bytes"])
                                           for (_, f), e in zip(files, entries, strict=True)]),
             sha_pass=lambda: [(f, e["metadata"]["model_sha"])
-                              for (_, f), e in zip(files, entries, strict=True)], **kw)
-        clean(out)
+                              for (_, f), e in zip(files, entries, strict=True)]))
     else:
-        rows.append(_missing("aria2c"))
-    clean(cache)
+        missing.append(_missing("aria2c"))
+    log(f"C: {len(entries)} models; {', '.join(one.tool for one in series)}, in rounds")
+    rows = run_rounds(series, **kw) + missing
+    clean(cache, hub_cache, out)
     ours = _find(rows, "asynchub prefetch")
     targets = []
     if ours is None:
@@ -374,7 +391,8 @@ def small(ctx: Ctx) -> dict[str, Any]:
         targets.append(_target("cold load <= onnx.hub cold load (wall of the script)", a <= b,
                                f"{a * 1000:.0f} ms vs {b * 1000:.0f} ms"))
         a, b = cold.med("seconds") or 0.0, hub_cold.med("seconds") or 0.0
-        targets.append(_target("cold load in-process, after the imports (not a target)", None, f"{a * 1000:.1f} ms vs {b * 1000:.1f} ms"))
+        targets.append(_target("cold load in-process, after the imports (not a target)", None,
+                               f"{a * 1000:.1f} ms vs {b * 1000:.1f} ms"))
     if not targets:
         targets.append(_target("asynchub load measured", False, "no successful asynchub run"))
     header = (f"{size / 1000:.0f} KB model, manifest of {len(ctx.manifest)} entries, "
