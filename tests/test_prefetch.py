@@ -22,6 +22,7 @@ from asynchub._exceptions import (
     OfflineError,
 )
 from asynchub._hub.client import AsyncHub
+from asynchub._onnx.prefetch import PrefetchResult
 from asynchub._progress.events import ProgressEvent
 from tests.conftest import REPO_PREFIX, mirror_config
 from tests.mirror import Fault, MirrorServer
@@ -166,72 +167,61 @@ async def test_progress_events_add_up_to_the_planned_totals(hub_config: HubConfi
     assert sum(moved.values()) == result.bytes_fetched
 
 
-async def test_interrupted_after_the_last_byte_is_not_fetched_again(tmp_path: Path) -> None:
-    """Cancelled after every byte of a file arrived, before it was verified: the rerun
-    resumes all of it (the state is saved on the way out) and asks the mirror for nothing."""
+async def _cancel_then_rerun(
+    tmp_path: Path, models: list[ZooModel], tag: str, *, rate_limit: int, stop_at: float
+) -> tuple[int, int, PrefetchResult, list[ProgressEvent], int]:
+    """Prefetch ``tag`` from a capped mirror, cancelled once ``stop_at`` x the bytes of its
+    models were moved, then prefetch it again. Returns the bytes of the models, the bytes
+    moved before the cancel, the rerun's result and events, and the bytes served again."""
     repo = tmp_path / "mirror" / REPO_PREFIX
-    build_zoo(repo, [ZooModel("Whole", 12, ("one",), size=400_000)])
+    build_zoo(repo, models)
     total = sum(p.stat().st_size for p in repo.rglob("*.onnx"))
-    async with MirrorServer(tmp_path / "mirror", rate_limit=4_000_000) as server:
-        config = mirror_config(server.url, tmp_path / "cache", max_connections=4)
-        async with AsyncHub(config) as hub:
-            with anyio.CancelScope() as scope:
-                moved = 0
-
-                def stop_at_the_end(event: ProgressEvent) -> None:
-                    nonlocal moved
-                    if event.kind == "transfer":
-                        moved += event.nbytes
-                        if moved >= total:
-                            scope.cancel()
-
-                hub.progress = stop_at_the_end
-                await hub.prefetch(tags=["one"])
-            assert scope.cancelled_caught and moved == total
-        assert list((tmp_path / "cache").rglob("*.partial")), "the partial file was kept"
-        served_before = server.served_bytes("*.onnx")
-        events: list[ProgressEvent] = []
-        async with AsyncHub(config, progress=events.append) as hub:
-            result = await hub.prefetch(tags=["one"])
-        served_again = server.served_bytes("*.onnx") - served_before
-    assert not result.failed
-    assert sum(e.nbytes for e in events if e.kind == "resumed") == total
-    assert served_again == 0 and result.bytes_fetched == 0
-    (item,) = result.items
-    assert item.path is not None and _sha(item.path) == item.sha256
-
-
-async def test_interrupted_then_rerun_fetches_only_the_rest(tmp_path: Path) -> None:
-    repo = tmp_path / "mirror" / REPO_PREFIX
-    build_zoo(repo, [ZooModel(f"Big{c}", 12, ("big",), size=600_000) for c in "ABCD"])
-    total = sum(p.stat().st_size for p in repo.rglob("*.onnx"))
-    async with MirrorServer(tmp_path / "mirror", rate_limit=1_000_000) as server:
+    async with MirrorServer(tmp_path / "mirror", rate_limit=rate_limit) as server:
         config = mirror_config(server.url, tmp_path / "cache", max_connections=4)
         moved = 0
         async with AsyncHub(config) as hub:
             with anyio.CancelScope() as scope:
 
-                def stop_halfway(event: ProgressEvent) -> None:
+                def stop(event: ProgressEvent) -> None:
                     nonlocal moved
                     if event.kind == "transfer":
                         moved += event.nbytes
-                        if moved >= total // 2:
+                        if moved >= total * stop_at:
                             scope.cancel()
 
-                hub.progress = stop_halfway
-                await hub.prefetch(tags=["big"])
+                hub.progress = stop
+                await hub.prefetch(tags=[tag])
             assert scope.cancelled_caught
         partials = list((tmp_path / "cache").rglob("*.partial"))
         assert partials, "an interrupted prefetch leaves resumable partial files"
         served_before = server.served_bytes("*.onnx")
-
         events: list[ProgressEvent] = []
         async with AsyncHub(config, progress=events.append) as hub:
-            result = await hub.prefetch(tags=["big"])
+            result = await hub.prefetch(tags=[tag])
         served_again = server.served_bytes("*.onnx") - served_before
     assert not result.failed
     for item in result.items:
         assert item.path is not None and _sha(item.path) == item.sha256
+    return total, moved, result, events, served_again
+
+
+async def test_interrupted_after_the_last_byte_is_not_fetched_again(tmp_path: Path) -> None:
+    """Cancelled after every byte of a file arrived, before it was verified: the rerun
+    resumes all of it (the state is saved on the way out) and asks the mirror for nothing."""
+    total, moved, result, events, served_again = await _cancel_then_rerun(
+        tmp_path, [ZooModel("Whole", 12, ("one",), size=400_000)], "one",
+        rate_limit=4_000_000, stop_at=1.0,
+    )
+    assert moved == total
+    assert sum(e.nbytes for e in events if e.kind == "resumed") == total
+    assert served_again == 0 and result.bytes_fetched == 0
+
+
+async def test_interrupted_then_rerun_fetches_only_the_rest(tmp_path: Path) -> None:
+    total, moved, result, events, served_again = await _cancel_then_rerun(
+        tmp_path, [ZooModel(f"Big{c}", 12, ("big",), size=600_000) for c in "ABCD"], "big",
+        rate_limit=1_000_000, stop_at=0.5,
+    )
     resumed = sum(e.nbytes for e in events if e.kind == "resumed")
     assert resumed > 0
     assert result.bytes_fetched == result.bytes_planned - resumed
