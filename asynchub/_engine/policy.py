@@ -43,9 +43,9 @@ class RetryPolicy:
     """How often and how patiently to retry a failing request.
 
     ``attempts`` counts tries after the first; the budget is given back once tries made real
-    progress (see :class:`Retrier`), not whenever a byte flowed. Waits are ``uniform(0, min(cap,
-    base * 2**n))`` (full jitter); a server's ``Retry-After`` is honoured up to
-    ``max_retry_after`` seconds.
+    progress (see :class:`~asynchub._engine.retry.Retrier`), not whenever a byte flowed.
+    Waits are ``uniform(0, min(cap, base * 2**n))`` (full jitter); a server's
+    ``Retry-After`` is honoured up to ``max_retry_after`` seconds.
 
     A failure to *connect* (refused, unreachable, no DNS answer, connect timeout, dead proxy)
     gets a smaller, faster budget: ``connect_attempts`` retries after
