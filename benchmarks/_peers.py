@@ -17,6 +17,8 @@ Tools, each invoked the way a user would:
 * hf_transfer -- ``hf_transfer.download`` with 10 MiB chunks (huggingface_hub's), twice: 16
   parallel requests (``max_files=16``, the setting the targets name) and huggingface_hub's
   own 100 (``HF_TRANSFER_CONCURRENCY``), shown beside it;
+* a bare client -- ``_bare_client.py``: one thread per connection (as many as asynchub may
+  use), ``recv_into`` and ``pwritev``, no verification: what moving the bytes costs here;
 * ``sha256sum`` -- the separate verification pass added to the peers that do not verify.
 """
 
@@ -160,6 +162,11 @@ def bare_onnx_load_cmd(path: Path, repeats: int = 20) -> list[str]:
         "                  'repeat_median': statistics.median(more)}))\n"
     )
     return [sys.executable, "-c", code, str(path)]
+
+
+def bare_client_cmd(url: str, out: Path, connections: int) -> list[str]:
+    """The reference client of ``_bare_client.py`` (threads, ``recv_into``, ``pwritev``)."""
+    return [sys.executable, str(HERE / "_bare_client.py"), url, str(out), str(connections)]
 
 
 def curl_cmd(url: str, out: Path) -> list[str]:

@@ -1,6 +1,7 @@
 """Scenarios A-E on the local mirror. Each returns a plain dict that ``_report`` renders.
 
-* A -- one big model, no cap: ``download`` vs onnx.hub, curl, aria2c, hf_transfer.
+* A -- one big model, no cap: ``download`` vs onnx.hub, curl, aria2c, hf_transfer and a bare
+  client that only moves the bytes (``_bare_client.py``).
 * B -- the same with every connection capped (a CDN edge).
 * C -- bulk prefetch of a tag (cap + per-request latency) vs onnx.hub one by one and aria2c -j.
 * D -- cold load of a small model (manifest included) and warm load from cache vs onnx.hub and a
@@ -39,6 +40,8 @@ ARIA2C_MAX_SPLIT = 16  # aria2c refuses -x above 16
 #: hf_transfer with huggingface_hub's 100 parallel requests ("hf_transfer" is the 16 the
 #: targets name); compared for information, not as a target
 HF_HUB = f"hf_transfer, {_peers.HF_MAX_FILES_HUB} files"
+#: ``_bare_client.py``: a thread per connection (the hub's maximum), no verification.
+BARE = "bare Python client (no verify)"
 
 
 @dataclass
@@ -164,9 +167,10 @@ def single_file(ctx: Ctx, sid: str, endpoint: Endpoint, capped: bool,
         ("aria2c -x16 -s16", lambda _i: _peers.aria2c_cmd([(url, target)])),
         ("hf_transfer", lambda _i: _peers.hf_transfer_cmd(url, target)),
         (HF_HUB, lambda _i: _peers.hf_transfer_cmd(url, target, _peers.HF_MAX_FILES_HUB)),
+        (BARE, lambda _i: _peers.bare_client_cmd(url, target, p.max_connections)),
     ]
     for tool, make in peers:
-        if not _peers.have(tool.split()[0].rstrip(",")):
+        if tool != BARE and not _peers.have(tool.split()[0].rstrip(",")):
             missing.append(_missing(tool))
             continue
         series.append(Series(tool, make, before=reset,
@@ -197,7 +201,7 @@ def _network_floor(ctx: Ctx, size: int, capped: bool) -> float | None:
     return None if loop is None else loop.median * size / loop.nbytes
 
 
-PEERS_FOR_FLOOR = ("curl", "aria2c -x16 -s16", "hf_transfer", HF_HUB)
+PEERS_FOR_FLOOR = ("curl", "aria2c -x16 -s16", "hf_transfer", HF_HUB, BARE)
 
 
 def _machine_floor(rows: list[Row], limit: Limit | None,
@@ -238,6 +242,12 @@ def _single_targets(rows: list[Row], limit: Limit | None, size: int,
             floor_s, detail = machine
             targets.append(_target("machine floor (not a target): " + detail, None,
                                    f"{t:.2f} s vs {floor_s:.2f} s ({t / floor_s:.2f} x)"))
+        bare = _find(rows, BARE)
+        moved = bare.med("seconds") if bare else None
+        if moved:
+            targets.append(_target(
+                f"in-process vs the {BARE}, which only moves the bytes (not a target)", None,
+                f"{t:.2f} s vs {moved:.2f} s ({t / moved:.2f} x)"))
     cpu = (ours.med("cpu") or 0.0) / (size / 2**30)
     targets.append(_target("client CPU <= 2.0 CPU-s per verified GiB", cpu <= 2.0,
                            f"{cpu:.2f} CPU-s/GiB"))
