@@ -32,7 +32,7 @@ TEMPLATE = "/{owner}/{repo}/{ref}/"
 MODEL_STACK = ("onnx", "numpy", "ml_dtypes", "google.protobuf")
 #: What ``asynchub --help`` (and ``import asynchub``) must not import either: the async core
 #: and its libraries, the HTTP client, the progress bars, the file locks.
-RUNTIME = ("asyncio", "anyio", "aiohttp", "yarl", "multidict", "tqdm", "filelock", "aiofiles")
+RUNTIME = ("asyncio", "anyio", "aiohttp", "yarl", "multidict", "tqdm", "filelock")
 
 #: Runs a snippet, then writes the names of the imported modules to the file in argv[1].
 #: ``SystemExit`` (the CLI's way to return) is caught so the modules are written either way.
