@@ -99,6 +99,24 @@ def test_never_more_connections_when_the_server_slows_down() -> None:
     assert settled(widths) < START  # halved while it paid (to 5 here: 4 is no better)
 
 
+def test_a_short_slow_spell_keeps_the_connections() -> None:
+    """A capped CDN, and a client that has a slow spell of 0.3 s at a third of the rate (a
+    busy machine, a page-cache flush): the width stays at the maximum. The same spell for
+    0.6 s halves it, as a server that slowed down would; it comes back within a second."""
+    def spell(length: float) -> Model:
+        def model(n: int, now: float) -> float:
+            slow = 1.0 <= now < 1.0 + length
+            return per_connection_cap(n, now) / (3 if slow else 1)
+
+        return model
+
+    short = simulate(spell(0.3), seconds=3)
+    assert short[50] == 40 and min(short[50:]) == 40
+    long = simulate(spell(0.6), seconds=3)
+    assert min(long[50:]) == 20
+    assert long[-1] == 40
+
+
 def test_maximum_is_respected_and_a_single_connection_is_fine() -> None:
     assert max(simulate(per_connection_cap, maximum=6)) == 6
     assert set(simulate(per_connection_cap, maximum=1)) == {1}
