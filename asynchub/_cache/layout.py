@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
@@ -32,6 +33,7 @@ from .._exceptions import CacheError, InsufficientSpaceError
 
 __all__ = [
     "HASH_BLOCK",
+    "DIR_SETTLE",
     "cache_path",
     "commit",
     "ensure_dir",
@@ -58,6 +60,9 @@ log = logging.getLogger("asynchub")
 
 #: Read size when hashing files already on disk.
 HASH_BLOCK = 1024 * 1024
+#: Seconds :func:`ensure_dir` waits for a directory that another host has just created to
+#: become visible here (see :func:`_make_dir`).
+DIR_SETTLE = 5.0
 PARTIAL_SUFFIX = ".partial"
 STATE_SUFFIX = ".partial.json"
 LOCK_SUFFIX = ".lock"
@@ -93,22 +98,52 @@ def ensure_dir(root: Path, directory: Path) -> None:
     current = root
     for part in rel.parts:
         current = current / part
-        try:
-            st = os.lstat(current)
-        except FileNotFoundError:
-            try:
-                current.mkdir()
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise translate_oserror(exc, f"creating {current}") from exc
-            st = os.lstat(current)
+        st = _dir_status(current)
         if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
             raise CacheError(
                 errno.ELOOP,
                 f"{current} is a symbolic link or not a directory; refusing to write through it"
                 " (remove it and try again)",
             )
+
+
+def _dir_status(path: Path) -> os.stat_result:
+    """``lstat`` of ``path``, created first if it is missing (or found, if another process
+    created it meanwhile).
+
+    On a shared file system the answers can disagree for a moment. On GlusterFS (FUSE), with
+    two mounts creating the same new directories at once (``tests/fleet/test_dirs_gluster.py``):
+    the ``mkdir`` of a directory the other host had just created failed with ``EEXIST`` while
+    the ``lstat`` after it still answered ``ENOENT`` (the client's cached lookup), and a
+    ``mkdir`` inside it could fail with ``ESTALE`` (a handle the client had not refreshed).
+    Those answers are asked again after a short wait (5 ms, doubling up to 0.1 s), for at most
+    :data:`DIR_SETTLE` seconds. Blocking, like every cache operation (a worker thread)."""
+    deadline = time.monotonic() + DIR_SETTLE
+    wait = 0.005
+    while True:
+        try:
+            return os.lstat(path)
+        except FileNotFoundError:
+            try:
+                path.mkdir()
+                continue  # created: its status next
+            except (FileExistsError, FileNotFoundError):
+                pass  # created elsewhere and not visible here yet, or a parent not yet
+            except OSError as exc:
+                if exc.errno != errno.ESTALE:
+                    raise translate_oserror(exc, f"creating {path}") from exc
+        except OSError as exc:
+            if exc.errno != errno.ESTALE:
+                raise translate_oserror(exc, f"looking up {path}") from exc
+        if time.monotonic() >= deadline:
+            raise CacheError(
+                errno.ENOENT,
+                f"the cache's file system gave conflicting answers about {path} (there, not"
+                f" there, or a stale handle) for {DIR_SETTLE:g} s; try again, and if it"
+                " persists check the file system (a network file system's client cache)",
+            )
+        time.sleep(wait)
+        wait = min(2 * wait, 0.1)
 
 
 def sha256_file(path: Path) -> str:
