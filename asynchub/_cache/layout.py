@@ -61,7 +61,7 @@ log = logging.getLogger("asynchub")
 #: Read size when hashing files already on disk.
 HASH_BLOCK = 1024 * 1024
 #: Seconds :func:`ensure_dir` waits for a directory that another host has just created to
-#: become visible here (see :func:`_make_dir`).
+#: become visible here (see :func:`_dir_status`).
 DIR_SETTLE = 5.0
 PARTIAL_SUFFIX = ".partial"
 STATE_SUFFIX = ".partial.json"
@@ -121,12 +121,13 @@ def _dir_status(path: Path) -> os.stat_result:
     deadline = time.monotonic() + DIR_SETTLE
     wait = 0.005
     while True:
+        created = False
         try:
             return os.lstat(path)
         except FileNotFoundError:
             try:
                 path.mkdir()
-                continue  # created: its status next
+                created = True  # its status next, without a wait
             except (FileExistsError, FileNotFoundError):
                 pass  # created elsewhere and not visible here yet, or a parent not yet
             except OSError as exc:
@@ -142,8 +143,9 @@ def _dir_status(path: Path) -> os.stat_result:
                 f" there, or a stale handle) for {DIR_SETTLE:g} s; try again, and if it"
                 " persists check the file system (a network file system's client cache)",
             )
-        time.sleep(wait)
-        wait = min(2 * wait, 0.1)
+        if not created:
+            time.sleep(wait)
+            wait = min(2 * wait, 0.1)
 
 
 def sha256_file(path: Path) -> str:

@@ -12,6 +12,7 @@ import multiprocessing
 import secrets
 import traceback
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,15 +27,15 @@ TREES = 60
 PER_MOUNT = 2
 
 
-def _create(root: Path, barrier: object, out: Path) -> None:
+def _create(root: Path, barrier: Any, out: Path) -> None:
     """Child process: create ``d<i>/model/files`` under ``root`` for every tree, each right
     after every process reached the barrier; write the errors (one per line) to ``out``."""
     errors = []
     for tree in range(TREES):
-        barrier.wait(60)  # type: ignore[attr-defined]
+        barrier.wait(60)
         try:
             ensure_dir(root, root / f"d{tree}" / "model" / "files")
-        except Exception:  # noqa: BLE001 - every failure is reported to the test
+        except Exception:  # every failure is reported to the test
             errors.append(f"tree {tree}: " + traceback.format_exc(limit=3).replace("\n", " | "))
     out.write_text("\n".join(errors))
 
