@@ -121,7 +121,7 @@ def test_retry_classification() -> None:
     assert not retryable(ValueError("x"))
 
 
-def test_hash_range_mapped_and_short_file(tmp_path: Path) -> None:
+def test_hash_range_reads_through_the_buffer_and_stops_at_a_short_file(tmp_path: Path) -> None:
     data = os.urandom(9 * 1024 * 1024 + 5)
     path = tmp_path / "f"
     path.write_bytes(data)
