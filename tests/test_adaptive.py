@@ -4,6 +4,7 @@ timings: time and bytes are simulated), then the engine against real loopback se
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -115,6 +116,33 @@ def test_a_short_slow_spell_keeps_the_connections() -> None:
     long = simulate(spell(0.6), seconds=3)
     assert min(long[50:]) == 20
     assert long[-1] == 40
+
+
+def test_a_slow_start_does_not_hold_the_width_down_for_long() -> None:
+    """A capped CDN, and a client that is slow for its first 0.3 s (a process and a machine
+    warming up): the first step measures no gain and the width settles at the start. It is
+    tried again soon and reaches the maximum within a second of simulated time (a fixed 1 s
+    between tries reached it after 1.3 s)."""
+    def cold(n: int, now: float) -> float:
+        rate = per_connection_cap(n, now)
+        return min(rate, 150 * MB) if now < 0.3 else rate
+
+    widths = simulate(cold, seconds=3)
+    assert widths[20] == START  # the 8 -> 32 step did not pay while cold: back to 8
+    assert max(widths[:100]) == 40
+    assert widths[-1] == 40
+
+
+def test_re_probes_back_off_where_more_connections_never_pay() -> None:
+    """Behind a total cap, the first try of one doubling comes soon after the width settled,
+    then the tries come less often, at most about a second apart (hold windows are 0.2 s)."""
+    widths = simulate(total_cap, seconds=6)
+    settled_at = next(i for i in range(1, len(widths)) if widths[i] < widths[i - 1])
+    tries = [i for i in range(settled_at, len(widths)) if widths[i] > widths[i - 1]]
+    assert (tries[0] - settled_at) / 100 <= 0.5
+    gaps = [(b - a) / 100 for a, b in itertools.pairwise(tries)]
+    assert len(gaps) >= 3
+    assert gaps[0] < gaps[-1] <= 1.5
 
 
 def test_maximum_is_respected_and_a_single_connection_is_fine() -> None:

@@ -36,9 +36,18 @@ where 4 sustained 300 MB/s). :class:`Widener` decides from what it measures:
   floor walked down to one connection, which pays a request gap per range). While holding, a drop
   below :data:`DROP` (60 %) of the rate measured when it settled, in :data:`DROP_WINDOWS` (2)
   hold windows in a row, halves the width (a server that slows down under load gets fewer
-  connections, never more), and every :data:`REPROBE` (1 s) one doubling is tried again,
-  kept only if it pays (conditions change). One slow window is not enough: on a busy machine
-  the client itself has slow spells (the page cache reclaimed, another process), which fewer
+  connections, never more), and one doubling is tried again now and then, kept only if it
+  pays (conditions change): :data:`REPROBE_FIRST` (0.25 s) after the width settled, then
+  twice as long after each try that did not pay, up to :data:`REPROBE` (1 s). The first
+  judgements are the least reliable ones (the shortest windows, at a moment when new
+  connections, the process and the machine are all warming up): in a 1 GiB download capped
+  at 25 MB/s per connection, started after the machine had been idle for a while, the step
+  from 8 to 32 connections measured no gain, and with a fixed 1 s the download then ran on 8
+  connections (a quarter of the rate) for a second; on a link where more connections do
+  not pay, the quicker first tries cost two short windows more.
+
+  One slow window is not enough to halve the width: on a busy machine the client itself
+  has slow spells (the page cache reclaimed, another process), which fewer
   connections do not cure, and the tail of a download is slower as its work runs out,
   whatever the server does. On this 2-core VM a 1 GiB download capped at 25 MB/s per
   connection halved its 40 connections in 7 runs of 8 with a single window (once down to 10:
@@ -64,6 +73,7 @@ __all__ = [
     "MAX_WARMUP",
     "MIN_GAIN",
     "REPROBE",
+    "REPROBE_FIRST",
     "SLOW",
     "START",
     "WARMUP",
@@ -88,6 +98,7 @@ MIN_GAIN = 0.10
 DROP = 0.6
 DROP_WINDOWS = 2
 REPROBE = 1.0
+REPROBE_FIRST = 0.25
 
 
 class Widener:
@@ -106,6 +117,7 @@ class Widener:
         self._low = 0  # hold windows in a row below DROP x the held rate
         self._held_since = 0.0
         self._probe: tuple[int, float, int] | None = None  # (width, rate, direction) before
+        self._reprobe = REPROBE_FIRST  # how long to hold before trying one doubling again
         self._warming = False
 
     def learn_latency(self, seconds: float) -> None:
@@ -206,7 +218,7 @@ class Widener:
             return
         self._low = 0
         self._held_rate = max(self._held_rate, rate)
-        if self.width < self.maximum and now - self._held_since >= REPROBE:
+        if self.width < self.maximum and now - self._held_since >= self._reprobe:
             self._start_probe(now, rate, +1)
 
     def _start_probe(self, now: float, rate: float, direction: int) -> None:
@@ -223,7 +235,10 @@ class Widener:
         self._probe = None
         needed = MIN_GAIN if direction > 0 else DOWN_GAIN  # fewer must clearly pay
         if rate < rate_before * (1 + needed):  # did not pay: back to where it was
+            if direction > 0:
+                self._reprobe = min(REPROBE, 2 * self._reprobe)
             self._settle(now, width_before, rate_before)
             return
+        self._reprobe = REPROBE_FIRST
         self._settle(now, self.width, rate)
         self._start_probe(now, rate, direction)  # it paid: one more step the same way
