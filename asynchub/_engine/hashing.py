@@ -50,7 +50,10 @@ READ_BLOCK = 1024 * 1024
 STEP = 32 * 1024 * 1024
 
 
-def _hash_read(fd: int, digest: Any, start: int, end: int, buffer: bytearray) -> int:
+def hash_range(fd: int, digest: Any, start: int, end: int, buffer: bytearray) -> int:
+    """Feed bytes ``[start, end)`` of ``fd`` to ``digest``, read through ``buffer``; returns
+    how many were hashed (less than asked only if the file is shorter). Blocking: run it in a
+    worker thread."""
     view = memoryview(buffer)
     offset = start
     while offset < end:
@@ -61,15 +64,6 @@ def _hash_read(fd: int, digest: Any, start: int, end: int, buffer: bytearray) ->
         digest.update(view[:got])
         offset += got
     return offset - start
-
-
-def hash_range(fd: int, digest: Any, start: int, end: int, buffer: bytearray) -> int:
-    """Feed bytes ``[start, end)`` of ``fd`` to ``digest``, read through ``buffer``; returns
-    how many were hashed (less than asked only if the file is shorter). Blocking: run it in a
-    worker thread."""
-    if end <= start:
-        return 0
-    return _hash_read(fd, digest, start, end, buffer)
 
 
 class HashCursor:
