@@ -21,6 +21,7 @@ from asynchub._cache.layout import partials_for, state_path
 from asynchub._engine.engine import Engine
 from asynchub._engine.resume import SPLIT_STATE_VERSION, ChunkPlan, ResumeState, find_resumable
 from asynchub._engine.schedule import (
+    FLIGHT_SHARE,
     KEEP,
     MIN_AGE,
     MIN_PART,
@@ -193,12 +194,15 @@ def test_the_last_pieces_shrink_where_requests_are_cheap() -> None:
     assert min(far) >= MIN_PART or min(far) == 64 * MIB - sum(far[:-1])
 
 
-def _fast_link(width: int) -> tuple[ChunkPlan, Scheduler, Clock, list[int]]:
-    """A 1 GiB file on ``width`` connections of a fast link (0.5 ms round trip, 200 MB/s
-    each): ranges finish in about 10 ms, never MIN_AGE old. Returns the plan, its scheduler,
-    the clock and the sizes of the pieces taken, finishing each as the next is taken."""
+def _fast_link(
+    width: int, *, rate: float = 200e6, size: int = 1024 * MIB
+) -> tuple[ChunkPlan, Scheduler, Clock, list[int]]:
+    """A ``size`` file on ``width`` connections of a link with a 0.5 ms round trip and
+    ``rate`` bytes/s each (at 200 MB/s ranges finish in about 10 ms, never MIN_AGE old).
+    Returns the plan, its scheduler, the clock and the sizes of the pieces taken, finishing
+    each as the next is taken."""
     clock = Clock()
-    plan = ChunkPlan(1024 * MIB, 16 * MIB)
+    plan = ChunkPlan(size, 16 * MIB)
     schedule = Scheduler(plan, connections=40, clock=clock)
     schedule.learn_latency(0.0005)
     schedule.width = width
@@ -206,7 +210,7 @@ def _fast_link(width: int) -> tuple[ChunkPlan, Scheduler, Clock, list[int]]:
     while (index := schedule.take()) is not None:
         start, end = plan.bounds(index)
         sizes.append(end - start)
-        clock.now += (end - start) / 200e6
+        clock.now += (end - start) / rate
         plan.add(index, end - start)
         schedule.release(index)
     return plan, schedule, clock, sizes
@@ -218,9 +222,26 @@ def test_pieces_last_a_while_on_a_fast_link() -> None:
     PIECE_SECONDS at that rate: a request costs CPU at both ends, whatever its round trip."""
     plan, _schedule, _clock, sizes = _fast_link(8)
     assert plan.done_bytes == plan.size
-    before_the_taper = sizes[1:100]  # the first is taken before any rate is known
+    before_the_taper = sizes[1:30]  # the first is taken before any rate is known
     assert min(before_the_taper) >= 200e6 * PIECE_SECONDS * 0.7 > MIN_PART
     assert len(sizes) < 1024 * MIB // MIN_PART // 3
+
+
+def test_capped_connections_take_pieces_that_keep_the_hash_close() -> None:
+    """Forty connections capped at 25 MB/s each, on loopback (where the hash bound alone
+    gives 2 MiB pieces): pieces last about PIECE_SECONDS (fewer requests), yet those in
+    flight never hold more than a quarter (FLIGHT_SHARE) of what is left. (Before, pieces
+    there were 2 MiB: ~600 requests for 1 GiB.)"""
+    for size in (1024 * MIB, 512 * MIB):
+        plan, _schedule, _clock, sizes = _fast_link(40, rate=25e6, size=size)
+        assert plan.done_bytes == plan.size
+        left = size
+        for piece in sizes[1:20]:
+            assert piece <= left / (FLIGHT_SHARE * 40) + 64 * 1024
+            left -= piece
+        assert sorted(sizes[1:20])[10] > MIN_PART  # the median (chunk ends cut a few short)
+    _plan, _schedule, _clock, gig = _fast_link(40, rate=25e6)
+    assert len(gig) < 1024 * MIB // MIN_PART * 0.9
 
 
 def test_the_taper_divides_what_is_left_among_the_connections_held() -> None:

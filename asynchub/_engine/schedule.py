@@ -50,11 +50,19 @@ Choices:
   *finished* counts however short its life, if it moved :data:`MIN_TAIL_PART` bytes or more
   (on a fast link a piece lasts a few milliseconds, so no rate was ever known there).
 * **A piece lasts at least** :data:`PIECE_SECONDS` (0.04 s) at the rate connections reach
-  here, where that is more than the size above. A request costs CPU at both ends whatever
-  its round trip (headers, a system call that wakes the server, one more write and hash
-  boundary): on an uncapped loopback mirror (1 GiB, 8 connections of ~150 MB/s) 2-3 MiB
-  pieces made ~570 requests and cost 1.93-2.15 CPU-s, ~5 MiB pieces 270-300 requests and
-  1.81-1.84 CPU-s. Behind a 25 MB/s cap this is 1 MB, under :data:`MIN_PART`: no change.
+  here, where that is more than the size above, **and up to** :data:`LONG_PIECE_SECONDS`
+  (0.32 s) **while the pieces in flight hold at most a quarter of what is left**
+  (:data:`FLIGHT_SHARE`: ``left / (4 x width)`` each). A request costs CPU at both ends
+  whatever its round trip (headers, a system call that wakes the server, one more write and
+  hash boundary; ~0.4 ms of the event loop's time here): on an uncapped loopback mirror
+  (1 GiB, 8 connections of ~150 MB/s) 2-3 MiB pieces made ~570 requests and cost 1.93-2.15
+  CPU-s, ~5 MiB pieces 270-300 requests and 1.81-1.84 CPU-s. Behind a 25 MB/s cap on each
+  of 40 connections, 0.04 s is 1 MB, under the 2 MiB the hash bound gives on loopback, and
+  1 GiB took ~600 requests; with the longer pieces 340-470, and 1.9-2.1 CPU-s instead of
+  2.1-2.35 (four runs each), in the same time; the 60-model prefetch took 1.93-2.24 s
+  instead of 2.14-2.38. The quarter keeps the hash close behind: 40 pieces of 8 MB are
+  320 MB in flight, most of a 512 MiB file, whose download took 0.84-0.87 s with them and
+  0.76-0.81 s with the quarter.
 * **Pieces sized for the hash as well as the requests.** Every byte past the hash cursor when
   the last one arrives is hashed after the download, and the bytes in flight at the end are
   about ``width x piece``: with 40 connections on 16 MiB ranges that is the whole of a
@@ -96,9 +104,11 @@ from collections.abc import Callable
 from .resume import ChunkPlan
 
 __all__ = [
+    "FLIGHT_SHARE",
     "HASH_RATE",
     "KEEP",
     "LAG",
+    "LONG_PIECE_SECONDS",
     "MIN_AGE",
     "MIN_PART",
     "MIN_TAIL_PART",
@@ -113,6 +123,8 @@ MIN_TAIL_PART = 256 * 1024
 TAIL_ROUND_TRIPS = 8
 SMALL_PROBE_CHUNKS = 4
 PIECE_SECONDS = 0.04
+LONG_PIECE_SECONDS = 0.32
+FLIGHT_SHARE = 4
 #: Bytes/s SHA-256 reads back after the download (one core with SHA extensions: 1-1.5 GB/s;
 #: without them it is slower, which only makes the tail weigh more).
 HASH_RATE = 1_000_000_000
@@ -280,8 +292,9 @@ class Scheduler:
             width = max(1, self.width, self.starting)
             best = (left * self._latency * HASH_RATE) ** 0.5 / width
             rate = self._reference_rate(self.clock())
-            if rate:  # a fast connection: a piece lasts at least PIECE_SECONDS
-                best = max(best, rate * PIECE_SECONDS)
+            if rate:  # a piece lasts a while at the rate connections reach (see above)
+                longer = min(rate * LONG_PIECE_SECONDS, left / (FLIGHT_SHARE * width))
+                best = max(best, rate * PIECE_SECONDS, longer)
             piece = max(self.min_part, min(piece, int(best)))
         floor = self._floor()
         holders = max(self.width, self.starting) or self.connections
