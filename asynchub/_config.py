@@ -31,6 +31,8 @@ Sizes and rates use one format everywhere (:mod:`asynchub._progress.units`): dec
                                     ``REQUEST_METHOD`` is set (CGI, "httpoxy"), as urllib does
 ``all_proxy`` / ``ALL_PROXY``       proxy for both when the one above is not set
 ``no_proxy`` / ``NO_PROXY``         hosts reached directly (rules in ``_transport/proxy.py``)
+``ASYNCHUB_EVENT_LOOP``             the sync API's and the CLI's own event loop: ``auto`` (uvloop
+                                    where installed), ``asyncio`` or ``uvloop``
 ``ASYNCHUB_USE_LOCKS``              ``0``: no inter-process locks (default ``1``)
 ``ASYNCHUB_HOST_ID``                this machine's name in lock records and partial names
 ``ASYNCHUB_LOCK_LEASE``             seconds a lock holder may go without renewing (default 60)
@@ -91,11 +93,14 @@ LIMIT_RATE_RANGE = (1000, 1000**4, "1K", "1T")
 CONNECTIONS_RANGE = (1, 1024)
 
 
+#: The values of ``HubConfig.event_loop`` (``asynchub/_loops.py`` makes the loop).
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
 def _shown(value: object) -> str:
     """``value`` for an error message: its repr, cut to 40 characters."""
     text = str(value)
     return repr(text[:40] + "...") if len(text) > 40 else repr(text)
-
 
 
 def parse_size(value: str | int, *, name: str) -> int:
@@ -320,6 +325,10 @@ class HubConfig:
     #: HTTP transport: ``"auto"`` (buffered receive path, aiohttp where a proxy applies),
     #: ``"stream"`` or ``"aiohttp"`` (see ``asynchub/_transport/auto.py``).
     transport: str = "auto"
+    #: The event loop the sync API and the CLI run on (the async API runs on the caller's):
+    #: ``"auto"`` (uvloop where installed), ``"asyncio"`` or ``"uvloop"`` (see
+    #: ``asynchub/_loops.py``).
+    event_loop: str = "auto"
 
     def __post_init__(self) -> None:
         # absolute at once: a relative cache directory must not follow later chdir() calls
@@ -340,6 +349,11 @@ class HubConfig:
         if self.transport not in ("auto", "stream", "aiohttp"):
             raise ConfigError(
                 f"HubConfig.transport must be 'auto', 'stream' or 'aiohttp', not {self.transport!r}"
+            )
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(
+                "HubConfig.event_loop must be 'auto', 'asyncio' or 'uvloop', "
+                f"not {_shown(self.event_loop)}"
             )
         if self.limit_rate is not None and self.limit_rate <= 0:
             raise ConfigError("HubConfig.limit_rate must be positive (or None for no cap)")
@@ -407,6 +421,7 @@ class HubConfig:
         private_host: Callable[[str], bool] | None = None,
         adaptive_connections: bool | None = None,
         transport: str | None = None,
+        event_loop: str | None = None,
     ) -> HubConfig:
         """Read the environment once (``environ``, else ``os.environ``); the keyword arguments
         (one per field, ``None`` = not given) win over it. A new field needs its keyword here:
@@ -426,6 +441,7 @@ class HubConfig:
             "http_proxy": http_proxy, "https_proxy": https_proxy, "no_proxy": no_proxy,
             "max_learned_size": max_learned_size, "private_host": private_host,
             "adaptive_connections": adaptive_connections, "transport": transport,
+            "event_loop": event_loop,
         }  # fmt: skip
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {"cache_dir": default_cache_dir(env)}
@@ -461,6 +477,8 @@ class HubConfig:
             )
         if env.get("ASYNCHUB_TRANSPORT"):
             values["transport"] = env["ASYNCHUB_TRANSPORT"].strip().lower()
+        if env.get("ASYNCHUB_EVENT_LOOP"):
+            values["event_loop"] = env["ASYNCHUB_EVENT_LOOP"].strip().lower()
         if env.get("ASYNCHUB_MINDSPORE_CARD_URL"):
             values["mindspore_card_url"] = env["ASYNCHUB_MINDSPORE_CARD_URL"].strip()
         values.update(_env_proxies(env))

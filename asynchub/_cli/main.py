@@ -340,12 +340,15 @@ def _setup_logging(args: argparse.Namespace) -> None:
         else (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose or 0, 2)]
     )
     handler = _TqdmHandler()
+
     class _Formatter(logging.Formatter):
         """``asynchub: warning: ...``: lower-case levels, as the CLI's own messages."""
 
         def formatMessage(self, record: logging.LogRecord) -> str:
-            return super().formatMessage(record).replace(
-                f": {record.levelname}: ", f": {record.levelname.lower()}: ", 1
+            return (
+                super()
+                .formatMessage(record)
+                .replace(f": {record.levelname}: ", f": {record.levelname.lower()}: ", 1)
             )
 
     handler.setFormatter(_Formatter("asynchub: %(levelname)s: %(message)s"))
@@ -410,7 +413,14 @@ def main(argv: list[str] | None = None) -> int:
         config = _config(args)
         import anyio  # the async core: imported once a command runs, not for --help
 
-        code: int = anyio.run(args.handler, args, config)
+        from .._loops import loop_factory
+
+        code: int = anyio.run(
+            args.handler,
+            args,
+            config,
+            backend_options={"loop_factory": loop_factory(config.event_loop)},
+        )
         return code
     except KeyboardInterrupt:
         root = config.cache_dir if config is not None else None

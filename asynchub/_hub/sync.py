@@ -78,7 +78,8 @@ class _LoopThread:
     all tasks of the loop, and the worker threads were stopped after each operation.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, event_loop: str = "auto") -> None:
+        self._event_loop = event_loop  # HubConfig.event_loop
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -87,9 +88,11 @@ class _LoopThread:
     def _ensure(self) -> asyncio.AbstractEventLoop:
         import asyncio
 
+        from .._loops import loop_factory  # asyncio and uvloop: only once a loop is needed
+
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
+                loop = loop_factory(self._event_loop)()
                 stop: asyncio.Future[None] = loop.create_future()
                 ready = threading.Event()
 
@@ -197,7 +200,7 @@ class Hub:
         self._create_lock = threading.Lock()
         self._closed = False
         self._memo = ManifestMemo()
-        self._runner = _LoopThread()
+        self._runner = _LoopThread(self._config.event_loop)
         _live.add(self)
 
     @property
@@ -427,7 +430,7 @@ def _reset_after_fork() -> None:
     from the parent (its loop, its HTTP session) are dropped, never used or closed here: their
     sockets are shared with the parent."""
     for hub in list(_live):
-        hub._runner = _LoopThread()
+        hub._runner = _LoopThread(hub._config.event_loop)
         hub._create_lock = threading.Lock()
         hub._async_hub = None
         hub._memo = ManifestMemo()

@@ -9,6 +9,7 @@ import collections
 import mmap
 import time
 from collections.abc import Iterator, Mapping
+from typing import cast
 
 import h11
 
@@ -39,7 +40,6 @@ Buffer = mmap.mmap
 
 def new_buffer(size: int) -> Buffer:
     return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
-
 
 
 class Piece:
@@ -138,8 +138,8 @@ class Connection(asyncio.BufferedProtocol):
 
     # ---------------------------------------------------------------- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a socket transport (uvloop's are not subclasses of asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
