@@ -229,9 +229,7 @@ async def adownload(
 ) -> Path:
     """Async :func:`download`."""
     hub = await _async_hub()
-    return await hub.download(
-        model, repo, opset, force_reload, silent, trust_repo=trust_repo
-    )
+    return await hub.download(model, repo, opset, force_reload, silent, trust_repo=trust_repo)
 
 
 async def aload(
@@ -245,9 +243,7 @@ async def aload(
 ) -> onnx.ModelProto:
     """Async :func:`load`: nothing slow runs on the event loop thread."""
     hub = await _async_hub()
-    return await hub.load(
-        model, repo, opset, force_reload, silent, trust_repo=trust_repo
-    )
+    return await hub.load(model, repo, opset, force_reload, silent, trust_repo=trust_repo)
 
 
 async def adownload_model_with_test_data(

@@ -189,8 +189,6 @@ class _GuardedStream:
         return data
 
 
-
-
 def _normalise(archive: Path, member: tarfile.TarInfo) -> tuple[str, ...]:
     """The member name as safe path segments (may be empty for the root directory)."""
     name = member.name
@@ -333,9 +331,12 @@ def _extract_into(archive: Path, staging: Path, limits: ExtractLimits) -> None:
         raise translate_oserror(exc, f"opening the archive {archive}") from exc
     try:
         stream = _open_stream(archive, handle, limits)
-        with header_budget(), tarfile.open(  # type: ignore[call-overload]
-            fileobj=stream, mode="r|", tarinfo=BoundedTarInfo
-        ) as tar:
+        with (
+            header_budget(),
+            tarfile.open(  # type: ignore[call-overload]
+                fileobj=stream, mode="r|", tarinfo=BoundedTarInfo
+            ) as tar,
+        ):
             iterator = iter(tar)
             while True:
                 last, current = current or last, None

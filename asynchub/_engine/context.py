@@ -89,5 +89,3 @@ class Context:
         if self.config.limit_rate is not None:
             floor = min(floor, self.config.limit_rate / (2 * self.config.max_connections))
         return floor
-
-

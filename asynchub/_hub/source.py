@@ -97,4 +97,3 @@ class SourceSpec:
     references: Callable[[Path], Mapping[Path, FileRef] | None]
     #: Registers its sub-commands on the ``asynchub`` parser (optional).
     add_cli: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None
-

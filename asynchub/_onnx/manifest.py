@@ -387,9 +387,7 @@ def _split_list(text: str) -> tuple[list[Any], list[tuple[int, int]]] | None:
     return items, spans
 
 
-def _load_json(
-    data: bytes | str, source: str
-) -> tuple[Any, list[tuple[int, int]] | None, str]:
+def _load_json(data: bytes | str, source: str) -> tuple[Any, list[tuple[int, int]] | None, str]:
     """The document (items one by one when it is a list), the items' character spans, and
     the decoded text."""
     if len(data) > MAX_MANIFEST_BYTES:
@@ -418,8 +416,7 @@ def _load_json(
 def _entries(document: Any, source: str) -> list[ModelInfo]:
     if not isinstance(document, list):
         raise ManifestError(
-            f"{source}: must be a JSON list of model entries, not {type(document).__name__}; "
-            f"{_FIX}"
+            f"{source}: must be a JSON list of model entries, not {type(document).__name__}; {_FIX}"
         )
     return [
         ModelInfo._from_entry(raw, f"{source}: entry {index}") for index, raw in enumerate(document)

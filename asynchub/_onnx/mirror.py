@@ -48,8 +48,6 @@ class MirrorReport:
     notes: tuple[str, ...] = field(default=())
 
 
-
-
 def _publish_copy(source: Path, target: Path, sha256: str | None) -> bool:
     """Place ``source`` (verified, of SHA-256 ``sha256``) at ``target`` atomically; False when
     the same bytes were already there."""

@@ -250,5 +250,3 @@ class OnnxSource:
         opset = int(opset_text) if opset_text.isascii() and opset_text.isdigit() else None
         info = await self.entry(spec, model, opset, force, test_data=False)
         return [self.model_job(info, spec)]
-
-
