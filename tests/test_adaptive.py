@@ -133,6 +133,21 @@ def test_a_slow_start_does_not_hold_the_width_down_for_long() -> None:
     assert widths[-1] == 40
 
 
+def test_a_step_judged_in_a_short_spell_is_measured_again_before_giving_back() -> None:
+    """A capped CDN, and a machine slow until 0.13 s (its first window at 32 connections
+    mostly falls in that spell, and shows too little gain): the step is measured once more
+    before the extra connections are given back, and the width reaches the maximum within
+    0.3 s (giving back at once held it at 8 until 0.68 s)."""
+
+    def spell(n: int, now: float) -> float:
+        rate = per_connection_cap(n, now)
+        return min(rate, 200 * MB) if now < 0.13 else rate
+
+    widths = simulate(spell, seconds=2)
+    assert widths.index(40) <= 30
+    assert min(widths[10:]) >= 32
+
+
 def test_re_probes_back_off_where_more_connections_never_pay() -> None:
     """Behind a total cap, the first try of one doubling comes soon after the width settled,
     then the tries come less often, at most about a second apart (hold windows are 0.2 s)."""
