@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import importlib.util
 import json
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,6 @@ HAVE_UVLOOP = importlib.util.find_spec("uvloop") is not None
 def _tls_mirror(mirror_root: Path, tmp_path: Path) -> tuple[MirrorServer, Path]:
     """A mirror over HTTPS with a throw-away CA, and that CA's PEM file."""
     ca = trustme.CA()
-    import ssl
-
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
     pem = tmp_path / "ca.pem"
