@@ -114,6 +114,38 @@ def test_a_noisy_cpu_bound_link_is_not_walked_up_by_re_probes() -> None:
         assert sum(w > START for w in late) / len(late) < 0.15, seed
 
 
+def test_a_ramp_on_a_warming_cpu_bound_link_is_checked_and_given_back() -> None:
+    """Loopback with the CPU as the limit, and a process still warming up: the rate climbs
+    from 250 to 800 MB/s between 0.05 and 0.25 s whatever the width, so each step of the ramp
+    seems to pay a little (a third of the linear gain or more, not the seven tenths a capped
+    link shows) and the width reaches the maximum. Such a ramp is checked once it holds:
+    half the width is kept when it is no more than 10 % slower, and the halving goes on
+    while that holds. The width is back to a handful within a second of simulated time
+    (without the check it stayed at 40)."""
+
+    def warming(n: int, now: float) -> float:
+        return (250 + 550 * min(1.0, max(0.0, (now - 0.05) / 0.2))) * MB
+
+    widths = simulate(warming, seconds=4)
+    assert max(widths[:40]) >= 32  # the ramp was fooled
+    assert max(widths[150:]) <= 2 * START
+    assert settled(widths) <= START
+
+
+def test_a_capped_link_filling_up_near_the_top_is_not_checked() -> None:
+    """A per-connection cap, and a machine that tops out at 900 MB/s: the first step pays as
+    a cap does (seven tenths of the linear gain or more), the last one (32 -> 40) only half.
+    The ramp is not doubted: the width stays at the maximum, with no window at half."""
+
+    def filling(n: int, now: float) -> float:
+        return min(per_connection_cap(n, now), 900 * MB)
+
+    widths = simulate(filling, seconds=4)
+    first = widths.index(40)
+    assert first <= 40
+    assert min(widths[first:]) == 40
+
+
 def test_never_more_connections_when_the_server_slows_down() -> None:
     def slowing(n: int, now: float) -> float:  # at 2 s the server starts to mind connections
         return per_connection_cap(n, now) if now < 2 else collapsing(n, now) / 3
