@@ -33,6 +33,7 @@ Choices:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 import anyio
@@ -74,7 +75,7 @@ class _Write:
         self.hash_limit = hash_limit
         self.error: BaseException | None = None
         self.finished = False  # written (or failed)
-        self.wake = anyio.Event()  # set when finished, or when this writer is to lead
+        self.wake = asyncio.Event()  # set when finished, or when this writer is to lead
 
 
 class WriteQueue:

@@ -23,6 +23,8 @@ Choices:
   hops per GiB, yet a cancellation or a reset waits at most one step.
 * A :meth:`reset` (the file changed on the server, or a mirror served other bytes) starts a new
   digest; a step already running in the thread is discarded when it returns.
+* The cursor's wake-ups are ``asyncio.Event`` s (the engine runs on asyncio): one is made
+  per batch of writes, and ``anyio.Event()`` looks up the running async library each time.
 * SHA-256 state cannot be saved, so a resumed download re-hashes its finished prefix once, at
   disk speed, while the missing bytes are fetched.
 * Bytes that are next in order are hashed from memory by the thread that writes them
@@ -35,6 +37,7 @@ Choices:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import threading
@@ -90,8 +93,8 @@ class HashCursor:
         self._at = 0  # bytes in ``_digest`` (changed under ``_lock`` only)
         self.hashed = 0
         self._target = 0
-        self._wake = anyio.Event()
-        self._moved = anyio.Event()
+        self._wake = asyncio.Event()
+        self._moved = asyncio.Event()
 
     @property
     def generation(self) -> int:
@@ -115,13 +118,13 @@ class HashCursor:
         self._target = 0
         self._wake.set()
         self._moved.set()
-        self._moved = anyio.Event()
+        self._moved = asyncio.Event()
 
     async def run(self) -> None:
         """Hash the prefix as it grows; runs until cancelled."""
         while True:
             if self.hashed >= self._target:
-                self._wake = anyio.Event()
+                self._wake = asyncio.Event()
                 await self._wake.wait()
                 continue
             generation = self._generation
@@ -176,7 +179,7 @@ class HashCursor:
         if self._on_progress is not None:
             self._on_progress(done)
         self._moved.set()
-        self._moved = anyio.Event()
+        self._moved = asyncio.Event()
 
     async def moved(self) -> None:
         """Wait until more bytes are hashed (or the cursor is reset)."""

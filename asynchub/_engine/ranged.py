@@ -58,6 +58,7 @@ whichever is smaller: with 40 connections at 25 MB/s, a kill costs ~0.5 s of tra
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -332,7 +333,7 @@ class FileDownload:
             elif widener.width < self._live and widener.width < shed_for:
                 self.schedule.shed(self._live - widener.width)  # give connections back soon
             shed_for = widener.width
-            await anyio.sleep(widener.poll)
+            await asyncio.sleep(widener.poll)  # anyio.sleep looks the library up
 
     def _received(self) -> int:
         """Body bytes received so far: those handed over in pieces, plus what each live

@@ -296,12 +296,21 @@ class ResumeState:
 
 
 def save_state(partial: Path, state: ResumeState) -> None:
-    """Write the state of ``partial`` atomically (tmp + ``os.replace``). Blocking."""
+    """Write the state of ``partial`` atomically (tmp + ``os.replace``). Blocking.
+
+    Plain ``os.open``/``os.write``: a download saves its state every quarter second per
+    file, and Python's ``open()`` adds a text and a buffer layer and two system calls
+    (``ioctl`` to ask whether it is a terminal, ``lseek``) to each save."""
     target = state_path(partial)
     tmp = target.with_name(f"{target.name}.{secrets.token_hex(4)}.tmp")
+    data = memoryview(state.to_json().encode("utf-8"))
     try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(state.to_json())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        try:
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         remove_quietly(tmp)
