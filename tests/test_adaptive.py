@@ -132,6 +132,42 @@ def test_a_ramp_on_a_warming_cpu_bound_link_is_checked_and_given_back() -> None:
     assert settled(widths) <= START
 
 
+def test_a_check_looks_twice_past_the_connections_leaving() -> None:
+    """The same warming, CPU-bound link, where the rate also dips by half for 40 ms each time
+    connections are given back (they finish their pieces and leave while the others take
+    up the work): the first window of a check falls in that dip and fails, the second one
+    passes, and the width still comes back to a handful (judged on the first window alone,
+    it stayed at 40)."""
+    state = {"width": 0, "dip_until": 0.0}
+
+    def dipping(n: int, now: float) -> float:
+        if n < state["width"]:
+            state["dip_until"] = now + 0.04
+        state["width"] = n
+        rate = (250 + 550 * min(1.0, max(0.0, (now - 0.05) / 0.2))) * MB
+        return rate / 2 if now < state["dip_until"] else rate
+
+    widths = simulate(dipping, seconds=4)
+    assert max(widths[:40]) >= 32
+    assert max(widths[200:]) <= 2 * START
+    assert settled(widths) <= START
+
+
+def test_a_step_more_than_linear_after_a_slow_first_window_is_checked() -> None:
+    """A CPU-bound link whose first window is very slow (a cold process: 120 MB/s for the
+    first 0.08 s, then 800 whatever the width): the step to 32 seems to pay more than its
+    linear gain, which only a slow baseline explains. The ramp is checked, and the width
+    comes back to a handful (trusted as a per-connection cap, it stayed at 32)."""
+
+    def cold_start(n: int, now: float) -> float:
+        return (120 if now < 0.08 else 800) * MB
+
+    widths = simulate(cold_start, seconds=4)
+    assert max(widths[:40]) >= 32
+    assert max(widths[150:]) <= 2 * START
+    assert settled(widths) <= START
+
+
 def test_a_capped_link_filling_up_near_the_top_is_not_checked() -> None:
     """A per-connection cap, and a machine that tops out at 900 MB/s: the first step pays as
     a cap does (seven tenths of the linear gain or more), the last one (32 -> 40) only half.

@@ -32,11 +32,23 @@ where 4 sustained 300 MB/s). :class:`Widener` decides from what it measures:
   mirror measured 325 MB/s on 8 connections in its first window, then 522-630 on 32 and
   788 on 40, and held 40 connections to the end (2.2 CPU-s against 2.0-2.1 on 8). Once
   such a width has held for :data:`REPROBE_FIRST`, half of it is tried and kept if it is at
-  most :data:`MIN_GAIN` slower than the best rate seen, and the halving goes on while that
-  holds (down to :data:`FLOOR`). Only a ramp whose earlier steps never paid :data:`FAST` is
-  doubted: on a capped link the first step pays that, and a later step that pays less is
-  the link or the machine filling up near the top (40 connections capped at 25 MB/s on
-  this VM): halving that width for a window cost 1 GiB downloads 20-40 ms.
+  most :data:`CHECK_LOSS` (20 %) slower than the last hold window, and the halving goes on
+  while each half stays that close to the best rate seen (down to :data:`FLOOR`). Where
+  connections are the limit, half of them give half the rate; where the CPU is, about the
+  same rate, give or take the quarter by which windows wander on this 2-core VM (10 % was
+  missed by most checks). A check that fails is measured once more before the width goes
+  back up: its first window includes the connections that are leaving, and a hash catching
+  up on the holes they leave (in a 1 GiB download from a loopback mirror, 20 connections
+  measured 150-460 MB/s in the first window after 40, which had measured 1,260-1,520).
+  Only a ramp whose earlier steps never paid :data:`FAST` is doubted: on a capped link the
+  first step pays that, and a later step that pays less is the link or the machine filling
+  up near the top (40 connections capped at 25 MB/s on this VM): halving that width for a
+  window cost 1 GiB downloads 20-40 ms. A step that paid more than :data:`TOO_GOOD` (1.5)
+  times the linear gain proves nothing (connections cannot add more than their own rate):
+  its baseline was slow, and the ramp is doubted (8 connections measured 179 MB/s in the
+  first window of a 1 GiB loopback download, 32 then 1,372), unless an earlier step paid
+  as a cap does (then it is the noise of a 50 ms window: 32 connections capped at 25 MB/s
+  measured 825 MB/s, 40 then 1,225).
 * **Stop and give back** when a step gained less than :data:`MIN_GAIN` (10 %), or too little
   for the connections it added: the width goes back to the previous one (the extra
   connections finish their current range and leave), and the controller holds. **Such a
@@ -88,6 +100,7 @@ from __future__ import annotations
 __all__ = [
     "DOWN_GAIN",
     "DROP",
+    "CHECK_LOSS",
     "DROP_WINDOWS",
     "FIRST_WINDOW",
     "FLOOR",
@@ -99,6 +112,7 @@ __all__ = [
     "REPROBE_FIRST",
     "SLOW",
     "START",
+    "TOO_GOOD",
     "WARMUP",
     "WINDOW",
     "WINDOW_BYTES",
@@ -122,6 +136,8 @@ DROP = 0.6
 DROP_WINDOWS = 2
 REPROBE = 1.0
 REPROBE_FIRST = 0.25
+CHECK_LOSS = 0.2
+TOO_GOOD = 1.5
 
 
 class Widener:
@@ -143,6 +159,7 @@ class Widener:
         self._doubtful = False  # a step of the ramp paid only a little (see _grow)
         self._linear = False  # a step of the ramp paid as a per-connection cap does
         self._checking = False  # the probe under way checks such a ramp (fewer may be as fast)
+        self._looked_twice = False  # that check measured a second window
         self._reprobe = REPROBE_FIRST  # how long to hold before trying one doubling again
         self._warming = False
         self._confirmed = False  # a step without gain was measured a second time
@@ -213,7 +230,10 @@ class Widener:
             self._settle(now, width_before, rate_before)
             self._start_probe(now, rate_before, -1)
         elif efficiency >= FAST:
-            self._linear = True
+            if efficiency <= TOO_GOOD:
+                self._linear = True
+            elif not self._linear:  # more than linear: the baseline was slow (warming)
+                self._doubtful = True
             self._resize(self.width * 4)
         elif efficiency >= SLOW:
             self._doubtful = not self._linear  # checked once the width holds
@@ -254,7 +274,7 @@ class Widener:
         if self._doubtful and now - self._held_since >= REPROBE_FIRST:
             self._doubtful = False
             self._checking = True
-            self._start_probe(now, self._held_rate, -1)
+            self._start_probe(now, rate, -1)
         elif self.width < self.maximum and now - self._held_since >= self._reprobe:
             self._start_probe(now, self._held_rate, +1)
 
@@ -275,14 +295,21 @@ class Widener:
         if direction > 0:  # as in the ramp: a third of the linear gain, and 10 % at least
             needed = max(MIN_GAIN, SLOW * (self.width / width_before - 1))
         elif checking:  # a doubtful ramp: fewer connections are kept if about as fast
-            needed = -MIN_GAIN
+            needed = -CHECK_LOSS
         else:  # fewer must clearly pay
             needed = DOWN_GAIN
         if rate < rate_before * (1 + needed):  # did not pay: back to where it was
+            if checking and not self._looked_twice:  # the first window at fewer includes
+                self._looked_twice = True  # the connections leaving: one more look
+                self._probe = (width_before, rate_before, direction)
+                self._checking = True
+                return
+            self._looked_twice = False
             if direction > 0:
                 self._reprobe = min(REPROBE, 2 * self._reprobe)
             self._settle(now, width_before, rate_before)
             return
+        self._looked_twice = False
         self._reprobe = REPROBE_FIRST
         self._settle(now, self.width, rate)
         self._checking = checking  # it paid: one more step the same way (the check goes on

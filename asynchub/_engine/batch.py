@@ -24,6 +24,9 @@ Choices:
 * A piece is hashed from memory only up to the end its range has while it is hashed; the
   scheduler never splits a range below what its connection has received, so the bytes of a
   piece never belong to another connection's range.
+* Spliced pieces (bytes the transport kept in the kernel, see
+  :mod:`asynchub._transport.splicing`) are moved into the file by the kernel, and never
+  hashed from memory: the cursor reads them back.
 * After each batch the disk is asked to start writing its bytes
   (:func:`~asynchub._engine.writeback.start_writeback`), so the ``fsync`` before the rename
   finds little left.
@@ -39,7 +42,7 @@ from collections.abc import Callable, Sequence
 import anyio
 import anyio.to_thread
 
-from .context import Bytes, pwrite_all
+from .context import Chunk, write_chunks
 from .hashing import HashCursor
 from .writeback import start_writeback
 
@@ -65,7 +68,7 @@ class _Write:
         self,
         writer: BatchWriter,
         offset: int,
-        buffers: Sequence[Bytes],
+        buffers: Sequence[Chunk],
         hash_limit: Callable[[], int],
     ) -> None:
         self.writer = writer
@@ -147,7 +150,7 @@ def _run(batch: list[_Write], writers: list[BatchWriter], generations: list[int]
         at, low, high = -1, -1, -1
         for item in sorted((i for i in batch if i.writer is writer), key=lambda w: w.offset):
             try:
-                pwrite_all(fd, item.buffers, item.offset)
+                write_chunks(fd, item.buffers, item.offset)
             except Exception as exc:  # raised to this piece's writer only
                 item.error = exc
                 continue
@@ -157,12 +160,23 @@ def _run(batch: list[_Write], writers: list[BatchWriter], generations: list[int]
                 nbytes = min(item.nbytes, item.hash_limit() - item.offset)
             except LookupError:  # the plan was reset meanwhile: nothing to hash
                 continue
-            views = [memoryview(b) for b in item.buffers]
-            at = max(at, cursor.absorb(generation, item.offset, views, nbytes))
+            views = _in_memory(item.buffers)
+            if views is not None:  # spliced bytes are read back by the cursor
+                at = max(at, cursor.absorb(generation, item.offset, views, nbytes))
         if low >= 0:
             start_writeback(fd, low, high - low)
         reached.append(at)
     return reached
+
+
+def _in_memory(chunks: Sequence[Chunk]) -> list[memoryview] | None:
+    """Views of ``chunks`` if they are all in memory, else None."""
+    views = []
+    for chunk in chunks:
+        if not isinstance(chunk, (bytes, memoryview)):
+            return None
+        views.append(memoryview(chunk))
+    return views
 
 
 class BatchWriter:
@@ -184,7 +198,7 @@ class BatchWriter:
         self.writes = 0
 
     async def write(
-        self, offset: int, buffers: Sequence[Bytes], hash_limit: Callable[[], int]
+        self, offset: int, buffers: Sequence[Chunk], hash_limit: Callable[[], int]
     ) -> None:
         """Write ``buffers`` contiguously at ``offset``; returns once they are in the file.
         ``hash_limit()`` (called in the thread) says how many of their bytes may be hashed."""

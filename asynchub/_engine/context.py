@@ -13,14 +13,38 @@ import anyio
 from .._cache.layout import translate_oserror
 from .._config import HubConfig
 from .._progress.events import ProgressEvent
-from .._transport.base import Transport
+from .._transport.base import Spliced, Transport
 from .ratelimit import TokenBucket
 from .slots import HostSlots
 from .watchdog import Watched as Active
 
-__all__ = ["Active", "Bytes", "Context", "pwrite_all"]
+__all__ = ["Active", "Bytes", "Chunk", "Context", "pwrite_all", "write_chunks"]
 
 Bytes = bytes | memoryview
+#: Received bytes: in memory, or held in the kernel by the transport (see ``Spliced``).
+Chunk = bytes | memoryview | Spliced
+
+
+def write_chunks(fd: int, chunks: Sequence[Chunk], offset: int) -> None:
+    """Write ``chunks`` contiguously at ``offset``: runs in memory with ``pwritev``, spliced
+    ones moved by the kernel (blocking; runs in a worker thread)."""
+    run: list[Bytes] = []
+    at = offset
+    for chunk in chunks:
+        if isinstance(chunk, (bytes, memoryview)):
+            run.append(chunk)
+            continue
+        if run:
+            pwrite_all(fd, run, at)
+            at += sum(map(len, run))
+            run = []
+        try:
+            chunk.write_to(fd, at)
+        except OSError as exc:
+            raise translate_oserror(exc, "writing a partial download") from exc
+        at += len(chunk)
+    if run:
+        pwrite_all(fd, run, at)
 
 
 def pwrite_all(fd: int, buffers: Sequence[Bytes], offset: int) -> None:

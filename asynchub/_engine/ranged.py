@@ -81,7 +81,7 @@ from .._transport.errors import host_port
 from .adaptive import Widener
 from .answers import Restart, collapse_group, parse_content_range, strong_etag
 from .batch import BatchWriter, WriteQueue
-from .context import Active, Bytes, Context, pwrite_all
+from .context import Active, Chunk, Context, pwrite_all
 from .hashing import HashCursor
 from .resume import ChunkPlan, ResumeState
 from .retry import (
@@ -100,6 +100,7 @@ from .watchdog import poll_interval
 __all__ = [
     "MAX_RESTARTS",
     "PIECE",
+    "SPLICE_WIDTH",
     "STATE_PERIOD",
     "Context",
     "FileDownload",
@@ -124,6 +125,12 @@ MAX_RESTARTS = 3
 #: this much of their range (or a quarter of it, for a smaller range): real progress, not
 #: "some bytes flowed".
 MEANINGFUL = 1024 * 1024
+#: A range that does not start at the written prefix, of a file on this many connections or
+#: more, asks the transport to splice its body (:mod:`asynchub._transport.splicing`): its
+#: bytes arrive ahead of the hash cursor, which reads them back from the file anyway, so
+#: they need not pass through memory. With fewer connections most bytes arrive in order and
+#: are hashed from the receive buffers.
+SPLICE_WIDTH = 4
 
 
 class Unranged(Exception):
@@ -207,14 +214,16 @@ class FileDownload:
         """Write the resume state now (see :mod:`.saver`)."""
         await self._saver.save()
 
-    async def _flush(self, index: int, offset: int, buffers: list[Bytes], active: Active) -> None:
+    async def _flush(self, index: int, offset: int, buffers: list[Chunk], active: Active) -> None:
         """Write ``buffers`` (the bytes from ``offset`` on) into range ``index``: only from its
         first unwritten byte (a flush cancelled after it counted its bytes is not counted
-        again) up to its end (bytes past a split point belong to another connection)."""
+        again) up to its end (bytes past a split point belong to another connection; spliced
+        bytes are read out of the kernel for that rare cut)."""
         nbytes = sum(map(len, buffers))
         first, end = self.plan.next_offset(index), self.plan.ends[index]
         if offset < first or offset + nbytes > end:
-            buffers = [b"".join(buffers)[max(first - offset, 0) : max(end - offset, 0)]]
+            whole = b"".join(b if isinstance(b, (bytes, memoryview)) else b.read() for b in buffers)
+            buffers = [whole[max(first - offset, 0) : max(end - offset, 0)]]
             offset, nbytes = max(offset, first), len(buffers[0])
         if nbytes <= 0:
             return
@@ -565,12 +574,14 @@ class FileDownload:
     @staticmethod
     async def _body(
         response: Response, lender: BufferedResponse | None
-    ) -> AsyncGenerator[tuple[Bytes, Piece | None], None]:
+    ) -> AsyncGenerator[tuple[Chunk, Piece | None], None]:
         """The body as it arrives: the transport's own buffers when it lends them (``lender``:
-        no copy in Python; each is released after it is written), else ``bytes``."""
+        no copy in Python; each is released after it is written; or the bytes it kept in
+        the kernel), else ``bytes``."""
         if lender is not None:
             async for piece in lender.iter_pieces():
-                yield piece.view, piece
+                spliced = piece.spliced
+                yield (piece.view if spliced is None else spliced), piece
         else:
             async for data in response.iter_chunks(PIECE):
                 yield data, None
@@ -586,13 +597,16 @@ class FileDownload:
         lender = response if isinstance(response, BufferedResponse) else None
         # holding every buffer the transport lends, waiting for more would wait forever
         lendable = lender.lendable if lender is not None else 0
-        buffers: list[Bytes] = []
+        buffers: list[Chunk] = []
         lent: list[Piece] = []
         buffered = 0
         remaining = length
         received = self.schedule.received
         received[index] = offset
         held_since = clock()
+        spread = self.schedule.width >= SPLICE_WIDTH and offset != self.plan.prefix
+        if lender is not None and spread:
+            lender.splice()  # these bytes arrive ahead of the hash: read back anyway
         body = self._body(response, lender)
         if lender is not None:
             self._streams[active] = lender
@@ -606,7 +620,7 @@ class FileDownload:
                 active.last = clock()
                 received[index] = offset + buffered + n
                 if n > remaining:
-                    if remaining:
+                    if remaining and isinstance(data, (bytes, memoryview)):
                         buffers.append(data[:remaining])
                         buffered += remaining
                     raise ProtocolError(

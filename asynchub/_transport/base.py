@@ -34,6 +34,7 @@ __all__ = [
     "Piece",
     "REDIRECT_STATUSES",
     "Response",
+    "Spliced",
     "Transport",
     "parse_content_length",
     "require_identity",
@@ -70,12 +71,33 @@ class Response(Protocol):
         ...
 
 
+class Spliced(Protocol):
+    """Body bytes that are held in the kernel (a pipe), not in memory: :meth:`write_to` moves
+    them into a file with no copy through this process, :meth:`read` gives them as bytes.
+    Either empties it; ``len()`` is how many bytes it held."""
+
+    def __len__(self) -> int: ...
+
+    def write_to(self, fd: int, offset: int) -> None:
+        """Write the bytes into ``fd`` at ``offset`` (blocking: a worker thread)."""
+        ...
+
+    def read(self) -> bytes:
+        """The bytes, read out (the rare case where they are needed in memory)."""
+        ...
+
+
 class Piece(Protocol):
     """A filled receive buffer lent by a transport: ``view`` holds body bytes until
-    :meth:`release` gives the buffer back (after which ``view`` must not be used)."""
+    :meth:`release` gives the buffer back (after which ``view`` must not be used). A piece
+    whose bytes stayed in the kernel (see :meth:`BufferedResponse.splice`) has an empty
+    ``view`` and its bytes in ``spliced``."""
 
     @property
     def view(self) -> memoryview: ...
+
+    @property
+    def spliced(self) -> Spliced | None: ...
 
     def release(self) -> None: ...
 
@@ -100,6 +122,12 @@ class BufferedResponse(Protocol):
 
     def iter_pieces(self) -> AsyncIterator[Piece]:
         """The body as filled buffers, as they arrive; each one must be released."""
+        ...
+
+    def splice(self) -> bool:
+        """Move the rest of the body through the kernel where the platform and the connection
+        allow it (see :mod:`.splicing`): the pieces from then on are :class:`Spliced`. Call
+        before :meth:`iter_pieces`; False (and nothing changes) where it is not possible."""
         ...
 
 

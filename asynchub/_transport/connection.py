@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import mmap
+import os
 import time
 from collections.abc import Iterator, Mapping
 from typing import cast
@@ -14,6 +15,8 @@ from typing import cast
 import h11
 
 from .._exceptions import ProtocolError, StallError
+from .splicing import AVAILABLE as SPLICE_AVAILABLE
+from .splicing import MIN_SPLICE, Pipe, PipePiece, splice_in
 
 __all__ = [
     "BUFFERS",
@@ -54,6 +57,10 @@ class Piece:
         self.filled = 0
         self.view = memoryview(self._data)[:0]
 
+    @property
+    def spliced(self) -> None:
+        return None
+
     def release(self) -> None:
         self._conn.give_back(self)
 
@@ -68,6 +75,8 @@ class Spare:
         self.limit = limit
         self._buffers: list[Buffer] = []
         self.reused = 0  # buffers handed out again (for tests and benchmarks)
+        self.splice_refused = False  # a pipe of ``size`` was refused: no splicing here
+        self.spliced = 0  # body bytes moved through pipes (for tests and benchmarks)
 
     def take(self) -> Buffer | None:
         if not self._buffers:
@@ -125,7 +134,7 @@ class Connection(asyncio.BufferedProtocol):
         self._free: list[Piece] = []
         self._pieces = 0
         self._current: Piece | None = None
-        self._ready: collections.deque[Piece] = collections.deque()
+        self._ready: collections.deque[Piece | PipePiece] = collections.deque()
         self._head: h11.Response | None = None
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -135,6 +144,12 @@ class Connection(asyncio.BufferedProtocol):
         self.reusable = False
         self.answered = False
         self.received = 0  # body bytes of the current answer received so far
+        # splicing (see .splicing): pipes instead of buffers for the rest of a body
+        self._pipes: list[PipePiece] = []  # free
+        self._pipe_count = 0
+        self._filling: PipePiece | None = None
+        self._splice_fd = -1  # a duplicate of the socket's descriptor, watched by the loop
+        self._watching = False
 
     # ---------------------------------------------------------------- asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -144,11 +159,15 @@ class Connection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
+        self._end_splice(resume=False)
+        if self._filling is not None and not self._filling.filled:
+            self._filling.release()  # nothing arrived in it: its pipe is closed now
+            self._filling = None
         self._recycle()
         if self._mode == "body" and self._remaining is None and exc is None:
             self._push_current()
             self._mode = "done"
-        elif self._mode in ("head", "body", "chunked") and self._error is None:
+        elif self._mode in ("head", "body", "chunked", "splice") and self._error is None:
             self._error = exc or ConnectionResetError("the server closed the connection")
         self._wake()
 
@@ -282,6 +301,7 @@ class Connection(asyncio.BufferedProtocol):
         if self._error is None:
             self._error = exc
         self.reusable = False
+        self._end_splice(resume=False)
         if self.transport is not None:
             self.transport.close()
         self._wake()
@@ -316,7 +336,139 @@ class Connection(asyncio.BufferedProtocol):
         self._wake()
         if self._paused and not self.closed and self.transport is not None:
             self._paused = False
+            if self._mode != "splice":  # the transport reads again once the body is in
+                self.transport.resume_reading()
+
+    # ---------------------------------------------------------------- splicing
+    def start_splicing(self) -> bool:
+        """Move the rest of the body through pipes (see :mod:`.splicing`); False where
+        that is not possible (nothing changes then)."""
+        transport = self.transport
+        if (
+            not SPLICE_AVAILABLE
+            or self._mode != "body"
+            or self._remaining is None
+            or self._remaining < MIN_SPLICE
+            or transport is None
+            or self.closed
+            or transport.is_closing()
+            or transport.get_extra_info("sslcontext") is not None
+            or transport.get_extra_info("ssl_object") is not None
+            or (self._spare is not None and self._spare.splice_refused)
+        ):
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        piece = self._take_pipe()
+        if piece is None:
+            if self._spare is not None and self._pipe_count == 0:
+                self._spare.splice_refused = True
+            return False
+        self._pipes.append(piece)
+        transport.pause_reading()  # the transport reads again once the body is in
+        self._push_current()  # what arrived so far goes in its buffer
+        self._splice_fd = os.dup(sock.fileno())
+        self._mode = "splice"
+        self._watch()
+        return True
+
+    def _take_pipe(self) -> PipePiece | None:
+        if self._pipes:
+            return self._pipes.pop()
+        if self._pipe_count >= BUFFERS:
+            return None
+        pipe = Pipe.open(self.buffer_size)
+        if pipe is None:
+            return None
+        self._pipe_count += 1
+        return PipePiece(self, pipe)
+
+    def _watch(self) -> None:
+        if not self._watching and self._splice_fd >= 0:
+            asyncio.get_running_loop().add_reader(self._splice_fd, self._splice_ready)
+            self._watching = True
+
+    def _unwatch(self) -> None:
+        if self._watching:
+            self._watching = False
+            asyncio.get_running_loop().remove_reader(self._splice_fd)
+
+    def _splice_ready(self) -> None:
+        """The socket is readable: move what arrived into the pipe being filled."""
+        piece = self._filling
+        if piece is None:
+            piece = self._filling = self._take_pipe()
+            if piece is None:  # every pipe is with the caller: wait (TCP slows the sender)
+                self._unwatch()
+                return
+        remaining = self._remaining or 0
+        try:
+            moved = splice_in(
+                self._splice_fd, piece.pipe, min(self.buffer_size - piece.filled, remaining)
+            )
+        except BlockingIOError:  # readable, yet nothing moves: this pipe is full
+            if piece.filled:
+                self._push_pipe()
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if moved <= 0:
+            self._fail(ConnectionResetError("the server closed the connection"))
+            return
+        now = time.monotonic()
+        self.last_byte = now
+        self.answered = True
+        if not piece.filled:
+            self._current_since = now
+        piece.filled += moved
+        piece.pending += moved
+        self.received += moved
+        remaining -= moved
+        self._remaining = remaining
+        if self._spare is not None:
+            self._spare.spliced += moved
+        if remaining == 0:
+            self._push_pipe()
+            self._end_splice(resume=True)
+            self._finish_body()
+        elif piece.filled >= self.buffer_size:
+            self._push_pipe()
+
+    def _push_pipe(self) -> None:
+        piece = self._filling
+        if piece is not None and piece.filled:
+            self._ready.append(piece)
+            self._filling = None
+            self._wake()
+            if not self._pipes and self._pipe_count >= BUFFERS:
+                self._unwatch()
+
+    def _end_splice(self, *, resume: bool) -> None:
+        """Stop watching the duplicate descriptor; the transport reads again if
+        ``resume`` (a body read to its end on a connection that stays open)."""
+        if self._splice_fd < 0:
+            return
+        self._unwatch()
+        os.close(self._splice_fd)
+        self._splice_fd = -1
+        if resume and not self.closed and self.transport is not None:
+            self._paused = False
             self.transport.resume_reading()
+
+    def give_back_pipe(self, piece: PipePiece) -> None:
+        """A pipe piece is back from the caller: reused if empty, else closed (its bytes
+        must never reach another piece)."""
+        if piece.pending or self.closed:
+            piece.pipe.close()
+            self._pipe_count -= 1
+        else:
+            piece.filled = 0
+            self._pipes.append(piece)
+        if self._mode == "splice" and not self.closed:
+            self._watch()
+        self._wake()
 
     def _pause(self) -> None:
         if not self._paused and self.transport is not None:
@@ -367,14 +519,15 @@ class Connection(asyncio.BufferedProtocol):
             await self._wait(stall - quiet)  # wakes on data, or exactly when the stall is due
         return self._head
 
-    async def next_piece(self, stall: float, flush: float) -> Piece | None:
+    async def next_piece(self, stall: float, flush: float) -> Piece | PipePiece | None:
         while True:
             if self._ready:
                 return self._ready.popleft()
-            piece = self._current
+            splicing = self._filling is not None
+            piece: Piece | PipePiece | None = self._filling if splicing else self._current
             if self._error is not None:
-                if piece is not None and piece.filled and self._mode == "body":
-                    self._push_current()  # the bytes that did arrive, before the error
+                if piece is not None and piece.filled and self._mode in ("body", "splice"):
+                    self._push_partial(splicing)  # the bytes that did arrive, before the error
                     continue
                 raise self._error
             if self._mode == "done":
@@ -383,14 +536,20 @@ class Connection(asyncio.BufferedProtocol):
             quiet = now - self.last_byte
             if quiet >= stall:
                 raise StallError(f"no bytes within {stall:g} s")
-            if piece is not None and piece.filled and self._mode == "body":
+            if piece is not None and piece.filled and self._mode in ("body", "splice"):
                 age = now - self._current_since
                 if age >= flush:  # a slow connection: hand over what it has
-                    self._push_current()
+                    self._push_partial(splicing)
                     continue
                 await self._wait(min(flush - age, stall - quiet))
             else:
                 await self._wait(min(flush, stall - quiet))
+
+    def _push_partial(self, splicing: bool) -> None:
+        if splicing:
+            self._push_pipe()
+        else:
+            self._push_current()
 
     @property
     def body_done(self) -> bool:
@@ -401,14 +560,21 @@ class Connection(asyncio.BufferedProtocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+        self._end_splice(resume=False)
         for piece in self._ready:
-            piece.filled = 0
-            self._free.append(piece)
+            if isinstance(piece, PipePiece):
+                piece.release()  # still holding bytes: closed
+            else:
+                piece.filled = 0
+                self._free.append(piece)
         self._ready.clear()
         if self._current is not None:  # the bytes of a body cut short: not wanted
             self._current.filled = 0
             self._free.append(self._current)
             self._current = None
+        if self._filling is not None:
+            self._filling.release()
+            self._filling = None
         self._recycle()
 
     def _recycle(self) -> None:
@@ -419,3 +585,7 @@ class Connection(asyncio.BufferedProtocol):
             for piece in self._free:
                 self._spare.put(piece._data)
         self._free.clear()
+        for pipe_piece in self._pipes:
+            pipe_piece.pipe.close()
+            self._pipe_count -= 1
+        self._pipes.clear()

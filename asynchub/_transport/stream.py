@@ -13,6 +13,9 @@ Choices:
   ``Content-Length`` (every range answer of a file server) is then read by this module into the
   buffers: h11 would copy each byte into its receive buffer and again into a ``Data`` event.
   Chunked bodies (rare from file servers) keep going through h11, with its copies.
+* **Splicing** (:mod:`.splicing`): on Linux over plain HTTP, the caller may ask for the rest
+  of a sized body to be moved through pipes, never into this process
+  (:meth:`StreamResponse.splice`).
 * **Buffers per connection.** Each connection owns up to :data:`BUFFERS` buffers of
   ``buffer_size`` bytes (1 MiB by default; private anonymous maps, see
   :data:`~.connection.Buffer`). A full buffer (or the end of the body, or a partial
@@ -63,6 +66,7 @@ from .._hosts import refuse_public_to_private
 from .base import MAX_REDIRECTS, REDIRECT_STATUSES, parse_content_length, require_identity
 from .connection import BUFFERS, HEAD_LIMIT, Connection, Headers, Piece, Spare
 from .errors import describe_os_error, host_port, translate_os_error
+from .splicing import PipePiece
 from .tls import verifying_context
 
 __all__ = ["BUFFERS", "NeedsProxy", "Piece", "StreamResponse", "StreamTransport"]
@@ -109,7 +113,11 @@ class StreamResponse:
     def content_length(self) -> int | None:
         return parse_content_length(self.headers.get("Content-Length"), self.url)
 
-    async def iter_pieces(self) -> AsyncIterator[Piece]:
+    def splice(self) -> bool:
+        """Move the rest of the body through pipes where possible (see :mod:`.splicing`)."""
+        return self._conn.start_splicing()
+
+    async def iter_pieces(self) -> AsyncIterator[Piece | PipePiece]:
         """The body as filled buffers; release each one when its bytes are written."""
         conn = self._conn
         stall = self._config.stall_timeout
@@ -133,7 +141,8 @@ class StreamResponse:
         """The body as ``bytes`` of at most ``size`` (copies; for documents and small files)."""
         async for piece in self.iter_pieces():
             try:
-                view = piece.view
+                spliced = piece.spliced
+                view = piece.view if spliced is None else memoryview(spliced.read())
                 for start in range(0, len(view), size):
                     yield bytes(view[start : start + size])
             finally:
@@ -149,11 +158,13 @@ class StreamResponse:
         out = bytearray()
         async for piece in self.iter_pieces():
             try:
-                if len(out) + len(piece.view) > limit:
+                spliced = piece.spliced
+                view = piece.view if spliced is None else memoryview(spliced.read())
+                if len(out) + len(view) > limit:
                     raise ProtocolError(
                         f"{self.url} sent more than the {limit} bytes allowed", url=self.url
                     )
-                out += piece.view
+                out += view
             finally:
                 piece.release()
         return bytes(out)

@@ -1,0 +1,231 @@
+"""Splicing: a plain-HTTP body moved from the socket into the file through pipes (Linux). The
+bytes that reach the file are the server's, a kept-alive connection reads its next answer
+after a spliced one, a body cut short is an error with nothing left open, TLS never splices,
+and the engine splices the ranges of a file on several connections (not those of a file on
+one) and still verifies it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+import trustme
+
+from asynchub._engine.engine import Engine
+from asynchub._exceptions import TransferError
+from asynchub._transport.splicing import AVAILABLE, MIN_SPLICE
+from asynchub._transport.stream import StreamTransport
+from tests.mirror import Fault, MirrorServer
+from tests.test_transfer import KIB, MIB, fast_config, job_for, put
+
+pytestmark = [
+    pytest.mark.timeout(60),
+    pytest.mark.skipif(not AVAILABLE, reason="splice is Linux only"),
+]
+
+
+def _pipes() -> int:
+    """Pipes open in this process."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):  # closed meanwhile
+            count += os.readlink(f"/proc/self/fd/{name}").startswith("pipe:")
+    return count
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[MirrorServer]:
+    (tmp_path / "root").mkdir()
+    srv = MirrorServer(tmp_path / "root")
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+async def _splice_range(
+    transport: StreamTransport, url: str, start: int, end: int, out: int
+) -> tuple[bool, int, object]:
+    """Fetch bytes ``start..end-1`` into the file ``out`` at their offset, splicing; (whether
+    it spliced, how many pieces came spliced, the connection)."""
+    spliced = 0
+    async with transport.request(url, headers={"Range": f"bytes={start}-{end - 1}"}) as response:
+        assert response.status == 206
+        conn = response._conn
+        did = response.splice()
+        at = start
+        async for piece in response.iter_pieces():
+            try:
+                kept = piece.spliced
+                if kept is None:
+                    os.pwrite(out, piece.view, at)
+                    at += len(piece.view)
+                else:
+                    spliced += 1
+                    size = len(kept)
+                    await anyio.to_thread.run_sync(kept.write_to, out, at)
+                    at += size
+            finally:
+                piece.release()
+        assert at == end
+    return did, spliced, conn
+
+
+async def test_a_spliced_body_reaches_the_file_intact_and_the_connection_lives_on(
+    server: MirrorServer, tmp_path: Path
+) -> None:
+    blob = put(tmp_path / "root", "big.bin", 9 * MIB + 123)
+    url = f"{server.url}/big.bin"
+    transport = StreamTransport(fast_config(tmp_path / "cache"))
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with anyio.fail_after(30):
+            first = await _splice_range(transport, url, 0, 5 * MIB, fd)
+            second = await _splice_range(transport, url, 5 * MIB, blob.size, fd)
+    finally:
+        os.close(fd)
+        await transport.aclose()
+    assert (tmp_path / "out").read_bytes() == blob.data
+    assert first[0] and second[0] and first[1] >= 2 and second[1] >= 2
+    assert transport.spare.spliced >= 8 * MIB  # nearly all of it went through pipes
+    assert len(server.requests) == 2
+    assert second[2] is first[2]  # the same connection, kept alive after a spliced body
+
+
+async def test_a_small_body_is_not_spliced(server: MirrorServer, tmp_path: Path) -> None:
+    put(tmp_path / "root", "small.bin", MIN_SPLICE // 2)
+    transport = StreamTransport(fast_config(tmp_path / "cache"))
+    try:
+        with anyio.fail_after(10):
+            async with transport.request(f"{server.url}/small.bin") as response:
+                assert not response.splice()
+                assert len(await response.read(MIN_SPLICE)) == MIN_SPLICE // 2
+    finally:
+        await transport.aclose()
+    assert transport.spare.spliced == 0
+
+
+async def test_a_body_cut_short_while_spliced_is_an_error_and_leaves_no_pipe(
+    server: MirrorServer, tmp_path: Path
+) -> None:
+    put(tmp_path / "root", "cut.bin", 8 * MIB)
+    server.add_fault(Fault("drop", path="cut.bin", after_bytes=3 * MIB))
+    transport = StreamTransport(fast_config(tmp_path / "cache"))
+    before = _pipes()
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with anyio.fail_after(20), pytest.raises(TransferError, match="cut short"):
+            await _splice_range(transport, f"{server.url}/cut.bin", 0, 8 * MIB, fd)
+    finally:
+        os.close(fd)
+        await transport.aclose()
+    assert transport.spare.spliced > 0  # it was splicing when the server closed
+    assert _pipes() == before
+
+
+async def test_tls_is_never_spliced(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    pem = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(pem))
+    (tmp_path / "root").mkdir()
+    blob = put(tmp_path / "root", "big.bin", 4 * MIB)
+    transport = StreamTransport(fast_config(tmp_path / "cache", ca_bundle=pem))
+    got = bytearray()
+    async with MirrorServer(tmp_path / "root", ssl_context=server_ctx) as srv:
+        try:
+            with anyio.fail_after(20):
+                async with transport.request(f"{srv.url}/big.bin") as response:
+                    assert not response.splice()
+                    async for piece in response.iter_pieces():
+                        assert piece.spliced is None
+                        got += piece.view
+                        piece.release()
+        finally:
+            await transport.aclose()
+    assert bytes(got) == blob.data
+
+
+async def test_the_engine_splices_a_file_on_several_connections(tmp_path: Path) -> None:
+    root = tmp_path / "mirror"
+    blob = put(root, "model.onnx", 24 * MIB, seed=7)
+    config = fast_config(
+        tmp_path / "cache", chunk_size=2 * MIB, min_split_size=2 * MIB, max_connections=8,
+        max_connections_per_host=8, state_interval=4 * MIB,
+    )  # fmt: skip
+    before = _pipes()
+    async with MirrorServer(root) as srv:
+        transport = StreamTransport(config)
+        try:
+            with anyio.fail_after(40):
+                path = await Engine(config, transport).fetch(
+                    job_for(f"{srv.url}/{blob.rel}", blob, tmp_path / "cache")
+                )
+        finally:
+            await transport.aclose()
+    assert path.read_bytes() == blob.data
+    assert transport.spare.spliced >= 4 * MIB
+    assert _pipes() == before
+
+
+async def test_a_file_on_one_connection_stays_in_memory_for_the_hash(tmp_path: Path) -> None:
+    root = tmp_path / "mirror"
+    blob = put(root, "model.onnx", 8 * MIB, seed=8)
+    config = fast_config(
+        tmp_path / "cache", chunk_size=2 * MIB, min_split_size=2 * MIB, max_connections=1,
+        max_connections_per_host=1,
+    )  # fmt: skip
+    async with MirrorServer(root) as srv:
+        transport = StreamTransport(config)
+        try:
+            with anyio.fail_after(30):
+                path = await Engine(config, transport).fetch(
+                    job_for(f"{srv.url}/{blob.rel}", blob, tmp_path / "cache")
+                )
+        finally:
+            await transport.aclose()
+    assert path.read_bytes() == blob.data
+    assert transport.spare.spliced == 0
+
+
+async def test_a_spliced_range_split_by_another_connection_is_written_once(
+    tmp_path: Path,
+) -> None:
+    """One answer drips while the others are fast: an idle connection takes the second part
+    of its range, and the dripping one stops at the split point. The bytes it had spliced
+    past that point are dropped (read out of their pipe), the file verifies, and no pipe is
+    left open."""
+    root = tmp_path / "mirror"
+    blob = put(root, "slow/model.onnx", 16 * MIB, seed=3)
+    config = fast_config(
+        tmp_path / "cache", chunk_size=4 * MIB, min_split_size=4 * MIB, state_interval=4 * MIB
+    )
+    before = _pipes()
+    async with MirrorServer(root) as srv:
+        srv.rate_limit = 16 * MIB
+        drip = srv.add_fault(
+            Fault("drip", path="*slow/model.onnx", rate=512 * KIB, only_start_above=4 * MIB - 1)
+        )
+        transport = StreamTransport(config)
+        try:
+            with anyio.fail_after(40):
+                path = await Engine(config, transport).fetch(
+                    job_for(f"{srv.url}/{blob.rel}", blob, tmp_path / "cache")
+                )
+        finally:
+            await transport.aclose()
+        requests = srv.requests_for("*slow/model.onnx")
+    assert path.read_bytes() == blob.data and drip.hits == 1
+    dripped = next(r for r in requests if r.fault == "drip")
+    assert dripped.range is not None and dripped.range[1] is not None
+    first, last = dripped.range
+    assert any(r.range is not None and first < r.range[0] <= last for r in requests)
+    assert transport.spare.spliced > 0
+    assert _pipes() == before
