@@ -17,6 +17,7 @@ import pytest
 import trustme
 
 from asynchub._engine.engine import Engine
+from asynchub._engine.ranged import _trim
 from asynchub._exceptions import TransferError
 from asynchub._transport.splicing import AVAILABLE, MIN_SPLICE
 from asynchub._transport.stream import StreamTransport
@@ -229,3 +230,33 @@ async def test_a_spliced_range_split_by_another_connection_is_written_once(
     assert any(r.range is not None and first < r.range[0] <= last for r in requests)
     assert transport.spare.spliced > 0
     assert _pipes() == before
+
+
+class _Held:
+    """Bytes standing in for a pipe (the ``Spliced`` protocol), to test the cut alone."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def write_to(self, fd: int, offset: int) -> None:
+        os.pwrite(fd, self.data, offset)
+
+    def read(self) -> bytes:
+        self.reads += 1
+        return self.data
+
+
+def test_a_cut_keeps_only_the_range_and_reads_only_the_pipe_it_splits() -> None:
+    memory = memoryview(bytearray(b"abcdefgh"))
+    whole, split, dropped = _Held(b"ijklmnop"), _Held(b"qrstuvwx"), _Held(b"yz012345")
+    kept = _trim([memory, whole, split, dropped], 100, first=102, end=120)
+    assert b"".join(bytes(c) if not isinstance(c, _Held) else c.data for c in kept) == (
+        b"cdefgh" + b"ijklmnop" + b"qrst"
+    )
+    assert kept[1] is whole and whole.reads == 0  # kept whole: still spliced
+    assert split.reads == 1 and dropped.reads == 0
+    assert isinstance(kept[0], memoryview) and kept[0].obj is memory.obj  # no copy

@@ -222,9 +222,8 @@ class FileDownload:
         nbytes = sum(map(len, buffers))
         first, end = self.plan.next_offset(index), self.plan.ends[index]
         if offset < first or offset + nbytes > end:
-            whole = b"".join(b if isinstance(b, (bytes, memoryview)) else b.read() for b in buffers)
-            buffers = [whole[max(first - offset, 0) : max(end - offset, 0)]]
-            offset, nbytes = max(offset, first), len(buffers[0])
+            offset, buffers = max(offset, first), _trim(buffers, offset, first, end)
+            nbytes = sum(map(len, buffers))
         if nbytes <= 0:
             return
         plan = self.plan
@@ -659,6 +658,26 @@ class FileDownload:
                 self._streams.pop(active, None)
                 with anyio.CancelScope(shield=True):
                     await body.aclose()
+
+
+def _trim(chunks: list[Chunk], offset: int, first: int, end: int) -> list[Chunk]:
+    """The bytes of ``chunks`` (starting at ``offset``) in ``[first, end)``: memory is sliced
+    without a copy, a spliced chunk cut in two is read out of its pipe (one dropped whole
+    keeps its bytes, and its pipe is closed when released)."""
+    kept: list[Chunk] = []
+    at = offset
+    for chunk in chunks:
+        size = len(chunk)
+        low, high = max(first - at, 0), min(end - at, size)
+        at += size
+        if high <= low:
+            continue
+        if low == 0 and high == size:
+            kept.append(chunk)
+        else:
+            data = chunk if isinstance(chunk, (bytes, memoryview)) else chunk.read()
+            kept.append(memoryview(data)[low:high])
+    return kept
 
 
 def _give_back(lent: list[Piece]) -> None:
