@@ -99,6 +99,26 @@ async def test_a_spliced_body_reaches_the_file_intact_and_the_connection_lives_o
     assert second[2] is first[2]  # the same connection, kept alive after a spliced body
 
 
+async def test_a_file_that_refuses_a_splice_gets_the_bytes_through_memory(
+    server: MirrorServer, tmp_path: Path
+) -> None:
+    """Linux refuses ``splice`` into a file opened for appending (``EINVAL``), as some file
+    systems refuse it for every file: the piece's bytes are then read out of the pipe and
+    written with ``pwrite``, and the file still gets every byte (appended in order here)."""
+    blob = put(tmp_path / "root", "big.bin", 5 * MIB)
+    transport = StreamTransport(fast_config(tmp_path / "cache"))
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        with anyio.fail_after(30):
+            url = f"{server.url}/big.bin"
+            did, spliced, _ = await _splice_range(transport, url, 0, blob.size, fd)
+    finally:
+        os.close(fd)
+        await transport.aclose()
+    assert did and spliced >= 2
+    assert (tmp_path / "out").read_bytes() == blob.data
+
+
 async def test_a_small_body_is_not_spliced(server: MirrorServer, tmp_path: Path) -> None:
     put(tmp_path / "root", "small.bin", MIN_SPLICE // 2)
     transport = StreamTransport(fast_config(tmp_path / "cache"))

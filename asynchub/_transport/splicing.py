@@ -28,12 +28,15 @@ Choices:
   each time it is readable, one non-blocking ``splice`` moves what arrived, up to the room in
   the pipe and the rest of the body. When the body is complete the duplicate is closed and
   the transport reads again (the next answer's head on a kept-alive connection).
+* A file system that refuses a splice into its files (``EINVAL``, ``ENOSYS``,
+  ``EOPNOTSUPP``) gets that piece's bytes read out of the pipe and written with ``pwrite``.
 * A pipe handed back still holding bytes (an answer cut short, a piece not written) is
   closed rather than reused: its bytes must never reach another piece.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import sys
@@ -50,6 +53,8 @@ AVAILABLE = sys.platform == "linux" and hasattr(os, "splice")
 MIN_SPLICE = 1024 * 1024
 _SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _IN_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+#: What ``splice`` into a file answers on a file system that does not support it.
+_NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 
 
 class Pipe:
@@ -115,9 +120,19 @@ class PipePiece:
         return self.filled
 
     def write_to(self, fd: int, offset: int) -> None:
-        """Move every byte of the pipe into ``fd`` at ``offset`` (blocking; worker thread)."""
+        """Move every byte of the pipe into ``fd`` at ``offset`` (blocking; worker thread).
+        A file system that cannot take a splice gets the bytes through memory instead."""
         while self.pending:
-            moved = os.splice(self.pipe.read_fd, fd, self.pending, offset_dst=offset)
+            try:
+                moved = os.splice(self.pipe.read_fd, fd, self.pending, offset_dst=offset)
+            except OSError as exc:
+                if exc.errno not in _NO_SPLICE:
+                    raise
+                data = memoryview(self.read())
+                while data:
+                    written = os.pwrite(fd, data, offset)
+                    data, offset = data[written:], offset + written
+                return
             if moved <= 0:
                 raise OSError(f"the pipe ended {self.pending} bytes early")
             self.pending -= moved
