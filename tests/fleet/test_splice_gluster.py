@@ -1,0 +1,54 @@
+"""Spliced ranges written into a partial on a GlusterFS (FUSE) mount: the kernel moves the
+bytes from the pipes into a file of a file system in user space, and the cached file is
+the server's, byte for byte."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import anyio
+import pytest
+
+from asynchub._engine.engine import Engine
+from asynchub._transport.splicing import AVAILABLE
+from asynchub._transport.stream import StreamTransport
+from tests.fleet.system import GlusterVolume
+from tests.mirror import MirrorServer
+from tests.test_transfer import MIB, fast_config, job_for, put
+
+pytestmark = [
+    pytest.mark.fleet,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(not AVAILABLE, reason="splice is Linux only"),
+]
+
+
+def test_spliced_ranges_land_intact_on_a_fuse_mount(
+    gluster: GlusterVolume, tmp_path: Path
+) -> None:
+    home = gluster.mounts[0] / f"splice-{secrets.token_hex(4)}"
+    home.mkdir()
+    blob = put(tmp_path / "mirror", "model.onnx", 24 * MIB, seed=9)
+    config = fast_config(
+        home / "cache", chunk_size=2 * MIB, min_split_size=2 * MIB, max_connections=8,
+        max_connections_per_host=8, state_interval=4 * MIB,
+    )  # fmt: skip
+
+    async def main() -> tuple[Path, int]:
+        async with MirrorServer(tmp_path / "mirror") as server:
+            transport = StreamTransport(config)
+            try:
+                with anyio.fail_after(120):
+                    path = await Engine(config, transport).fetch(
+                        job_for(f"{server.url}/{blob.rel}", blob, home / "cache")
+                    )
+            finally:
+                await transport.aclose()
+        return path, transport.spare.spliced
+
+    path, spliced = anyio.run(main)
+    assert spliced >= 4 * MIB
+    seen_elsewhere = gluster.mounts[1] / path.relative_to(gluster.mounts[0])
+    assert path.read_bytes() == blob.data
+    assert seen_elsewhere.read_bytes() == blob.data  # the other mount reads the same bytes
