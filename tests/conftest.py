@@ -100,6 +100,18 @@ def mirror_root(zoo_dir: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[MirrorServer]:
+    """A mirror of ``tmp_path / "root"``, empty: the test puts its files there."""
+    (tmp_path / "root").mkdir()
+    srv = MirrorServer(tmp_path / "root")
+    await srv.start()
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+@pytest.fixture
 async def mirror(mirror_root: Path) -> AsyncIterator[MirrorServer]:
     server = MirrorServer(mirror_root, hosts=("127.0.0.1",))
     await server.start()

@@ -9,20 +9,20 @@ from __future__ import annotations
 import contextlib
 import os
 import ssl
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
 import trustme
 
+from asynchub._config import HubConfig
 from asynchub._engine.engine import Engine
 from asynchub._engine.ranged import _trim
 from asynchub._exceptions import TransferError
 from asynchub._transport.splicing import AVAILABLE, MIN_SPLICE
 from asynchub._transport.stream import StreamTransport
 from tests.mirror import Fault, MirrorServer
-from tests.test_transfer import KIB, MIB, fast_config, job_for, put
+from tests.test_transfer import KIB, MIB, Blob, fast_config, job_for, put
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -39,15 +39,16 @@ def _pipes() -> int:
     return count
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[MirrorServer]:
-    (tmp_path / "root").mkdir()
-    srv = MirrorServer(tmp_path / "root")
-    await srv.start()
+async def engine_fetch(base: str, blob: Blob, cache: Path, config: HubConfig) -> tuple[Path, int]:
+    """``blob`` fetched from the mirror at ``base`` into ``cache`` by an engine on a stream
+    transport: its path, and the bytes that went through pipes."""
+    transport = StreamTransport(config)
     try:
-        yield srv
+        with anyio.fail_after(60):
+            path = await Engine(config, transport).fetch(job_for(f"{base}/{blob.rel}", blob, cache))
     finally:
-        await srv.stop()
+        await transport.aclose()
+    return path, transport.spare.spliced
 
 
 async def _splice_range(
@@ -183,16 +184,9 @@ async def test_the_engine_splices_a_file_on_several_connections(tmp_path: Path) 
     )  # fmt: skip
     before = _pipes()
     async with MirrorServer(root) as srv:
-        transport = StreamTransport(config)
-        try:
-            with anyio.fail_after(40):
-                path = await Engine(config, transport).fetch(
-                    job_for(f"{srv.url}/{blob.rel}", blob, tmp_path / "cache")
-                )
-        finally:
-            await transport.aclose()
+        path, spliced = await engine_fetch(srv.url, blob, tmp_path / "cache", config)
     assert path.read_bytes() == blob.data
-    assert transport.spare.spliced >= 4 * MIB
+    assert spliced >= 4 * MIB
     assert _pipes() == before
 
 
@@ -204,16 +198,9 @@ async def test_a_file_on_one_connection_stays_in_memory_for_the_hash(tmp_path: P
         max_connections_per_host=1,
     )  # fmt: skip
     async with MirrorServer(root) as srv:
-        transport = StreamTransport(config)
-        try:
-            with anyio.fail_after(30):
-                path = await Engine(config, transport).fetch(
-                    job_for(f"{srv.url}/{blob.rel}", blob, tmp_path / "cache")
-                )
-        finally:
-            await transport.aclose()
+        path, spliced = await engine_fetch(srv.url, blob, tmp_path / "cache", config)
     assert path.read_bytes() == blob.data
-    assert transport.spare.spliced == 0
+    assert spliced == 0
 
 
 async def test_a_spliced_range_split_by_another_connection_is_written_once(
@@ -234,21 +221,14 @@ async def test_a_spliced_range_split_by_another_connection_is_written_once(
         drip = srv.add_fault(
             Fault("drip", path="*slow/model.onnx", rate=512 * KIB, only_start_above=4 * MIB - 1)
         )
-        transport = StreamTransport(config)
-        try:
-            with anyio.fail_after(40):
-                path = await Engine(config, transport).fetch(
-                    job_for(f"{srv.url}/{blob.rel}", blob, tmp_path / "cache")
-                )
-        finally:
-            await transport.aclose()
+        path, spliced = await engine_fetch(srv.url, blob, tmp_path / "cache", config)
         requests = srv.requests_for("*slow/model.onnx")
     assert path.read_bytes() == blob.data and drip.hits == 1
     dripped = next(r for r in requests if r.fault == "drip")
     assert dripped.range is not None and dripped.range[1] is not None
     first, last = dripped.range
     assert any(r.range is not None and first < r.range[0] <= last for r in requests)
-    assert transport.spare.spliced > 0
+    assert spliced > 0
     assert _pipes() == before
 
 

@@ -4,7 +4,6 @@ bytes read through recycled buffers are the file's."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -16,17 +15,6 @@ from tests.mirror import MirrorServer
 from tests.test_transfer import MIB, fast_config, put
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[MirrorServer]:
-    (tmp_path / "root").mkdir()
-    srv = MirrorServer(tmp_path / "root")
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
 
 
 async def _read(transport: StreamTransport, url: str, start: int, end: int, *, cut: bool) -> bytes:

@@ -10,12 +10,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asynchub._engine.engine import Engine
 from asynchub._transport.splicing import AVAILABLE
-from asynchub._transport.stream import StreamTransport
 from tests.fleet.system import GlusterVolume
 from tests.mirror import MirrorServer
-from tests.test_transfer import MIB, fast_config, job_for, put
+from tests.test_splice import engine_fetch
+from tests.test_transfer import MIB, fast_config, put
 
 pytestmark = [
     pytest.mark.fleet,
@@ -37,15 +36,7 @@ def test_spliced_ranges_land_intact_on_a_fuse_mount(
 
     async def main() -> tuple[Path, int]:
         async with MirrorServer(tmp_path / "mirror") as server:
-            transport = StreamTransport(config)
-            try:
-                with anyio.fail_after(120):
-                    path = await Engine(config, transport).fetch(
-                        job_for(f"{server.url}/{blob.rel}", blob, home / "cache")
-                    )
-            finally:
-                await transport.aclose()
-        return path, transport.spare.spliced
+            return await engine_fetch(server.url, blob, home / "cache", config)
 
     path, spliced = anyio.run(main)
     assert spliced >= 4 * MIB
