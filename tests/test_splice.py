@@ -7,6 +7,7 @@ one) and still verifies it."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import ssl
 from pathlib import Path
@@ -18,7 +19,8 @@ import trustme
 from asynchub._config import HubConfig
 from asynchub._engine.engine import Engine
 from asynchub._engine.ranged import _trim
-from asynchub._exceptions import TransferError
+from asynchub._exceptions import StallError, TransferError
+from asynchub._loops import loop_factory
 from asynchub._transport.splicing import AVAILABLE, MIN_SPLICE
 from asynchub._transport.stream import StreamTransport
 from tests.mirror import Fault, MirrorServer
@@ -151,6 +153,24 @@ async def test_a_body_cut_short_while_spliced_is_an_error_and_leaves_no_pipe(
     assert _pipes() == before
 
 
+async def test_a_body_that_stalls_while_spliced_is_a_stall_error_and_leaves_no_pipe(
+    server: MirrorServer, tmp_path: Path
+) -> None:
+    put(tmp_path / "root", "stall.bin", 8 * MIB)
+    server.add_fault(Fault("stall", path="stall.bin", after_bytes=3 * MIB))
+    transport = StreamTransport(fast_config(tmp_path / "cache", stall_timeout=0.5))
+    before = _pipes()
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with anyio.fail_after(20), pytest.raises(StallError):
+            await _splice_range(transport, f"{server.url}/stall.bin", 0, 8 * MIB, fd)
+    finally:
+        os.close(fd)
+        await transport.aclose()
+    assert transport.spare.spliced > 0
+    assert _pipes() == before
+
+
 async def test_tls_is_never_spliced(tmp_path: Path) -> None:
     ca = trustme.CA()
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -260,3 +280,28 @@ def test_a_cut_keeps_only_the_range_and_reads_only_the_pipe_it_splits() -> None:
     assert kept[1] is whole and whole.reads == 0  # kept whole: still spliced
     assert split.reads == 1 and dropped.reads == 0
     assert isinstance(kept[0], memoryview) and kept[0].obj is memory.obj  # no copy
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_splicing_works_on_each_event_loop(kind: str, tmp_path: Path) -> None:
+    """The transport pauses itself and the loop watches a duplicate of the socket: the same
+    on asyncio's loop and on uvloop's (the sync API and the command line run on uvloop)."""
+    if kind == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        pytest.skip("uvloop is not installed here")
+    root = tmp_path / "mirror"
+    blob = put(root, "model.onnx", 24 * MIB, seed=11)
+    config = fast_config(
+        tmp_path / "cache", chunk_size=2 * MIB, min_split_size=2 * MIB, max_connections=8,
+        max_connections_per_host=8, state_interval=4 * MIB,
+    )  # fmt: skip
+    with MirrorServer(root).running() as srv:
+        loop = loop_factory(kind)()
+        try:
+            path, spliced = loop.run_until_complete(
+                engine_fetch(srv.url, blob, tmp_path / "cache", config)
+            )
+        finally:
+            loop.close()
+    assert type(loop).__module__.split(".")[0] == kind
+    assert path.read_bytes() == blob.data
+    assert spliced >= 4 * MIB
