@@ -41,6 +41,14 @@ def _pipes() -> int:
     return count
 
 
+def wide_config(cache: Path) -> HubConfig:
+    """Eight connections on 2 MiB ranges: a file the engine splices."""
+    return fast_config(
+        cache, chunk_size=2 * MIB, min_split_size=2 * MIB, max_connections=8,
+        max_connections_per_host=8, state_interval=4 * MIB,
+    )  # fmt: skip
+
+
 async def engine_fetch(base: str, blob: Blob, cache: Path, config: HubConfig) -> tuple[Path, int]:
     """``blob`` fetched from the mirror at ``base`` into ``cache`` by an engine on a stream
     transport: its path, and the bytes that went through pipes."""
@@ -198,10 +206,7 @@ async def test_tls_is_never_spliced(tmp_path: Path) -> None:
 async def test_the_engine_splices_a_file_on_several_connections(tmp_path: Path) -> None:
     root = tmp_path / "mirror"
     blob = put(root, "model.onnx", 24 * MIB, seed=7)
-    config = fast_config(
-        tmp_path / "cache", chunk_size=2 * MIB, min_split_size=2 * MIB, max_connections=8,
-        max_connections_per_host=8, state_interval=4 * MIB,
-    )  # fmt: skip
+    config = wide_config(tmp_path / "cache")
     before = _pipes()
     async with MirrorServer(root) as srv:
         path, spliced = await engine_fetch(srv.url, blob, tmp_path / "cache", config)
@@ -290,10 +295,7 @@ def test_splicing_works_on_each_event_loop(kind: str, tmp_path: Path) -> None:
         pytest.skip("uvloop is not installed here")
     root = tmp_path / "mirror"
     blob = put(root, "model.onnx", 24 * MIB, seed=11)
-    config = fast_config(
-        tmp_path / "cache", chunk_size=2 * MIB, min_split_size=2 * MIB, max_connections=8,
-        max_connections_per_host=8, state_interval=4 * MIB,
-    )  # fmt: skip
+    config = wide_config(tmp_path / "cache")
     with MirrorServer(root).running() as srv:
         loop = loop_factory(kind)()
         try:

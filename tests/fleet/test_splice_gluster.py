@@ -13,8 +13,8 @@ import pytest
 from asynchub._transport.splicing import AVAILABLE
 from tests.fleet.system import GlusterVolume
 from tests.mirror import MirrorServer
-from tests.test_splice import engine_fetch
-from tests.test_transfer import MIB, fast_config, put
+from tests.test_splice import engine_fetch, wide_config
+from tests.test_transfer import MIB, put
 
 pytestmark = [
     pytest.mark.fleet,
@@ -29,10 +29,7 @@ def test_spliced_ranges_land_intact_on_a_fuse_mount(
     home = gluster.mounts[0] / f"splice-{secrets.token_hex(4)}"
     home.mkdir()
     blob = put(tmp_path / "mirror", "model.onnx", 24 * MIB, seed=9)
-    config = fast_config(
-        home / "cache", chunk_size=2 * MIB, min_split_size=2 * MIB, max_connections=8,
-        max_connections_per_host=8, state_interval=4 * MIB,
-    )  # fmt: skip
+    config = wide_config(home / "cache")
 
     async def main() -> tuple[Path, int]:
         async with MirrorServer(tmp_path / "mirror") as server:
