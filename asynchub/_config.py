@@ -325,6 +325,10 @@ class HubConfig:
     #: HTTP transport: ``"auto"`` (buffered receive path, aiohttp where a proxy applies),
     #: ``"stream"`` or ``"aiohttp"`` (see ``asynchub/_transport/auto.py``).
     transport: str = "auto"
+    #: Whether a plain-HTTP body that arrives ahead of the hash may be moved from the socket
+    #: into the file through pipes (Linux ``splice``, see ``asynchub/_transport/splicing.py``);
+    #: ``False`` keeps every byte in the receive buffers (``ASYNCHUB_SPLICE=0``).
+    splice: bool = True
     #: The event loop the sync API and the CLI run on (the async API runs on the caller's):
     #: ``"auto"`` (uvloop where installed), ``"asyncio"`` or ``"uvloop"`` (see
     #: ``asynchub/_loops.py``).
@@ -421,6 +425,7 @@ class HubConfig:
         private_host: Callable[[str], bool] | None = None,
         adaptive_connections: bool | None = None,
         transport: str | None = None,
+        splice: bool | None = None,
         event_loop: str | None = None,
     ) -> HubConfig:
         """Read the environment once (``environ``, else ``os.environ``); the keyword arguments
@@ -441,7 +446,7 @@ class HubConfig:
             "http_proxy": http_proxy, "https_proxy": https_proxy, "no_proxy": no_proxy,
             "max_learned_size": max_learned_size, "private_host": private_host,
             "adaptive_connections": adaptive_connections, "transport": transport,
-            "event_loop": event_loop,
+            "splice": splice, "event_loop": event_loop,
         }  # fmt: skip
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {"cache_dir": default_cache_dir(env)}
@@ -475,6 +480,8 @@ class HubConfig:
             values["adaptive_connections"] = _parse_bool(
                 env["ASYNCHUB_ADAPTIVE_CONNECTIONS"], name="ASYNCHUB_ADAPTIVE_CONNECTIONS"
             )
+        if "ASYNCHUB_SPLICE" in env:
+            values["splice"] = _parse_bool(env["ASYNCHUB_SPLICE"], name="ASYNCHUB_SPLICE")
         if env.get("ASYNCHUB_TRANSPORT"):
             values["transport"] = env["ASYNCHUB_TRANSPORT"].strip().lower()
         if env.get("ASYNCHUB_EVENT_LOOP"):

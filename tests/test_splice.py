@@ -11,6 +11,7 @@ import importlib.util
 import os
 import ssl
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -19,7 +20,7 @@ import trustme
 from asynchub._config import HubConfig
 from asynchub._engine.engine import Engine
 from asynchub._engine.ranged import _trim
-from asynchub._exceptions import StallError, TransferError
+from asynchub._exceptions import ConfigError, StallError, TransferError
 from asynchub._loops import loop_factory
 from asynchub._transport.splicing import AVAILABLE, MIN_SPLICE
 from asynchub._transport.stream import StreamTransport
@@ -41,11 +42,11 @@ def _pipes() -> int:
     return count
 
 
-def wide_config(cache: Path) -> HubConfig:
+def wide_config(cache: Path, **overrides: Any) -> HubConfig:
     """Eight connections on 2 MiB ranges: a file the engine splices."""
     return fast_config(
         cache, chunk_size=2 * MIB, min_split_size=2 * MIB, max_connections=8,
-        max_connections_per_host=8, state_interval=4 * MIB,
+        max_connections_per_host=8, state_interval=4 * MIB, **overrides,
     )  # fmt: skip
 
 
@@ -213,6 +214,21 @@ async def test_the_engine_splices_a_file_on_several_connections(tmp_path: Path) 
     assert path.read_bytes() == blob.data
     assert spliced >= 4 * MIB
     assert _pipes() == before
+
+
+async def test_splicing_can_be_turned_off(tmp_path: Path) -> None:
+    root = tmp_path / "mirror"
+    blob = put(root, "model.onnx", 24 * MIB, seed=12)
+    config = wide_config(tmp_path / "cache", splice=False)
+    async with MirrorServer(root) as srv:
+        path, spliced = await engine_fetch(srv.url, blob, tmp_path / "cache", config)
+    assert path.read_bytes() == blob.data
+    assert spliced == 0
+    env = {"ASYNCHUB_CACHE_DIR": str(tmp_path), "ASYNCHUB_SPLICE": "0"}
+    assert HubConfig.from_env(env).splice is False
+    assert HubConfig.from_env({**env, "ASYNCHUB_SPLICE": "yes"}).splice is True
+    with pytest.raises(ConfigError, match="ASYNCHUB_SPLICE"):
+        HubConfig.from_env({**env, "ASYNCHUB_SPLICE": "sometimes"})
 
 
 async def test_a_file_on_one_connection_stays_in_memory_for_the_hash(tmp_path: Path) -> None:

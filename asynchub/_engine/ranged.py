@@ -604,7 +604,7 @@ class FileDownload:
         received[index] = offset
         held_since = clock()
         spread = self.schedule.width >= SPLICE_WIDTH and offset != self.plan.prefix
-        if lender is not None and spread:
+        if lender is not None and spread and self.ctx.config.splice:
             lender.splice()  # these bytes arrive ahead of the hash: read back anyway
         body = self._body(response, lender)
         if lender is not None:
