@@ -97,6 +97,8 @@ servers (a total cap, a per-connection cap, a server that slows down with more c
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 __all__ = [
     "DOWN_GAIN",
     "DROP",
@@ -140,6 +142,17 @@ CHECK_LOSS = 0.2
 TOO_GOOD = 1.5
 
 
+class _Probe(NamedTuple):
+    """A width being tried: the width and rate before it, which way it went, and whether it
+    checks a doubtful ramp (and has measured its second window)."""
+
+    width: int
+    rate: float
+    direction: int
+    check: bool = False
+    looked_twice: bool = False
+
+
 class Widener:
     """The target connection count of one file (see the module docstring)."""
 
@@ -155,11 +168,9 @@ class Widener:
         self._held_rate = 0.0
         self._low = 0  # hold windows in a row below DROP x the held rate
         self._held_since = 0.0
-        self._probe: tuple[int, float, int] | None = None  # (width, rate, direction) before
+        self._probe: _Probe | None = None  # the probe under way
         self._doubtful = False  # a step of the ramp paid only a little (see _grow)
         self._linear = False  # a step of the ramp paid as a per-connection cap does
-        self._checking = False  # the probe under way checks such a ramp (fewer may be as fast)
-        self._looked_twice = False  # that check measured a second window
         self._reprobe = REPROBE_FIRST  # how long to hold before trying one doubling again
         self._warming = False
         self._confirmed = False  # a step without gain was measured a second time
@@ -273,44 +284,40 @@ class Widener:
         self._held_rate = max(self._held_rate, rate)
         if self._doubtful and now - self._held_since >= REPROBE_FIRST:
             self._doubtful = False
-            self._checking = True
-            self._start_probe(now, rate, -1)
+            self._start_probe(now, rate, -1, check=True)
         elif self.width < self.maximum and now - self._held_since >= self._reprobe:
             self._start_probe(now, self._held_rate, +1)
 
-    def _start_probe(self, now: float, rate: float, direction: int) -> None:
+    def _start_probe(
+        self, now: float, rate: float, direction: int, *, check: bool = False
+    ) -> None:
         width = self.width * 2 if direction > 0 else self.width // 2
         width = max(min(FLOOR, self.maximum), min(self.maximum, width))
         self._held_since = now
         if width == self.width:
-            self._checking = False
             return
-        self._probe = (self.width, rate, direction)
+        self._probe = _Probe(self.width, rate, direction, check)
         self.width = width
 
     def _judge_probe(self, now: float, rate: float) -> None:
-        width_before, rate_before, direction = self._probe or (self.width, rate, 0)
+        probe = self._probe or _Probe(self.width, rate, 0)
         self._probe = None
-        checking, self._checking = self._checking, False
+        width_before, rate_before, direction = probe.width, probe.rate, probe.direction
         if direction > 0:  # as in the ramp: a third of the linear gain, and 10 % at least
             needed = max(MIN_GAIN, SLOW * (self.width / width_before - 1))
-        elif checking:  # a doubtful ramp: fewer connections are kept if about as fast
+        elif probe.check:  # a doubtful ramp: fewer connections are kept if about as fast
             needed = -CHECK_LOSS
         else:  # fewer must clearly pay
             needed = DOWN_GAIN
         if rate < rate_before * (1 + needed):  # did not pay: back to where it was
-            if checking and not self._looked_twice:  # the first window at fewer includes
-                self._looked_twice = True  # the connections leaving: one more look
-                self._probe = (width_before, rate_before, direction)
-                self._checking = True
+            if probe.check and not probe.looked_twice:  # the first window at fewer includes
+                self._probe = probe._replace(looked_twice=True)  # those leaving: look again
                 return
-            self._looked_twice = False
             if direction > 0:
                 self._reprobe = min(REPROBE, 2 * self._reprobe)
             self._settle(now, width_before, rate_before)
             return
-        self._looked_twice = False
         self._reprobe = REPROBE_FIRST
         self._settle(now, self.width, rate)
-        self._checking = checking  # it paid: one more step the same way (the check goes on
-        self._start_probe(now, max(rate, rate_before), direction)  # against the best rate)
+        # it paid: one more step the same way (a check goes on, against the best rate)
+        self._start_probe(now, max(rate, rate_before), direction, check=probe.check)

@@ -68,7 +68,8 @@ class Piece:
 class Spare:
     """Receive buffers of closed connections, for the next connection of the same transport:
     a new buffer costs a zero-filled allocation and a page fault per 4 KiB on its first
-    receive; a spare one is warm. At most ``limit`` are kept."""
+    receive; a spare one is warm. At most ``limit`` are kept. It is also where a transport's
+    connections share what splicing learned (a pipe refused) and moved (see :mod:`.splicing`)."""
 
     def __init__(self, size: int, limit: int) -> None:
         self.size = size
@@ -461,8 +462,7 @@ class Connection(asyncio.BufferedProtocol):
         """A pipe piece is back from the caller: reused if empty, else closed (its bytes
         must never reach another piece)."""
         if piece.pending or self.closed:
-            piece.pipe.close()
-            self._pipe_count -= 1
+            self._drop_pipe(piece)
         else:
             piece.filled = 0
             self._pipes.append(piece)
@@ -586,6 +586,9 @@ class Connection(asyncio.BufferedProtocol):
                 self._spare.put(piece._data)
         self._free.clear()
         for pipe_piece in self._pipes:
-            pipe_piece.pipe.close()
-            self._pipe_count -= 1
+            self._drop_pipe(pipe_piece)
         self._pipes.clear()
+
+    def _drop_pipe(self, piece: PipePiece) -> None:
+        piece.pipe.close()
+        self._pipe_count -= 1
