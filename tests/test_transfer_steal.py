@@ -254,6 +254,33 @@ def test_the_taper_divides_what_is_left_among_the_connections_held() -> None:
     assert 3 * len(small) < len([size for size in forty if size < 2 * MIN_PART])
 
 
+def test_the_last_piece_of_a_chunk_is_shared_not_taken_whole() -> None:
+    """Eight workers start on a capped loopback mirror after the probe, then thirty-two more,
+    before any rate is known: pieces of 2-2.7 MiB, which do not divide 16 MiB chunks. What
+    is left of a chunk is not taken whole when it is well over a piece (2.6 MiB was, among
+    pieces of 2; 3.1 and 3.8 MiB in a download of 512 MiB):
+    one piece half again as long as the others holds the hash cursor back while every
+    other connection moves on."""
+    plan = ChunkPlan(512 * MIB, 16 * MIB)
+    schedule = Scheduler(plan, connections=40, clock=Clock())
+    assert schedule.claim_first() == 0
+    schedule.learn_latency(0.001)
+    schedule.width, schedule.starting = 1, 8
+    sizes = []
+    for width in (1,) * 7 + (32,) * 24:
+        schedule.width = width
+        index = schedule.take()
+        assert index is not None
+        start, end = plan.bounds(index)
+        sizes.append(end - start)
+    shown = [round(size / MIB, 2) for size in sizes]
+    for phase in (sizes[:7], sizes[7:]):  # each chunk's last piece at most 1.25 x a piece
+        assert max(phase) <= 1.25 * sorted(phase)[len(phase) // 2], shown
+    assert min(sizes) >= MIN_PART // 2, shown
+    starts = sorted(plan.bounds(i)[0] for i in plan.claimed)
+    assert len(starts) == len(set(starts)) == 32 and plan.done_bytes == 0
+
+
 def test_a_connection_wanted_elsewhere_splits_nothing() -> None:
     """With nothing unclaimed, ``take(steal=False)`` (other files wait for a connection)
     leaves the ranges in flight whole; ``take()`` splits the one with most left."""
@@ -341,6 +368,32 @@ def test_a_lagging_cursor_range_is_split_before_new_chunks() -> None:
     plan2.add(a, 4 * MIB)
     plan2.add(b, 4 * MIB)
     assert schedule2.take() == 2 and schedule2.steals == 0
+
+
+def test_a_cursor_range_is_not_split_where_that_would_not_finish_it_sooner() -> None:
+    """The cursor's range has a little over MIN_PART left at 21 MB/s, the others finished
+    theirs at 25 MB/s: a new connection would take all that is left (its part is at least
+    MIN_PART) and need about as long, plus a request. The holder keeps it; the idle
+    connection takes the next piece. Crawling at 5 MB/s instead, it is split."""
+    for rate, split in ((21e6, False), (5e6, True)):
+        clock = Clock()
+        plan = ChunkPlan(256 * MIB, 16 * MIB)  # pieces of MIN_PART here
+        schedule = Scheduler(plan, connections=40, clock=clock)
+        schedule.learn_latency(0.001)
+        schedule.width = 1
+        cursor = schedule.take()  # a whole chunk, taken alone
+        schedule.width = 40
+        other = schedule.take()  # MIN_PART
+        assert cursor == 0 and other is not None
+        clock.now += MIN_PART / 25e6
+        plan.add(other, MIN_PART)
+        schedule.release(other)
+        left = MIN_PART + 100 * KIB
+        clock.now = 100.0 + (16 * MIB - left) / rate
+        schedule.received[cursor] = 16 * MIB - left
+        taken = schedule.take()
+        assert taken is not None and schedule.steals == int(split), rate
+        assert (plan.bounds(taken)[0] < 16 * MIB) == split
 
 
 def test_small_ranges_are_never_split() -> None:
