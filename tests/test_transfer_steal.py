@@ -231,7 +231,8 @@ def test_capped_connections_take_pieces_that_keep_the_hash_close() -> None:
     """Forty connections capped at 25 MB/s each, on loopback (where the hash bound alone
     gives 2 MiB pieces): pieces last about PIECE_SECONDS (fewer requests), yet those in
     flight never hold more than a quarter (FLIGHT_SHARE) of what is left. (Before, pieces
-    there were 2 MiB: ~600 requests for 1 GiB.)"""
+    there were 2 MiB: ~600 requests for 1 GiB.) Early on they are shorter: no longer than
+    the finished prefix per connection."""
     for size in (1024 * MIB, 512 * MIB):
         plan, _schedule, _clock, sizes = _fast_link(40, rate=25e6, size=size)
         assert plan.done_bytes == plan.size
@@ -239,9 +240,40 @@ def test_capped_connections_take_pieces_that_keep_the_hash_close() -> None:
         for piece in sizes[1:20]:
             assert piece <= left / (FLIGHT_SHARE * 40) + 64 * 1024
             left -= piece
-        assert sorted(sizes[1:20])[10] > MIN_PART  # the median (chunk ends cut a few short)
     _plan, _schedule, _clock, gig = _fast_link(40, rate=25e6)
-    assert len(gig) < 1024 * MIB // MIN_PART * 0.9
+    later = gig[len(gig) // 8 : len(gig) // 4]  # once the prefix is long
+    assert sorted(later)[len(later) // 2] > 1.5 * MIN_PART
+    assert len(gig) < 1024 * MIB // MIN_PART
+
+
+def test_long_pieces_wait_for_a_prefix_the_hash_can_take() -> None:
+    """Eight fast connections (150 MB/s each, known from a finished range) at the start of a
+    1 GiB file: the next piece lasts PIECE_SECONDS, not LONG_PIECE_SECONDS, while nothing is
+    finished for the hash; once 256 MiB are, it is a whole chunk."""
+    clock = Clock()
+    plan = ChunkPlan(1024 * MIB, 16 * MIB)
+    schedule = Scheduler(plan, connections=40, clock=clock)
+    schedule.learn_latency(0.0005)
+    schedule.width = 8
+    first = schedule.take()
+    assert first is not None
+    start, end = plan.bounds(first)
+    clock.now += (end - start) / 150e6
+    plan.add(first, end - start)
+    schedule.release(first)
+    taken = schedule.take()
+    assert taken is not None
+    early = plan.bounds(taken)[1] - plan.bounds(taken)[0]
+    assert early <= 150e6 * PIECE_SECONDS * 1.1 < 16 * MIB, early
+    plan.add(taken, early)
+    schedule.release(taken)
+    while plan.prefix < 256 * MIB:
+        index = schedule.take()
+        assert index is not None
+        plan.add(index, plan.remaining(index))
+        schedule.release(index)
+    index = schedule.take()
+    assert index is not None and plan.bounds(index)[1] - plan.bounds(index)[0] == 16 * MIB
 
 
 def test_the_taper_divides_what_is_left_among_the_connections_held() -> None:

@@ -62,7 +62,17 @@ Choices:
   2.1-2.35 (four runs each), in the same time; the 60-model prefetch took 1.93-2.24 s
   instead of 2.14-2.38. The quarter keeps the hash close behind: 40 pieces of 8 MB are
   320 MB in flight, most of a 512 MiB file, whose download took 0.84-0.87 s with them and
-  0.76-0.81 s with the quarter.
+  0.76-0.81 s with the quarter. **Nor more, per connection, than the finished prefix**
+  (``prefix / width``): the hash can start only when the first pieces are done, and
+  a piece sized for 0.32 s at the rate of 8 connections (16 MiB at 150 MB/s) takes far
+  longer once the width grows and the rate per connection falls (0.45 s at 32
+  connections on a CPU-bound loopback mirror): the hash waited for the range at the
+  cursor for 0.2 s of a 1 GiB download, then hashed to the end at its own pace. So pieces
+  lengthen as the prefix grows. 1 GiB on an uncapped loopback mirror: median 1.22 s
+  in-process against 1.28 s (ten runs each, interleaved); with 25 MB/s per connection
+  1.22-1.25 s against 1.31-1.35 s (three each, ~10 % more requests, the same CPU);
+  512 MiB capped, median 0.676 s against 0.705 (six each); the 60-model prefetch
+  unchanged.
 * **Pieces sized for the hash as well as the requests.** Every byte past the hash cursor when
   the last one arrives is hashed after the download, and the bytes in flight at the end are
   about ``width x piece``: with 40 connections on 16 MiB ranges that is the whole of a
@@ -102,7 +112,10 @@ Choices:
   MiB, half again as long as those the other connections took at the same time: the hash
   cursor waits for it while they move on (40-75 ms of a 512 MiB download, with ~80 MB
   arriving meanwhile, all hashed after the last byte). Outside the taper, a rest over 1.25
-  pieces (and at least :attr:`min_part`) is cut in two halves. F, 512 MiB on 40
+  pieces (and at least :attr:`min_part`) is cut in two halves, and so is one that would
+  leave less than half a piece after the cut: as pieces lengthen with the prefix (above),
+  a 16 MiB chunk would go as 14 + 2 MiB, and the 2 MiB piece would last less than
+  :data:`PIECE_SECONDS` on a fast link; 8 + 8 is the same two requests. F, 512 MiB on 40
   connections capped at 25 MB/s, both changes: 0.661-0.818 s in-process, median 0.676,
   against 0.667-0.739, median 0.698 (six runs each, interleaved).
 * Stealing only ever moves the *end* of a range back; the holder's request is not cancelled
@@ -217,6 +230,8 @@ class Scheduler:
             cut = None
             if remaining >= piece + floor:
                 cut = piece
+                if not tapered and 2 * (remaining - piece) < piece:
+                    cut = remaining // 2  # no short last piece either: two halves
             elif not tapered and remaining * 4 > piece * 5 and remaining >= self.min_part:
                 cut = remaining // 2  # a chunk's last piece is shared, not taken whole
             if cut is not None:
@@ -316,7 +331,11 @@ class Scheduler:
             best = (left * self._latency * HASH_RATE) ** 0.5 / width
             rate = self._reference_rate(self.clock())
             if rate:  # a piece lasts a while at the rate connections reach (see above)
-                longer = min(rate * LONG_PIECE_SECONDS, left / (FLIGHT_SHARE * width))
+                longer = min(
+                    rate * LONG_PIECE_SECONDS,
+                    left / (FLIGHT_SHARE * width),
+                    plan.prefix / width,  # what the hash can take meanwhile
+                )
                 best = max(best, rate * PIECE_SECONDS, longer)
             piece = max(self.min_part, min(piece, int(best)))
         floor = self._floor()
