@@ -222,18 +222,9 @@ class Scheduler:
             piece, floor, tapered = self._piece(unclaimed)
             lagging = self._lagging_cursor(piece)
             if lagging is not None:
-                stolen = self._split_off(lagging)
-                if stolen is not None:
-                    return stolen
+                return self._split_off(*lagging)
             index = unclaimed[0]
-            remaining = plan.remaining(index)
-            cut = None
-            if remaining >= piece + floor:
-                cut = piece
-                if not tapered and 2 * (remaining - piece) < piece:
-                    cut = remaining // 2  # no short last piece either: two halves
-            elif not tapered and remaining * 4 > piece * 5 and remaining >= self.min_part:
-                cut = remaining // 2  # a chunk's last piece is shared, not taken whole
+            cut = self._cut(plan.remaining(index), piece, floor, tapered)
             if cut is not None:
                 start = plan.next_offset(index)
                 plan.split(index, _align(start + cut, start + 1))
@@ -241,7 +232,10 @@ class Scheduler:
             self._mark(index)
             return index
         victim = self._slowest() if steal else None
-        return None if victim is None else self._split_off(victim)
+        if victim is None:
+            return None
+        at = self._split_point(victim, self.clock())
+        return None if at is None else self._split_off(victim, at)
 
     def release(self, index: int) -> None:
         """The worker holding ``index`` let it go (finished, or failed)."""
@@ -343,6 +337,19 @@ class Scheduler:
         taper = max(floor, -(-left // holders))
         return min(piece, taper), floor, taper < piece
 
+    def _cut(self, remaining: int, piece: int, floor: int, tapered: bool) -> int | None:
+        """Where to cut the first unclaimed range, ``remaining`` bytes long, for a claim of
+        ``piece`` (``None``: take it whole). Outside the taper a chunk's rest is shared in two
+        halves rather than taken whole when well over a piece, or left short after the cut
+        (see the module docstring)."""
+        if remaining >= piece + floor:
+            if not tapered and 2 * (remaining - piece) < piece:
+                return remaining // 2
+            return piece
+        if not tapered and remaining * 4 > piece * 5 and remaining >= self.min_part:
+            return remaining // 2
+        return None
+
     def _floor(self) -> int:
         """The smallest piece taken: :attr:`min_part`, or less where a request is cheap
         against what a connection moves in the meantime (:data:`TAIL_ROUND_TRIPS` round trips
@@ -363,9 +370,10 @@ class Scheduler:
             and plan.ends[index] - (self._position(index) + KEEP) >= self.min_part
         )
 
-    def _lagging_cursor(self, piece: int) -> int | None:
-        """The cursor's range, if it will take more than :data:`LAG` times what the piece the
-        caller would take next needs at the other connections' rate."""
+    def _lagging_cursor(self, piece: int) -> tuple[int, int] | None:
+        """The cursor's range and where to split it, if it will take more than :data:`LAG`
+        times what the piece the caller would take next needs at the other connections' rate,
+        and the split finishes it sooner (:data:`STEAL_GAIN`)."""
         cursor = self.plan.cursor_index
         if cursor is None or not self._stealable(cursor):
             return None
@@ -382,7 +390,7 @@ class Scheduler:
         # the split must pay: the caller's part costs a round trip and at least min_part
         thief = (self._latency or 0.0) + (self.plan.ends[cursor] - at) / reference
         holder = (at - self._position(cursor)) / rate if rate > 0 else float("inf")
-        return cursor if max(thief, holder) <= STEAL_GAIN * eta else None
+        return (cursor, at) if max(thief, holder) <= STEAL_GAIN * eta else None
 
     def _slowest(self) -> int | None:
         now = self.clock()
@@ -405,12 +413,10 @@ class Scheduler:
         at = min(base + int((end - base) * share), end - self.min_part)
         return None if at < base else _align(at, base)
 
-    def _split_off(self, victim: int) -> int | None:
-        """Cut ``victim`` at :meth:`_split_point`; the caller now holds the new range."""
+    def _split_off(self, victim: int, at: int) -> int:
+        """Cut ``victim`` at ``at`` (its :meth:`_split_point`); the caller now holds the new
+        range."""
         plan = self.plan
-        at = self._split_point(victim, self.clock())
-        if at is None:
-            return None
         new = plan.split(victim, at)
         plan.claim(new)
         self._mark(new)
