@@ -122,14 +122,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", default=str(HERE / "results" / "load_overlap.md"), help="'-' for stdout only"
     )
+    parser.add_argument("--machine-as-is", action="store_true",
+                        help="do not pause free page reporting and DAMON reclaim (_machine.py)")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
+    from _machine import steady
     from _mirror import MirrorSet
+
+    with steady(not args.machine_as_is) as state:
+        _measure(args, MirrorSet, state)
+
+
+def _measure(args: argparse.Namespace, mirror_set: Any, state: str) -> None:
 
     zoo = build(args.work, args.size_mb)
     load_before = os.getloadavg()[0]
     rows: list[str] = []
-    with MirrorSet(zoo, args.work / "mirror", rate_limit=25_000_000, latency=0.0) as mirror:
+    with mirror_set(zoo, args.work / "mirror", rate_limit=25_000_000, latency=0.0) as mirror:
         endpoint = mirror.plain
         base = {
             "manifest_url": endpoint.manifest_url,
@@ -170,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Command: `python benchmarks/load_overlap.py --size-mb {args.size_mb} "
         f"--runs {args.runs}`  \nMachine: {platform.platform()}, Python "
         f"{platform.python_version()}, {os.cpu_count()} CPUs, load average {load_before:.1f} "
-        f"before and {os.getloadavg()[0]:.1f} after; mirror: {kind} on 127.0.0.1, no cap.\n\n"
+        f"before and {os.getloadavg()[0]:.1f} after; {state}; "
+        f"mirror: {kind} on 127.0.0.1, no cap.\n\n"
         "In-process seconds of one `load` in a fresh process with an empty cache (onnx "
         "imported before; medians). *download* is `Hub.download` alone (another process), "
         "*rest* = load - download. CPU-s: the calling process's CPU time during the call "

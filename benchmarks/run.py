@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _bench  # noqa: E402
+import _machine  # noqa: E402
 import _peers  # noqa: E402
 import _report  # noqa: E402
 import _scenarios  # noqa: E402
@@ -50,7 +51,8 @@ LIMIT_SAMPLE = 256 * MiB  # operator mode: bytes hashed and written for the mach
 def _meta(args: argparse.Namespace, profile: Profile, mirror: str) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     return {"profile": profile.name, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}",
+            "machine": f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+                       f"{args.machine_state}",
             "mirror": mirror, "command": "python benchmarks/run.py " + " ".join(
                 shlex.quote(a) for a in sys.argv[1:]), "profile_settings": asdict(profile)}
 
@@ -240,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", help="sweep chunk sizes, e.g. 4M,16M")
     parser.add_argument("--server", choices=("auto", "nginx", "python"), default="auto",
                         help="local mirror server (auto: nginx when installed)")
+    parser.add_argument("--machine-as-is", action="store_true",
+                        help="do not pause free page reporting and DAMON reclaim for the run "
+                             "(see benchmarks/_machine.py)")
     parser.add_argument("--no-readme", action="store_true",
                         help="do not refresh the table in benchmarks/README.md")
     op = parser.add_argument_group("operator mode (measure your own mirror)")
@@ -263,11 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.manifest_url or args.file_urls:
         if not (args.manifest_url and args.file_urls):
             parser.error("operator mode needs both --manifest-url and --file-urls")
-        run_operator(args, profile)
-    else:
-        if args.repo != "onnx/models:main":
-            parser.error("--repo is for operator mode")
-        run_local(args, profile)
+    elif args.repo != "onnx/models:main":
+        parser.error("--repo is for operator mode")
+    with _machine.steady(not args.machine_as_is) as args.machine_state:
+        log(f"machine: {args.machine_state}")
+        if args.manifest_url:
+            run_operator(args, profile)
+        else:
+            run_local(args, profile)
     return 0
 
 

@@ -1,0 +1,84 @@
+"""Hold the machine steady while benchmarks run: pause the kernel's give-back of free memory.
+
+Two features of virtual machines' kernels make the cost of writing a file depend on how long
+the machine sat idle before the run, not on the tool being measured:
+
+* **Free page reporting** (virtio-balloon): memory that stays free for about two seconds is
+  handed back to the host, and the next touch of each 4 KiB page is then a page fault in the
+  host. Every tool here writes a GiB into the page cache, so the tool whose run follows an idle
+  spell (onnx.hub's 45 s runs, a sweep's pause) pays for it. Measured on the 2-core VM of the
+  committed results, writing 1 GiB into the page cache from one reused 1 MiB buffer took
+  0.20-0.22 s right after the previous GiB was deleted, and 1.6-2.4 s after 5-30 s idle, all of
+  it system time of the writer; with reporting paused, 0.22-0.24 s whatever the idle time.
+* **DAMON proactive reclaim** (``kdamond``, action ``pageout``): pages not touched for a while
+  are written out, among them the mirror's files, which the server then reads back from disk
+  in the middle of a measured run.
+
+:func:`steady` pauses both for the length of a run and puts each back as it was when the run
+ends (also on Ctrl-C or an error), as ``pyperf system tune`` fixes CPU frequency for its runs.
+It changes nothing without root, or when the caller asks for the machine as it is
+(``run.py --machine-as-is``); what it did goes into the results' header line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["steady"]
+
+REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
+KDAMONDS = Path("/sys/kernel/mm/damon/admin/kdamonds")
+BUDDYINFO = Path("/proc/buddyinfo")
+
+
+def _largest_order() -> int | None:
+    """The largest block order of the page allocator (columns of ``/proc/buddyinfo`` - 1)."""
+    try:
+        line = BUDDYINFO.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return len(line.split()) - 4 - 1  # "Node 0, zone NAME" then one count per order
+
+
+def _write(path: Path, value: str) -> bool:
+    try:
+        path.write_text(value)
+        return path.read_text().strip() == value
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def steady(enabled: bool = True) -> Iterator[str]:
+    """Pause free page reporting and DAMON reclaim (see the module docstring) while the body
+    runs; yields a short description of what was changed, for the results."""
+    undo: list[tuple[Path, str]] = []
+    done: list[str] = []
+    try:
+        if enabled:
+            largest = _largest_order()
+            with contextlib.suppress(OSError):
+                before = REPORTING_ORDER.read_text().strip()
+                # an order above the largest block: no free block is ever big enough to report
+                if largest is not None and int(before) <= largest \
+                        and _write(REPORTING_ORDER, str(largest + 1)):
+                    undo.append((REPORTING_ORDER, before))
+                    done.append("free page reporting")
+            for state in sorted(KDAMONDS.glob("*/state")):
+                with contextlib.suppress(OSError):
+                    if state.read_text().strip() == "on" and _write(state, "off"):
+                        undo.append((state, "on"))
+                        if "DAMON reclaim" not in done:
+                            done.append("DAMON reclaim")
+        if done:
+            yield "paused for the run: " + ", ".join(done) + " (see benchmarks/_machine.py)"
+        elif enabled:
+            yield "machine as is (nothing to pause, or not root)"
+        else:
+            yield "machine as is (--machine-as-is)"
+    finally:
+        for path, value in reversed(undo):
+            with contextlib.suppress(OSError):
+                path.write_text(value)
