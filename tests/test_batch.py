@@ -218,3 +218,53 @@ async def test_files_sharing_a_queue_share_its_batches(tmp_path: Path) -> None:
     assert queue.writes == files * (SIZE // PIECE)
     assert queue.batches < SIZE // PIECE  # fewer calls than one file's pieces alone
     assert sum(w.batches for w in writers) > queue.batches  # calls that wrote several files
+
+
+async def test_a_second_file_is_written_while_the_first_is_in_the_thread(tmp_path: Path) -> None:
+    """Two lanes: a batch of another file runs beside the one in the thread (a prefetch's
+    connections do not all wait for one thread that hashes at SHA-256's speed), and each file
+    still ends whole, hashed from memory."""
+    data = [random.Random(20 + i).randbytes(SIZE) for i in range(2)]
+    fds = [_open(tmp_path / f"file{i}", SIZE) for i in range(2)]
+    cursors = [HashCursor(fd) for fd in fds]  # no run(): only memory hashing moves them
+    queue = WriteQueue()
+    writers = [BatchWriter(fd, c, queue=queue) for fd, c in zip(fds, cursors, strict=True)]
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                for start in range(0, SIZE, PIECE):
+                    for blob, writer in zip(data, writers, strict=True):
+                        piece = [memoryview(blob)[start : start + PIECE]]
+                        group.start_soon(writer.write, start, piece, lambda: SIZE)
+            digests = [await cursor.hexdigest(SIZE) for cursor in cursors]
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert queue.most_at_once == 2
+    for i, blob in enumerate(data):
+        assert (tmp_path / f"file{i}").read_bytes() == blob
+        assert digests[i] == hashlib.sha256(blob).hexdigest()
+        assert cursors[i].hashed == SIZE
+
+
+async def test_one_file_is_never_in_two_batches_at_once(tmp_path: Path) -> None:
+    """A file's pieces go through one batch at a time, whatever lanes are free: its bytes are
+    written and hashed in order by one thread."""
+    data = random.Random(30).randbytes(SIZE)
+    fd = _open(tmp_path / "file", SIZE)
+    cursor = HashCursor(fd)
+    queue = WriteQueue(lanes=4)
+    writer = BatchWriter(fd, cursor, queue=queue)
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                for start in range(0, SIZE, PIECE):
+                    piece = [memoryview(data)[start : start + PIECE]]
+                    group.start_soon(writer.write, start, piece, lambda: SIZE)
+                    await anyio.lowlevel.checkpoint()  # each piece queued while others run
+            digest = await cursor.hexdigest(SIZE)
+    finally:
+        os.close(fd)
+    assert queue.most_at_once == 1
+    assert queue.batches > 1
+    assert digest == hashlib.sha256(data).hexdigest() and cursor.hashed == SIZE
