@@ -68,6 +68,7 @@ def run_local(args: argparse.Namespace, profile: Profile) -> Path:
     zoo = WORK / f"zoo-{profile.name}"
     t0 = time.perf_counter()
     manifest = _bench.build_zoo(zoo, _bench.zoo_spec(profile))
+    log(f"zoo read into the page cache in {_bench.warm(zoo, manifest):.1f} s")
     results: dict[str, Any] = {"scenarios": {}}
     with MirrorSet(zoo, WORK / "mirror", profile.rate_limit, profile.latency,
                    prefer=args.server) as mirror:
