@@ -32,6 +32,30 @@ def _open(path: Path, size: int) -> int:
     return fd
 
 
+async def _write_interleaved(
+    tmp_path: Path, queue: WriteQueue, files: int, seed: int
+) -> tuple[list[bytes], list[str], list[BatchWriter], list[HashCursor]]:
+    """``files`` files written through ``queue``, their pieces queued interleaved all at once
+    (no cursor task: only hashing from memory moves the cursors); their bytes, digests,
+    writers and cursors."""
+    data = [random.Random(seed + i).randbytes(SIZE) for i in range(files)]
+    fds = [_open(tmp_path / f"file{i}", SIZE) for i in range(files)]
+    cursors = [HashCursor(fd) for fd in fds]
+    writers = [BatchWriter(fd, c, queue=queue) for fd, c in zip(fds, cursors, strict=True)]
+    try:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as group:
+                for start in range(0, SIZE, PIECE):
+                    for blob, writer in zip(data, writers, strict=True):
+                        piece = [memoryview(blob)[start : start + PIECE]]
+                        group.start_soon(writer.write, start, piece, lambda: SIZE)
+            digests = [await cursor.hexdigest(SIZE) for cursor in cursors]
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return data, digests, writers, cursors
+
+
 async def test_in_order_pieces_are_batched_and_hashed_from_memory(tmp_path: Path) -> None:
     data = random.Random(2).randbytes(SIZE)
     fd = _open(tmp_path / "file", SIZE)
@@ -196,22 +220,8 @@ async def test_files_sharing_a_queue_share_its_batches(tmp_path: Path) -> None:
     """Pieces of several files queued at once go to the thread together: fewer thread calls
     than pieces, each file written and hashed from memory as if alone."""
     files = 4
-    data = [random.Random(10 + i).randbytes(SIZE) for i in range(files)]
-    fds = [_open(tmp_path / f"file{i}", SIZE) for i in range(files)]
-    cursors = [HashCursor(fd) for fd in fds]
     queue = WriteQueue()
-    writers = [BatchWriter(fd, c, queue=queue) for fd, c in zip(fds, cursors, strict=True)]
-    try:
-        with anyio.fail_after(10):
-            async with anyio.create_task_group() as group:
-                for start in range(0, SIZE, PIECE):  # the files' pieces interleaved
-                    for blob, writer in zip(data, writers, strict=True):
-                        piece = [memoryview(blob)[start : start + PIECE]]
-                        group.start_soon(writer.write, start, piece, lambda: SIZE)
-            digests = [await cursor.hexdigest(SIZE) for cursor in cursors]
-    finally:
-        for fd in fds:
-            os.close(fd)
+    data, digests, writers, _ = await _write_interleaved(tmp_path, queue, files, seed=10)
     for i, blob in enumerate(data):
         assert (tmp_path / f"file{i}").read_bytes() == blob
         assert digests[i] == hashlib.sha256(blob).hexdigest()
@@ -224,22 +234,8 @@ async def test_a_second_file_is_written_while_the_first_is_in_the_thread(tmp_pat
     """Two lanes: a batch of another file runs beside the one in the thread (a prefetch's
     connections do not all wait for one thread that hashes at SHA-256's speed), and each file
     still ends whole, hashed from memory."""
-    data = [random.Random(20 + i).randbytes(SIZE) for i in range(2)]
-    fds = [_open(tmp_path / f"file{i}", SIZE) for i in range(2)]
-    cursors = [HashCursor(fd) for fd in fds]  # no run(): only memory hashing moves them
     queue = WriteQueue()
-    writers = [BatchWriter(fd, c, queue=queue) for fd, c in zip(fds, cursors, strict=True)]
-    try:
-        with anyio.fail_after(10):
-            async with anyio.create_task_group() as group:
-                for start in range(0, SIZE, PIECE):
-                    for blob, writer in zip(data, writers, strict=True):
-                        piece = [memoryview(blob)[start : start + PIECE]]
-                        group.start_soon(writer.write, start, piece, lambda: SIZE)
-            digests = [await cursor.hexdigest(SIZE) for cursor in cursors]
-    finally:
-        for fd in fds:
-            os.close(fd)
+    data, digests, _, cursors = await _write_interleaved(tmp_path, queue, 2, seed=20)
     assert queue.most_at_once == 2
     for i, blob in enumerate(data):
         assert (tmp_path / f"file{i}").read_bytes() == blob
