@@ -15,14 +15,18 @@ the machine sat idle before the run, not on the tool being measured:
   in the middle of a measured run.
 
 :func:`steady` pauses both for the length of a run and puts each back as it was when the run
-ends (also on Ctrl-C or an error), as ``pyperf system tune`` fixes CPU frequency for its runs.
-It changes nothing without root, or when the caller asks for the machine as it is
-(``run.py --machine-as-is``); what it did goes into the results' header line.
+ends (also on Ctrl-C, ``SIGTERM`` or an error), as ``pyperf system tune`` fixes CPU
+frequency for its runs. It changes nothing without root, or when the caller asks for the
+machine as it is (``run.py --machine-as-is``); what it did goes into the results' header
+line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +60,9 @@ def steady(enabled: bool = True) -> Iterator[str]:
     runs; yields a short description of what was changed, for the results."""
     undo: list[tuple[Path, str]] = []
     done: list[str] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # a kill still restores
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
         if enabled:
             largest = _largest_order()
@@ -82,3 +89,5 @@ def steady(enabled: bool = True) -> Iterator[str]:
         for path, value in reversed(undo):
             with contextlib.suppress(OSError):
                 path.write_text(value)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
