@@ -18,8 +18,8 @@ Choices:
   lead to the oldest waiting piece's connection and returns: a leader that drained until the
   queue ran dry would, under a steady stream of pieces, never get back to its own
   connection, whose written bytes would then go uncounted (the hash cursor waits at that
-  hole). One thread hop and one wake-up of the loop per batch
-  instead of per piece, and no thread to start or stop per file.
+  hole). One thread hop and one wake-up of the loop per batch instead of per piece, and no
+  thread to start or stop per file.
 * **Two lanes** (:data:`LANES`): a second batch may run while one is in the thread, on files
   the first does not hold, so one file's pieces are still written (and hashed) in order by one
   batch at a time. Hashing from memory makes a batch as slow as SHA-256 (about 1 GB/s), so a
@@ -100,7 +100,7 @@ class WriteQueue:
         self._lanes = lanes
         self._queue: list[_Write] = []
         self._running: set[BatchWriter] = set()  # files in a batch now
-        self._leading = 0  # batches running (or about to)
+        self._leading = 0  # batches running now
         self.batches = 0  # thread calls so far (for tests and benchmarks)
         self.writes = 0
         self.most_at_once = 0  # the most batches that ran at once (for tests and benchmarks)
