@@ -127,18 +127,19 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
     from _machine import steady
-    from _mirror import MirrorSet
 
     with steady(not args.machine_as_is) as state:
-        _measure(args, MirrorSet, state)
+        _measure(args, state)
 
 
-def _measure(args: argparse.Namespace, mirror_set: Any, state: str) -> None:
+def _measure(args: argparse.Namespace, state: str) -> None:
+    """Both models, ``args.runs`` times each tool; the table goes to ``args.out``."""
+    from _mirror import MirrorSet
 
     zoo = build(args.work, args.size_mb)
     load_before = os.getloadavg()[0]
     rows: list[str] = []
-    with mirror_set(zoo, args.work / "mirror", rate_limit=25_000_000, latency=0.0) as mirror:
+    with MirrorSet(zoo, args.work / "mirror", rate_limit=25_000_000, latency=0.0) as mirror:
         endpoint = mirror.plain
         base = {
             "manifest_url": endpoint.manifest_url,
