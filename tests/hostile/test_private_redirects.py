@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -32,6 +33,9 @@ pytestmark = pytest.mark.timeout(60)
 REL = "validated/blob/blob.bin"
 PUBLIC = "127.0.0.2"
 SECRET = "internal-admin-status-418"
+#: The private service's status as a number of its own (a random port such as 41809 in a URL
+#: of the message contains the digits too).
+STATUS = re.compile(r"(?<!\d)418(?!\d)")
 
 
 def _pretend_public(host: str) -> bool:
@@ -89,7 +93,7 @@ async def test_redirect_from_public_to_private_is_refused(
     assert isinstance(error, MirrorsExhaustedError), error
     assert all(isinstance(e, ProtocolError) for _, e in error.errors), error.errors
     assert admin.requests == [], "the private service was reached"
-    assert SECRET not in str(error) and "418" not in str(error)
+    assert SECRET not in str(error) and not STATUS.search(str(error))
     assert "private" in str(error) or "local" in str(error)
     assert len(str(error)) <= 2000
     assert leftovers(cache) == []
@@ -135,5 +139,5 @@ async def test_card_link_from_public_to_private_is_refused(
             with pytest.raises(HubError) as caught:
                 await ms.adownload_weights("test/private", hub=hub)
     assert admin.requests == [], "the private service was reached"
-    assert SECRET not in str(caught.value) and "418" not in str(caught.value)
+    assert SECRET not in str(caught.value) and not STATUS.search(str(caught.value))
     assert len(str(caught.value)) <= 2000
