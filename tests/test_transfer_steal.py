@@ -428,6 +428,35 @@ def test_a_cursor_range_is_not_split_where_that_would_not_finish_it_sooner() -> 
         assert (plan.bounds(taken)[0] < 16 * MIB) == split
 
 
+def test_a_crawling_range_of_min_part_is_still_split() -> None:
+    """A range cut to MIN_PART (the last piece of a chunk, or a range halved while its holder
+    was too young to have a rate) whose holder crawls at 256 KiB/s, the others having moved at
+    16 MiB/s: it is split below MIN_PART, and it counts as work for one more connection. At a
+    rate near the others' it is left alone."""
+    for rate, crawls in ((256 * KIB, True), (14 * MIB, False)):
+        clock = Clock()
+        plan = ChunkPlan(4 * MIB, 2 * MIB)
+        schedule = Scheduler(plan, connections=2, clock=clock)
+        schedule.learn_latency(0.001)
+        fast, slow = schedule.take(), schedule.take()
+        assert fast is not None and slow is not None
+        assert plan.bounds(slow)[1] - plan.bounds(slow)[0] == MIN_PART
+        clock.now += 2 * MIB / (16 * MIB)
+        plan.add(fast, 2 * MIB)
+        schedule.release(fast)
+        start = plan.bounds(slow)[0]
+        schedule.received[slow] = start + int(rate * (clock.now - 100.0))
+        assert schedule.wanted() == int(crawls), rate
+        taken = schedule.take()
+        if not crawls:
+            assert taken is None and schedule.steals == 0
+            continue
+        assert taken is not None and schedule.steals == 1
+        first, end = plan.bounds(taken)
+        assert end == start + MIN_PART and first > schedule.received[slow] + KEEP - 1
+        assert end - first >= MIN_TAIL_PART and plan.bounds(slow)[1] == first
+
+
 def test_small_ranges_are_never_split() -> None:
     plan = ChunkPlan(3 * MIB, 256 * KIB)
     schedule = Scheduler(plan, connections=4, clock=Clock())
