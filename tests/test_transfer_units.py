@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import anyio
 import pytest
 
 from asynchub._engine.hashing import STEP, HashCursor, hash_range
+from asynchub._engine.mapped import hash_mapped, mappable
 from asynchub._engine.ranged import parse_content_range
 from asynchub._engine.ratelimit import TokenBucket
 from asynchub._engine.retry import WrongMirror, retryable
@@ -25,17 +27,18 @@ from asynchub._exceptions import (
 pytestmark = pytest.mark.timeout(30)
 
 
-async def test_hash_cursor_follows_the_prefix(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mapped", [False, True], ids=["preadv", "mapped"])
+async def test_hash_cursor_follows_the_prefix(tmp_path: Path, mapped: bool) -> None:
     data = os.urandom(STEP + 3 * 1024 * 1024 + 17)
     path = tmp_path / "f"
     path.write_bytes(bytes(len(data)))
     progress: list[int] = []
     fd = os.open(path, os.O_RDWR)
     try:
-        cursor = HashCursor(fd, on_progress=progress.append)
+        cursor = HashCursor(fd, on_progress=progress.append, mapped=mapped)
         async with anyio.create_task_group() as group:
             group.start_soon(cursor.run)
-            cut = len(data) // 3
+            cut = len(data) // 3 + 1  # not on a page boundary: a map starts before it
             os.pwrite(fd, data[:cut], 0)
             cursor.advance(cut)
             assert await cursor.hexdigest(cut) == hashlib.sha256(data[:cut]).hexdigest()
@@ -119,6 +122,59 @@ def test_retry_classification() -> None:
     assert not retryable(HTTPStatusError("404", status=404))
     assert not retryable(WrongMirror("size")) and not retryable(RedirectError("loop"))
     assert not retryable(ValueError("x"))
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["preadv", "mapped"])
+async def test_hash_cursor_past_the_end_of_the_file_is_an_error(
+    tmp_path: Path, mapped: bool
+) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(100_000))
+    fd = os.open(path, os.O_RDWR)
+    try:
+        cursor = HashCursor(fd, mapped=mapped)
+        cursor.advance(200_000)  # declared written, but the file is shorter
+        with pytest.raises(OSError, match="ended at byte 100000, expected 200000"):
+            await cursor.run()
+    finally:
+        os.close(fd)
+
+
+def test_only_files_on_local_file_systems_are_mapped(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    kinds = {}
+    for name, path in (("cache", tmp_path / "f"), ("proc", Path("/proc/self/status"))):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            kinds[name] = mappable(fd)
+        finally:
+            os.close(fd)
+    read_end, write_end = os.pipe()
+    try:
+        kinds["pipe"] = mappable(read_end)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    if sys.platform.startswith("linux"):  # the test's own files are on a local disk or tmpfs
+        assert kinds == {"cache": True, "proc": False, "pipe": False}
+    else:
+        assert not any(kinds.values())
+
+
+def test_a_short_file_is_never_mapped_past_its_end(tmp_path: Path) -> None:
+    data = os.urandom(10_000)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        digest = hashlib.sha256()
+        assert hash_mapped(fd, digest, 4097, len(data)) == len(data) - 4097
+        assert digest.hexdigest() == hashlib.sha256(data[4097:]).hexdigest()
+        untouched = hashlib.sha256()
+        assert hash_mapped(fd, untouched, 0, len(data) + 1) == 0  # nothing mapped, nothing fed
+        assert untouched.hexdigest() == hashlib.sha256().hexdigest()
+    finally:
+        os.close(fd)
 
 
 def test_hash_range_reads_through_the_buffer_and_stops_at_a_short_file(tmp_path: Path) -> None:

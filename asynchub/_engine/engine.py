@@ -99,6 +99,7 @@ from .batch import WriteQueue
 from .context import file_threads
 from .hashing import HashCursor
 from .locking import file_lock, new_lock
+from .mapped import mappable
 from .ranged import Context, FileDownload, Unranged, collapse_group
 from .ratelimit import TokenBucket
 from .resume import ChunkPlan, ResumeState, find_resumable
@@ -479,8 +480,10 @@ class Engine:
             chunk = size
         host, stale = config.host_id, 2 * config.lock_lease
 
-        def open_partial() -> tuple[Path, ResumeState | None, int]:
-            """The partial to continue (or a new one), its state, an open descriptor."""
+        def open_partial() -> tuple[Path, ResumeState | None, int, bool]:
+            """The partial to continue (or a new one), its state, an open descriptor, and
+            whether the hash may read it back through maps (a new one only: the bytes of an
+            earlier run may have to come from the disk, see :mod:`.mapped`)."""
             found: tuple[Path, ResumeState] | None = None
             if clean:
                 found = find_resumable(
@@ -497,10 +500,10 @@ class Engine:
             partial = found[0] if found else new_partial_path(job.dest, host)
             state = found[1] if found else None
             fd = _open_partial(partial, state.size if state else size, found is None)
-            return partial, state, fd
+            return partial, state, fd, found is None and mappable(fd)
 
         # one worker-thread call for all of it: many files start at once in a prefetch
-        partial, state, fd = await anyio.to_thread.run_sync(open_partial)
+        partial, state, fd, mapped = await anyio.to_thread.run_sync(open_partial)
         size = state.size if state is not None else size
         if state is not None:
             plan = ChunkPlan(state.size, chunk, state.written, state.ranges)
@@ -519,6 +522,7 @@ class Engine:
             plan=plan,
             chunk_size=chunk,
             resumed=state,
+            mapped=mapped,
             size_known=size is not None,
             on_size=functools.partial(self._sized, job, fd),
             writes=res.writes,

@@ -8,17 +8,13 @@ soon after the download does.
 
 Choices:
 
-* The finished bytes are read back from the page cache with ``os.preadv`` into one reusable
-  :data:`READ_BLOCK` (1 MiB) buffer per file and hashed from it. ``hashlib`` and ``preadv``
-  both release the GIL, so hashing runs in parallel with the event loop. A read-only ``mmap``
-  window (no copy) was used before and is slower here: SHA-256 reading page-cache pages
-  through 4 KiB mappings pays a TLB miss per page, which under a hypervisor's nested paging
-  costs more than the copy. Measured on this 2-core VM, hashing a 1 GiB file in page cache
-  took 1.04 s (0.94 s user) through 8 MiB mapped windows and 0.81-0.85 s with ``preadv``
-  (0.56 s user; any block from 256 KiB to 8 MiB); in the downloads of 1 GiB, 1.40 against
-  1.46 s and 2.0 against 2.16 CPU-s without a cap, 1.51 against 1.60 s and 2.06 against
-  2.37 CPU-s with 25 MB/s per connection (medians of 6, interleaved). The GIL is taken back
-  twice per block; the event loop drops it at every system call, so those waits stay short.
+* The finished bytes are read back from the page cache through a read-only map of each step
+  (:func:`~asynchub._engine.mapped.hash_mapped`) where a failed read cannot happen (a fresh
+  download on a local file system, see :mod:`.mapped`), and otherwise with ``os.preadv``
+  into one reusable :data:`READ_BLOCK` (1 MiB) buffer per file. ``hashlib``, ``preadv`` and
+  the map's page faults all run without the GIL, so hashing runs in parallel with the event
+  loop; through a map the thread takes the GIL back once per step instead of twice per
+  block, and no byte is copied.
 * One worker-thread call hashes at most :data:`STEP` (32 MiB, ~80 ms of SHA-256): few thread
   hops per GiB, yet a cancellation or a reset waits at most one step.
 * A :meth:`reset` (the file changed on the server, or a mirror served other bytes) starts a new
@@ -47,6 +43,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from .mapped import hash_mapped
+
 __all__ = ["READ_BLOCK", "STEP", "HashCursor", "hash_range"]
 
 READ_BLOCK = 1024 * 1024
@@ -72,6 +70,10 @@ def hash_range(fd: int, digest: Any, start: int, end: int, buffer: bytearray) ->
 class HashCursor:
     """SHA-256 of the finished prefix of the file open as ``fd`` (see the module docstring).
 
+    ``mapped``: the bytes to read back may be read through a memory map (the caller checked
+    :func:`~asynchub._engine.mapped.mappable` and that every byte is written by this
+    process).
+
     ``on_progress(n)`` is called on the event loop thread each time ``n`` more bytes were
     hashed.
     """
@@ -82,8 +84,10 @@ class HashCursor:
         *,
         on_progress: Callable[[int], None] | None = None,
         threads: anyio.CapacityLimiter | None = None,
+        mapped: bool = False,
     ) -> None:
         self._fd = fd
+        self._mapped = mapped  # read back through maps (see :mod:`.mapped`)
         self._threads = threads  # None: anyio's default worker threads
         self._on_progress = on_progress
         self._digest = hashlib.sha256()
@@ -143,9 +147,11 @@ class HashCursor:
             end = min(target, start + STEP)
             if end <= start:
                 return start
-            if not self._buffer:
-                self._buffer = bytearray(READ_BLOCK)
-            done = hash_range(self._fd, self._digest, start, end, self._buffer)
+            done = hash_mapped(self._fd, self._digest, start, end) if self._mapped else 0
+            if not done:  # not mapped, or the file is shorter: read what there is
+                if not self._buffer:
+                    self._buffer = bytearray(READ_BLOCK)
+                done = hash_range(self._fd, self._digest, start, end, self._buffer)
             self._at = start + done
             if done < end - start:
                 raise OSError(f"the partial file ended at byte {start + done}, expected {end}")

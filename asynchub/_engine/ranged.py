@@ -153,6 +153,7 @@ class FileDownload:
         plan: ChunkPlan,
         chunk_size: int,
         resumed: ResumeState | None = None,
+        mapped: bool = False,
         size_known: bool = True,
         on_size: Callable[[int], Awaitable[None]] | None = None,
         writes: WriteQueue | None = None,
@@ -167,7 +168,12 @@ class FileDownload:
         self.size_known = size_known  # else ``plan`` is the probe's provisional range
         self._on_size = on_size
         self.schedule = Scheduler(plan, connections=ctx.config.max_connections, clock=ctx.clock)
-        self.cursor = HashCursor(fd, on_progress=self._on_hashed, threads=ctx.threads)
+        self.cursor = HashCursor(
+            fd,
+            on_progress=self._on_hashed,
+            threads=ctx.threads,
+            mapped=mapped,
+        )
         self.cursor.advance(plan.prefix)
         self._writer = BatchWriter(fd, self.cursor, threads=ctx.threads, queue=writes)
         self._state_of = resumed

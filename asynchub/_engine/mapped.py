@@ -1,0 +1,106 @@
+"""Hash bytes of a partial file straight from the page cache through a memory map, where a
+failed read cannot crash the process.
+
+The hash cursor reads back every byte that arrived out of order (most of a file fetched on
+many connections). Through ``preadv`` each byte is copied once more into a buffer, and the
+worker thread takes the GIL back twice per block; through a read-only ``mmap`` window
+SHA-256 reads the cached pages where they are, in one ``update`` call per window, with the GIL
+released throughout.
+
+Choices:
+
+* **Measured** on this 2-core VM (Linux 6.18, ext4, whose page cache now holds large
+  folios): hashing a freshly written 1 GiB file took 0.61 s through 32 MiB maps and
+  0.66-0.67 s through a 1 MiB ``preadv`` buffer, alone. In a download the difference is
+  larger, because the copy competes for the other core and memory with the receive path: in
+  1 GiB from a loopback mirror the hash thread spent 0.82-0.87 s in its steps instead of
+  1.02-1.13 s (0.64 CPU-s instead of 0.76), and the download took 1.05-1.18 s instead of
+  1.23-1.41 s without a cap, 1.18-1.20 s instead of 1.27-1.30 s with 25 MB/s per connection
+  (three runs each, alternating).
+* **Only where a read cannot fail.** A read through a map that fails (an I/O error, or a file
+  cut shorter meanwhile) is not an exception but ``SIGBUS``, which kills the process. So a
+  map is used only (:func:`mappable`):
+
+  - on Linux, for a file on a local file system (the kind named in ``/proc/self/mountinfo``
+    for the file's device is one of :data:`LOCAL`; network and FUSE file systems, GlusterFS
+    included, and anything unknown read through ``preadv``);
+  - for bytes this process wrote in this download (the hash cursor is told; a resumed
+    download re-hashes its earlier bytes with ``preadv``, since they may have to come from
+    the disk), which are in the page cache unless memory ran short;
+  - never past the file's end: its size is checked before each map, and a file shorter than
+    the bytes to hash is the same :class:`OSError` as through ``preadv``.
+
+  The partial file is the download's own, under its lock, and never truncated while a
+  download holds it.
+* The map covers at most :data:`~asynchub._engine.hashing.STEP` bytes (one hash step), so
+  the address space used stays small whatever the file's size.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+import threading
+from typing import Any
+
+__all__ = ["LOCAL", "hash_mapped", "mappable"]
+
+#: File systems whose cached pages a map may read (block-device and memory file systems).
+LOCAL = frozenset(
+    {"ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "bcachefs", "tmpfs", "overlay"}
+)
+
+_kinds: dict[int, str | None] = {}  # st_dev -> file system type (None: not found)
+_kinds_lock = threading.Lock()
+
+
+def _kind(dev: int) -> str | None:
+    """The type of the file system mounted from device ``dev`` (``/proc/self/mountinfo``)."""
+    with _kinds_lock:
+        if dev in _kinds:
+            return _kinds[dev]
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    found: str | None = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == want and " - " in line:
+                    found = line.split(" - ", 1)[1].split()[0]
+                    break
+    except OSError:
+        found = None
+    with _kinds_lock:
+        _kinds[dev] = found
+    return found
+
+
+def mappable(fd: int) -> bool:
+    """Whether bytes of the file open as ``fd`` may be hashed through a map (module
+    docstring)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        dev = os.fstat(fd).st_dev
+    except OSError:
+        return False
+    return _kind(dev) in LOCAL
+
+
+def hash_mapped(fd: int, digest: Any, start: int, end: int) -> int:
+    """Feed bytes ``[start, end)`` of ``fd`` to ``digest`` through one read-only map; returns
+    how many were hashed (less than asked only if the file is shorter, and then none).
+    Blocking: run it in a worker thread."""
+    if end <= start:
+        return 0
+    if os.fstat(fd).st_size < end:
+        return 0
+    base = start - start % mmap.ALLOCATIONGRANULARITY
+    window = mmap.mmap(fd, end - base, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=base)
+    try:
+        with memoryview(window) as view, view[start - base :] as part:
+            digest.update(part)
+    finally:
+        window.close()
+    return end - start
