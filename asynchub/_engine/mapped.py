@@ -1,5 +1,5 @@
-"""Hash bytes of a partial file straight from the page cache through a memory map, where a
-failed read cannot crash the process.
+"""Hash bytes of a partial file straight from the page cache through memory maps, where a
+read is not expected to fail.
 
 The hash cursor reads back every byte that arrived out of order (most of a file fetched on
 many connections). Through ``preadv`` each byte is copied once more into a buffer, and the
@@ -9,15 +9,16 @@ released throughout.
 
 Choices:
 
-* **Measured** on this 2-core VM (Linux 6.18, ext4, whose page cache now holds large
-  folios): hashing a freshly written 1 GiB file took 0.61 s through 32 MiB maps and
-  0.66-0.67 s through a 1 MiB ``preadv`` buffer, alone. In a download the difference is
-  larger, because the copy competes for the other core and memory with the receive path: in
-  1 GiB from a loopback mirror the hash thread spent 0.82-0.87 s in its steps instead of
-  1.02-1.13 s (0.64 CPU-s instead of 0.76), and the download took 1.05-1.18 s instead of
-  1.23-1.41 s without a cap, 1.18-1.20 s instead of 1.27-1.30 s with 25 MB/s per connection
-  (three runs each, alternating).
-* **Only where a read cannot fail.** A read through a map that fails (an I/O error, or a file
+* **Measured** on this 2-core VM (Linux 6.18, ext4, whose page cache holds large folios):
+  hashing a freshly written 1 GiB file took 0.61 s through 8 or 32 MiB maps and 0.66-0.67 s
+  through a 1 MiB ``preadv`` buffer, alone. In a download the difference is larger, because
+  the copy competes with the receive path for the other core and for memory. In 1 GiB
+  downloads from a loopback mirror (four runs each, alternating with the ``preadv`` code),
+  the hash thread spent 0.82-0.87 s in its steps instead of 1.02-1.13 s (0.64 CPU-s instead
+  of 0.76), and the download took 1.07-1.13 s instead of 1.22-1.40 s without a cap,
+  1.19-1.23 s instead of 1.29-1.36 s with 25 MB/s per connection; 512 MiB with that cap,
+  0.66-0.70 s instead of 0.70-0.78 s.
+* **Only where a read should not fail.** A read through a map that fails (an I/O error, or a file
   cut shorter meanwhile) is not an exception but ``SIGBUS``, which kills the process. So a
   map is used only (:func:`mappable`):
 
@@ -47,9 +48,9 @@ from typing import Any
 __all__ = ["LOCAL", "WINDOW", "hash_mapped", "mappable"]
 
 #: The most bytes mapped at once. Mapped pages count in the process's resident memory while
-#: they are mapped: 8 MiB windows kept a 1 GiB download's peak RSS near what reading through
-#: a buffer costs (32 MiB windows added 30-55 MB), at the same speed (one GIL hand-off per
-#: 8 MiB, ~5 ms of SHA-256).
+#: they are mapped: with 8 MiB windows a 1 GiB download peaked at 76-104 MB (78-105 MB in
+#: the benchmark), with 32 MiB windows at 93-132 MB, through a buffer at 76 MB; the speed is
+#: the same (one GIL hand-off per 8 MiB, ~5 ms of SHA-256).
 WINDOW = 8 * 1024 * 1024
 
 #: File systems whose cached pages a map may read (block-device and memory file systems).
