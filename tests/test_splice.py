@@ -1,8 +1,9 @@
 """Splicing: a plain-HTTP body moved from the socket into the file through pipes (Linux). The
 bytes that reach the file are the server's, a kept-alive connection reads its next answer
 after a spliced one, a body cut short is an error with nothing left open, TLS never splices,
-and the engine splices the ranges of a file on several connections (not those of a file on
-one) and still verifies it."""
+and the engine splices the bodies of a new file on a local file system (read back through
+maps), and of a resumed one only the ranges of a file on several connections, and still
+verifies it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import anyio
 import pytest
 import trustme
 
+from asynchub._cache.layout import partials_for
 from asynchub._config import HubConfig
 from asynchub._engine.engine import Engine
 from asynchub._engine.ranged import _trim
@@ -231,15 +233,60 @@ async def test_splicing_can_be_turned_off(tmp_path: Path) -> None:
         HubConfig.from_env({**env, "ASYNCHUB_SPLICE": "sometimes"})
 
 
-async def test_a_file_on_one_connection_stays_in_memory_for_the_hash(tmp_path: Path) -> None:
+def one_connection(cache: Path) -> HubConfig:
+    return fast_config(
+        cache, chunk_size=2 * MIB, min_split_size=2 * MIB, max_connections=1,
+        max_connections_per_host=1, state_interval=256 * KIB,
+    )  # fmt: skip
+
+
+async def test_a_new_file_on_one_connection_is_spliced_and_read_back_through_maps(
+    tmp_path: Path,
+) -> None:
+    """The hash reads a new partial on a local file system back through maps, so even bytes
+    that arrive in order are spliced (one copy instead of two)."""
     root = tmp_path / "mirror"
     blob = put(root, "model.onnx", 8 * MIB, seed=8)
-    config = fast_config(
-        tmp_path / "cache", chunk_size=2 * MIB, min_split_size=2 * MIB, max_connections=1,
-        max_connections_per_host=1,
-    )  # fmt: skip
     async with MirrorServer(root) as srv:
-        path, spliced = await engine_fetch(srv.url, blob, tmp_path / "cache", config)
+        path, spliced = await engine_fetch(srv.url, blob, tmp_path / "cache", one_connection(
+            tmp_path / "cache"))  # fmt: skip
+    assert path.read_bytes() == blob.data
+    assert spliced >= blob.size - 256 * KIB  # all but what arrived with the headers
+
+
+async def test_a_resumed_file_on_one_connection_stays_in_memory_for_the_hash(
+    tmp_path: Path,
+) -> None:
+    """The bytes of an earlier run may have to come from the disk, where a failed read through
+    a map would kill the process: a resumed partial is read back with ``preadv``, and the
+    bytes of its one connection, in order, are hashed from the receive buffers."""
+    root = tmp_path / "mirror"
+    cache = tmp_path / "cache"
+    blob = put(root, "model.onnx", 8 * MIB, seed=18)
+    config = one_connection(cache)
+    async with MirrorServer(root, rate_limit=4 * MIB) as srv:
+        job = job_for(f"{srv.url}/{blob.rel}", blob, cache)
+        halfway = anyio.Event()
+        moved = [0]
+
+        def watch(event: Any) -> None:
+            if event.kind == "transfer":
+                moved[0] += event.nbytes
+                if moved[0] >= 3 * MIB:
+                    halfway.set()
+
+        transport = StreamTransport(config)
+        try:
+            with anyio.fail_after(30):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(Engine(config, transport, progress=watch).fetch, job)
+                    await halfway.wait()
+                    group.cancel_scope.cancel()
+        finally:
+            await transport.aclose()
+        assert not job.dest.exists() and list(partials_for(job.dest))  # left to resume
+        srv.rate_limit = None
+        path, spliced = await engine_fetch(srv.url, blob, cache, config)
     assert path.read_bytes() == blob.data
     assert spliced == 0
 

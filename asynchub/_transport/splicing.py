@@ -14,10 +14,11 @@ Choices:
   references, and from the pipe into the file copies once. In a 1 GiB download from a
   loopback mirror on 8 connections, receiving and writing took 0.81-0.93 CPU-s through
   buffers and 0.69-0.77 CPU-s through pipes (three runs each, no hashing). The bytes are not
-  in memory then, so the hash reads them back from the page cache: worth it where most bytes
-  arrive ahead of the hash anyway (a file on several connections), not where they arrive in
-  order (one connection, hashed from its buffers). The engine decides (see
-  :mod:`asynchub._engine.ranged`).
+  in memory then, so the hash reads them back from the page cache: worth it where that
+  read-back copies nothing (through memory maps), or where the bytes arrive ahead of the
+  hash anyway (a file on several connections); not where a read-back copies and the bytes
+  arrive in order (they are hashed from the buffers). The engine decides (see
+  ``SPLICE_WIDTH`` in :mod:`asynchub._engine.ranged`).
 * **Where.** Linux only (``os.splice``), plain HTTP only (TLS bytes must be decrypted in
   memory), bodies with a ``Content-Length`` of at least :data:`MIN_SPLICE`, and only where a
   pipe can hold a whole piece (``F_SETPIPE_SZ`` to the buffer size: an unprivileged user past
