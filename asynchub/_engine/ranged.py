@@ -125,21 +125,13 @@ MAX_RESTARTS = 3
 #: this much of their range (or a quarter of it, for a smaller range): real progress, not
 #: "some bytes flowed".
 MEANINGFUL = 1024 * 1024
-#: Which bodies the transport is asked to splice into the file
-#: (:mod:`asynchub._transport.splicing`) instead of passing them through memory:
-#:
-#: * **every one**, where the hash cursor reads the file back through memory maps (a new
-#:   partial on a local file system, :mod:`.mapped`): a splice copies each byte once where
-#:   a buffer copies it twice, and the read-back through a map copies nothing. In the
-#:   60-model prefetch (most files on one or two connections, most bytes in order), against
-#:   the rule below: 1.98 against 2.03 CPU-s and 68 against 133 MB peak memory (medians of
-#:   eight runs each, alternating); 1 GiB and 512 MiB downloads on many connections the same
-#:   within the noise (1.16 against 1.18 s uncapped, 1.26 against 1.25 s and 0.72 against
-#:   0.68 s capped).
-#: * elsewhere (a network or FUSE file system, a resumed partial), a range that does not start
-#:   at the written prefix, of a file on :data:`SPLICE_WIDTH` connections or more: its bytes
-#:   arrive ahead of the hash cursor, which reads them back anyway, while bytes in order are
-#:   hashed from the receive buffers without being read back.
+#: Bodies spliced into the file (:mod:`asynchub._transport.splicing`), not read into memory:
+#: **every one** where the hash reads the file back through maps (a new partial on a local
+#: file system, :mod:`.mapped`; a splice copies once, a buffer twice, the map not at all: the
+#: 60-model prefetch used 1.98 instead of 2.03 CPU-s and 68 instead of 133 MB, the big files
+#: the same within the noise); elsewhere only a range that does not start at the written
+#: prefix, of a file on this many connections or more (its bytes are read back anyway, while
+#: bytes in order are hashed from the buffers).
 SPLICE_WIDTH = 4
 
 
