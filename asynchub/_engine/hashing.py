@@ -8,13 +8,13 @@ soon after the download does.
 
 Choices:
 
-* The finished bytes are read back from the page cache through a read-only map of each step
-  (:func:`~asynchub._engine.mapped.hash_mapped`) where a failed read cannot happen (a fresh
+* The finished bytes are read back from the page cache through read-only maps of each step
+  (:func:`~asynchub._engine.mapped.hash_mapped`) where a failed read is not expected (a fresh
   download on a local file system, see :mod:`.mapped`), and otherwise with ``os.preadv``
   into one reusable :data:`READ_BLOCK` (1 MiB) buffer per file. ``hashlib``, ``preadv`` and
   the map's page faults all run without the GIL, so hashing runs in parallel with the event
-  loop; through a map the thread takes the GIL back once per step instead of twice per
-  block, and no byte is copied.
+  loop; through maps the thread takes the GIL back once per 8 MiB window instead of twice
+  per block, and no byte is copied.
 * One worker-thread call hashes at most :data:`STEP` (32 MiB, ~80 ms of SHA-256): few thread
   hops per GiB, yet a cancellation or a reset waits at most one step.
 * A :meth:`reset` (the file changed on the server, or a mirror served other bytes) starts a new
@@ -87,7 +87,7 @@ class HashCursor:
         mapped: bool = False,
     ) -> None:
         self._fd = fd
-        self._mapped = mapped  # read back through maps (see :mod:`.mapped`)
+        self.mapped = mapped  # read back through maps (see :mod:`.mapped`)
         self._threads = threads  # None: anyio's default worker threads
         self._on_progress = on_progress
         self._digest = hashlib.sha256()
@@ -147,7 +147,7 @@ class HashCursor:
             end = min(target, start + STEP)
             if end <= start:
                 return start
-            done = hash_mapped(self._fd, self._digest, start, end) if self._mapped else 0
+            done = hash_mapped(self._fd, self._digest, start, end) if self.mapped else 0
             if not done:  # not mapped, or the file is shorter: read what there is
                 if not self._buffer:
                     self._buffer = bytearray(READ_BLOCK)

@@ -176,7 +176,6 @@ class FileDownload:
             threads=ctx.threads,
             mapped=mapped,
         )
-        self._mapped = mapped
         self.cursor.advance(plan.prefix)
         self._writer = BatchWriter(fd, self.cursor, threads=ctx.threads, queue=writes)
         self._state_of = resumed
@@ -612,7 +611,7 @@ class FileDownload:
         received = self.schedule.received
         received[index] = offset
         held_since = clock()
-        spread = self._mapped or (
+        spread = self.cursor.mapped or (
             self.schedule.width >= SPLICE_WIDTH and offset != self.plan.prefix
         )
         if lender is not None and spread and self.ctx.config.splice:
