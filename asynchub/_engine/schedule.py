@@ -282,7 +282,9 @@ class Scheduler:
         if more > 0 or not plan.claimed:
             return more
         now = self.clock()  # near the end: a crawling range wants one more connection
-        return sum(1 for i in plan.claimed if self._crawls(i, now) and self._stealable(i))
+        return sum(
+            1 for i in plan.claimed if self._crawls(i, now) and self._stealable(i, crawls=True)
+        )
 
     # ------------------------------------------------------------------ rates
     def _mark(self, index: int) -> None:
@@ -376,14 +378,18 @@ class Scheduler:
         cheap = int(TAIL_ROUND_TRIPS * self._latency * rate)
         return max(MIN_TAIL_PART, min(self.min_part, cheap - cheap % _ALIGN))
 
-    def _stealable(self, index: int) -> bool:
+    def _stealable(self, index: int, crawls: bool | None = None) -> bool:
+        """Whether an idle connection may split ``index`` now (``crawls``: :meth:`_crawls`,
+        if the caller knows it already)."""
         plan = self.plan
         if index not in plan.claimed or plan.is_done(index):
             return False
         left = plan.ends[index] - (self._position(index) + KEEP)
         if left >= self.min_part:
             return True
-        return left >= MIN_TAIL_PART and left >= self._thief_part(index, self.clock())
+        if crawls is None:
+            crawls = self._crawls(index, self.clock())
+        return left >= MIN_TAIL_PART and crawls and left >= self._floor()
 
     def _crawls(self, index: int, now: float) -> bool:
         """Whether the holder of ``index`` would take more than :data:`CRAWL` times what a
