@@ -7,10 +7,14 @@ verifies it."""
 
 from __future__ import annotations
 
+import array
+import asyncio
 import contextlib
+import fcntl
 import importlib.util
 import os
 import ssl
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,7 @@ from asynchub._engine.engine import Engine
 from asynchub._engine.ranged import _trim
 from asynchub._exceptions import ConfigError, StallError, TransferError
 from asynchub._loops import loop_factory
+from asynchub._transport.connection import HEAD_LIMIT
 from asynchub._transport.splicing import AVAILABLE, MIN_SPLICE
 from asynchub._transport.stream import StreamTransport
 from tests.mirror import Fault, MirrorServer
@@ -251,7 +256,7 @@ async def test_a_new_file_on_one_connection_is_spliced_and_read_back_through_map
         path, spliced = await engine_fetch(srv.url, blob, tmp_path / "cache", one_connection(
             tmp_path / "cache"))  # fmt: skip
     assert path.read_bytes() == blob.data
-    assert spliced >= blob.size - 256 * KIB  # all but what arrived with the headers
+    assert spliced >= blob.size - HEAD_LIMIT  # all but what arrived with the headers
 
 
 async def test_a_resumed_file_on_one_connection_stays_in_memory_for_the_hash(
@@ -370,3 +375,85 @@ def test_splicing_works_on_each_event_loop(kind: str, tmp_path: Path) -> None:
     assert type(loop).__module__.split(".")[0] == kind
     assert path.read_bytes() == blob.data
     assert spliced >= 4 * MIB
+
+
+async def _eager_server(body: bytes) -> tuple[asyncio.AbstractServer, str]:
+    """A server that writes every answer's head and body in one go: the body is in the
+    client's socket as soon as the head is (a fast mirror's sendfile does the same)."""
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Type: application/octet-stream\r\n"
+        b"Connection: close\r\n\r\n" % len(body)
+    )
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head + body)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}/model.onnx"
+
+
+def _unread(fd: int) -> int:
+    """Bytes waiting in a socket's receive queue."""
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return count[0]
+
+
+async def _eager_fetch(tmp_path: Path) -> tuple[bytes, int, int, bytes]:
+    body = os.urandom(4 * MIB + 7)
+    server, url = await _eager_server(body)
+    transport = StreamTransport(fast_config(tmp_path / "cache"))
+    fd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        async with server, transport.request(url) as response:
+            sock = response._conn.transport.get_extra_info("socket")
+            for _ in range(100_000):  # until the kernel holds body bytes, or they were read
+                if response.received > HEAD_LIMIT or _unread(sock.fileno()) >= 32 * KIB:
+                    break
+                await asyncio.sleep(0)
+            before = response.received  # what came with the head
+            assert response.splice()
+            at = 0
+            async for piece in response.iter_pieces():
+                try:
+                    kept = piece.spliced
+                    if kept is None:
+                        at += os.pwrite(fd, piece.view, at)
+                    else:
+                        size = len(kept)
+                        await anyio.to_thread.run_sync(kept.write_to, fd, at)
+                        at += size
+                finally:
+                    piece.release()
+        with open(fd, "rb", closefd=False) as out:
+            written = out.read()
+    finally:
+        os.close(fd)
+        await transport.aclose()
+    return body, before, transport.spare.spliced, written
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "uvloop"])
+def test_a_body_waits_in_the_kernel_until_the_caller_asks_for_it(
+    kind: str, tmp_path: Path
+) -> None:
+    """Once the head is in, the transport reads no more until the caller asks for the body:
+    a body the caller then splices goes through pipes from its first byte after the head,
+    even when the server sent it all at once."""
+    if kind == "uvloop" and importlib.util.find_spec("uvloop") is None:
+        pytest.skip("uvloop is not installed here")
+    loop = loop_factory(kind)()
+    try:
+        body, before, spliced, written = loop.run_until_complete(
+            asyncio.wait_for(_eager_fetch(tmp_path), 30)
+        )
+    finally:
+        loop.close()
+    assert written == body
+    assert before <= HEAD_LIMIT
+    assert spliced >= len(body) - HEAD_LIMIT

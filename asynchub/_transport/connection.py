@@ -139,7 +139,8 @@ class Connection(asyncio.BufferedProtocol):
         self._head: h11.Response | None = None
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._paused = False
+        self._paused = False  # every buffer is with the caller
+        self._held = False  # a body waits in the kernel until the caller claims it
         self.last_byte = time.monotonic()
         self._current_since = self.last_byte  # when the buffer being filled got its first byte
         self.reusable = False
@@ -272,8 +273,11 @@ class Connection(asyncio.BufferedProtocol):
         if self._remaining == 0:
             self._push_current()
             self._finish_body()
-        elif self._current is None and not self._free and self._pieces >= BUFFERS:
-            self._pause()  # every buffer is still with the caller
+        elif self.transport is not None:
+            self._held = True  # until the caller asks for it (see _claim)
+            self.transport.pause_reading()
+            if self._current is None and not self._free and self._pieces >= BUFFERS:
+                self._paused = True  # every buffer is still with the caller
         self._wake()
 
     def _push_bytes(self, data: bytes) -> None:
@@ -337,8 +341,19 @@ class Connection(asyncio.BufferedProtocol):
         self._wake()
         if self._paused and not self.closed and self.transport is not None:
             self._paused = False
-            if self._mode != "splice":  # the transport reads again once the body is in
+            if self._mode != "splice" and not self._held:  # else: once the body is in
                 self.transport.resume_reading()
+
+    def _claim(self) -> None:
+        """The caller asks for the body: the transport reads it from now on (unless every
+        buffer is still with the caller). Until then its bytes wait in the kernel, so a body
+        the caller splices is spliced from its first byte after the head."""
+        if not self._held:
+            return
+        self._held = False
+        self.last_byte = time.monotonic()  # the stall clock starts now
+        if not self._paused and not self.closed and self.transport is not None:
+            self.transport.resume_reading()
 
     # ---------------------------------------------------------------- splicing
     def start_splicing(self) -> bool:
@@ -367,6 +382,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._spare.splice_refused = True
             return False
         self._pipes.append(piece)
+        self._held = False
         transport.pause_reading()  # the transport reads again once the body is in
         self._push_current()  # what arrived so far goes in its buffer
         self._splice_fd = os.dup(sock.fileno())
@@ -473,7 +489,8 @@ class Connection(asyncio.BufferedProtocol):
     def _pause(self) -> None:
         if not self._paused and self.transport is not None:
             self._paused = True
-            self.transport.pause_reading()
+            if not self._held:
+                self.transport.pause_reading()
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -520,6 +537,7 @@ class Connection(asyncio.BufferedProtocol):
         return self._head
 
     async def next_piece(self, stall: float, flush: float) -> Piece | PipePiece | None:
+        self._claim()
         while True:
             if self._ready:
                 return self._ready.popleft()
