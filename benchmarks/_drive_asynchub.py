@@ -6,7 +6,8 @@ Usage: ``python _drive_asynchub.py '<json>'`` with keys
 * ``manifest_url``, ``file_urls`` (list of templates), ``cache_dir``, ``repo`` (``owner/name:ref``)
 * ``model`` (download/load), ``tags`` or ``models`` (prefetch)
 * optional ``max_connections``, ``chunk_size``, ``force_reload``, ``repeat`` (extra warm calls
-  of ``load`` whose median is reported as ``repeat_median``)
+  of ``load`` whose median is reported as ``repeat_median``), ``adaptive`` (false: always
+  ``max_connections`` connections, the adaptive width off)
 * optional ``cached``: the model is already in the cache (a warm ``load``): only onnx is
   imported before the timer, as the call imports nothing of the download engine then
 * optional ``api``: ``"hub"`` (default, ``asynchub.Hub(HubConfig(...))``) or ``"module"``
@@ -57,6 +58,8 @@ def _config(asynchub: Any, params: dict[str, Any]) -> Any:
         values["max_connections_per_host"] = int(params["max_connections"])
     if params.get("chunk_size"):
         values["chunk_size"] = int(params["chunk_size"])
+    if "adaptive" in params:
+        values["adaptive_connections"] = bool(params["adaptive"])
     config_cls = _public("HubConfig", "_config")
     known = {f.name for f in dataclasses.fields(config_cls)}
     return config_cls(**{k: v for k, v in values.items() if k in known})

@@ -147,6 +147,20 @@ def sweep_table(sweep: dict[str, Any]) -> str:
     if knee and knee is not best:
         lines.append(f"Fewest connections within 5 % of the best: {knee['connections']} "
                      f"connections, {knee['chunk'] // MiB} MiB chunks ({knee['mbps']:.0f} MB/s).")
+    versus = sweep.get("versus")
+    if versus:
+        lines += ["", "The adaptive width against the best fixed setting, in rounds:", "",
+                  "| tool | n | wall (min-max) | MB/s | requests |", "|---|---:|---|---:|---:|"]
+        for row in versus["rows"]:
+            wall = _med(row["wall"])
+            mbps = f"{sweep['bytes'] / wall / 1e6:.0f}" if wall else "-"
+            requests = _med(row["requests"]) if row.get("requests") else None
+            lines.append(f"| {row['tool']} | {len(row['wall'])} | {_fmt_time(row['wall'])} | "
+                         f"{mbps} | {f'{requests:.0f}' if requests is not None else '-'} |")
+        lines += ["", "Targets:", ""]
+        for t in versus["targets"]:
+            mark = {True: "PASS", False: "MISS", None: "info"}[t["ok"]]
+            lines.append(f"- **{mark}** {t['text']}: {t['detail']}")
     return "\n".join(lines) + "\n"
 
 

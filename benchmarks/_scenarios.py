@@ -417,6 +417,8 @@ def small(ctx: Ctx) -> dict[str, Any]:
 # ---------------------------------------------------------------------- E
 def sweep(ctx: Ctx, *, endpoint: Endpoint | None = None, model: str = "BenchBig",
           with_aria2c: bool = True) -> dict[str, Any]:
+    """Fixed widths (the adaptive width off: always N connections) x chunk sizes, aria2c
+    -xN -sN beside them; then the adaptive width against the best fixed point, in rounds."""
     p = ctx.profile
     endpoint = endpoint or ctx.mirror.capped
     entry = ctx.entry(model)
@@ -425,8 +427,9 @@ def sweep(ctx: Ctx, *, endpoint: Endpoint | None = None, model: str = "BenchBig"
     points: list[dict[str, Any]] = []
     for chunk in p.sweep_chunks:
         for conns in p.sweep_connections:
-            log(f"E: asynchub {conns} connections, chunk {chunk // MiB} MiB")
-            params = _hub_params(ctx, endpoint, cache, max_connections=conns, chunk_size=chunk)
+            log(f"E: asynchub {conns} connections (fixed), chunk {chunk // MiB} MiB")
+            params = _hub_params(ctx, endpoint, cache, max_connections=conns, chunk_size=chunk,
+                                 adaptive=False)
             (row,) = run_series(f"asynchub c={conns} k={chunk // MiB}M",
                                 lambda _i, params=params: _peers.asynchub_cmd(
                                     "download", model=model, **params),
@@ -446,7 +449,6 @@ def sweep(ctx: Ctx, *, endpoint: Endpoint | None = None, model: str = "BenchBig"
                                 after=lambda _r: sizes_match([(target, size)]))
             points.append(_point("aria2c", conns, None, row, size))
         clean(out)
-    clean(cache)
     good = [pt for pt in points if pt["tool"] == "asynchub" and pt["wall"]]
     best = min(good, key=lambda pt: statistics.median(pt["wall"])) if good else None
     knee = None
@@ -454,11 +456,50 @@ def sweep(ctx: Ctx, *, endpoint: Endpoint | None = None, model: str = "BenchBig"
         limit = statistics.median(best["wall"]) * 1.05
         knee = min((pt for pt in good if statistics.median(pt["wall"]) <= limit),
                    key=lambda pt: (pt["connections"], -pt["chunk"]))
+    versus = _adaptive_vs(ctx, endpoint, model, entry, cache, best) if best else None
+    clean(cache)
     return {"bytes": size, "rate_limit": p.rate_limit if endpoint.name in ("capped", "slow")
             else None, "points": points, "best": best,
             "knee": knee, "sha_rate": ctx.limits["sha1"].rate if "sha1" in ctx.limits else None,
+            "versus": versus,
             "header": (f"{model}: {size / MiB:.0f} MiB, {_conditions(ctx, endpoint)}, "
-                       f"{ctx.mirror.kind}; {p.sweep_repeats} run(s) per point")}
+                       f"{ctx.mirror.kind}; asynchub with fixed widths (the adaptive width off); "
+                       f"{p.sweep_repeats} run(s) per point")}
+
+
+def _adaptive_vs(ctx: Ctx, endpoint: Endpoint, model: str, entry: dict[str, Any], cache: Path,
+                 best: dict[str, Any]) -> dict[str, Any]:
+    """The adaptive width (up to the largest width of the sweep, the default chunk size)
+    against the sweep's best fixed point, the two in rounds (:func:`run_rounds`): the sweep
+    measures each point minutes apart, and a slow spell of the machine would decide a
+    comparison of numbers taken that far apart."""
+    p = ctx.profile
+    size = entry["metadata"]["model_bytes"]
+    widest = max(p.sweep_connections)
+    fixed_tool = f"asynchub fixed {best['connections']} x {best['chunk'] // MiB} MiB"
+    adaptive_tool = f"asynchub adaptive (up to {widest})"
+    series = [
+        Series(adaptive_tool, lambda _i: _peers.asynchub_cmd(
+            "download", model=model, **_hub_params(ctx, endpoint, cache, max_connections=widest)),
+            before=lambda: clean(cache), after=_check_cached(ctx, cache, [entry])),
+        Series(fixed_tool, lambda _i: _peers.asynchub_cmd(
+            "download", model=model, **_hub_params(
+                ctx, endpoint, cache, max_connections=best["connections"],
+                chunk_size=best["chunk"], adaptive=False)),
+            before=lambda: clean(cache), after=_check_cached(ctx, cache, [entry])),
+    ]
+    log(f"E: {adaptive_tool} vs {fixed_tool}, in rounds")
+    adaptive, fixed = run_rounds(series, profile=p, counter=_counter(endpoint))
+    ratio = None
+    if adaptive.wall and fixed.wall and not adaptive.error and not fixed.error:
+        ratio = statistics.median(fixed.wall) / statistics.median(adaptive.wall)
+    detail = "-" if ratio is None else (
+        f"{size / statistics.median(adaptive.wall) / 1e6:.0f} vs "
+        f"{size / statistics.median(fixed.wall) / 1e6:.0f} MB/s ({ratio:.2f} x)")
+    return {"rows": [adaptive.to_dict(), fixed.to_dict()], "ratio": ratio,
+            "targets": [_target("adaptive width >= 0.9 x the throughput of the best fixed "
+                                "setting (the two in rounds)",
+                                None if ratio is None else ratio >= 0.9, detail)]}
 
 
 def _point(tool: str, conns: int, chunk: int | None, row: Row, size: int) -> dict[str, Any]:
