@@ -290,4 +290,8 @@ def write(results: dict[str, Any], *, prefix: str = "", update_readme: bool = Tr
             head, rest = readme.split(MARK_START, 1)
             _, tail = rest.split(MARK_END, 1)
             README.write_text(f"{head}{MARK_START}\n{body}\n{MARK_END}{tail}")
+    if update_readme and prefix == "full-":  # a complete full run: the project README's table
+        import _headline
+
+        _headline.refresh()
     return out

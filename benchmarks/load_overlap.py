@@ -29,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,7 @@ def _measure(args: argparse.Namespace, state: str) -> None:
     zoo = build(args.work, args.size_mb)
     load_before = os.getloadavg()[0]
     rows: list[str] = []
+    summary: list[dict[str, Any]] = []
     with MirrorSet(zoo, args.work / "mirror", rate_limit=25_000_000, latency=0.0) as mirror:
         endpoint = mirror.plain
         base = {
@@ -167,6 +169,11 @@ def _measure(args: argparse.Namespace, state: str) -> None:
             med = {k: statistics.median(v) if v else float("nan") for k, v in times.items()}
             ratio = med["asynchub"] / med["onnx.hub"] if times["onnx.hub"] else float("nan")
             cpus = {k: statistics.median(v) if v else float("nan") for k, v in cpu.items()}
+            tensors = hub["initializers"]
+            summary.append({
+                "model": model, "asynchub": med["asynchub"], "onnx.hub": med["onnx.hub"],
+                "ratio": ratio, "label": f"{tensors} tensor{'s' if tensors != 1 else ''}",
+            })
             rows.append(
                 f"| {model} | {med['asynchub']:.2f} | {med['download']:.2f} "
                 f"| {med['asynchub'] - med['download']:.2f} | {med['onnx.hub']:.2f} "
@@ -194,7 +201,15 @@ def _measure(args: argparse.Namespace, state: str) -> None:
     )
     sys.stdout.write(text)
     if args.out != "-":
-        Path(args.out).write_text(text, encoding="utf-8")
+        out = Path(args.out)
+        out.write_text(text, encoding="utf-8")
+        data = {"size_mb": args.size_mb, "runs": args.runs, "models": summary,
+                "date": time.strftime("%Y-%m-%d %H:%M")}
+        out.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        if out.resolve().parent == (HERE / "results").resolve() and args.size_mb >= 1024:
+            import _headline  # the README's headline row of hub.load
+
+            _headline.refresh()
 
 
 if __name__ == "__main__":
