@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,33 @@ def test_plan_prefix_claims_and_reset() -> None:
         plan.add(3, 101)
     plan.reset(1000)
     assert plan.count == 1 and plan.prefix == 0 and not plan.complete
+
+
+def test_plan_running_totals_match_a_recount() -> None:
+    """The plan keeps its written bytes and unfinished ranges as running totals (a scheduler
+    asks at every claim): through claims, writes, splits and a reset they stay what a scan
+    of every range says."""
+    rng = random.Random(7)
+    plan = ChunkPlan(10_000, 700, written=[700, 300] + [0] * 13)
+    for step in range(400):
+        if step == 300:
+            plan.reset(900)
+        index = rng.randrange(plan.count)
+        action = rng.random()
+        if action < 0.4 and not plan.is_done(index):
+            plan.add(index, rng.randint(0, plan.remaining(index)))
+        elif action < 0.6 and plan.remaining(index) > 1:
+            at = plan.next_offset(index) + 1 + rng.randrange(plan.remaining(index) - 1)
+            plan.split(index, at)
+        elif action < 0.8:
+            plan.claim(index)
+        else:
+            plan.release(index)
+        scan = plan.open_unclaimed()
+        assert plan.done_bytes == sum(plan.written)
+        assert plan.unclaimed_open() == len(scan)
+        assert plan.first_unclaimed() == (scan[0] if scan else None)
+        assert plan.unclaimed_bytes() == sum(plan.remaining(i) for i in scan)
 
 
 def test_state_round_trip_and_validation(tmp_path: Path) -> None:

@@ -227,13 +227,12 @@ class Scheduler:
         taking (the worker then ends). With ``steal`` false, no range in flight is split
         once nothing is unclaimed (the connection is wanted elsewhere)."""
         plan = self.plan
-        unclaimed = plan.open_unclaimed()
-        if unclaimed:
-            piece, floor, tapered = self._piece(unclaimed)
+        index = plan.first_unclaimed()
+        if index is not None:
+            piece, floor, tapered = self._piece(plan.unclaimed_bytes())
             lagging = self._lagging_cursor(piece)
             if lagging is not None:
                 return self._split_off(*lagging)
-            index = unclaimed[0]
             cut = self._cut(plan.remaining(index), piece, floor, tapered)
             if cut is not None:
                 start = plan.next_offset(index)
@@ -329,12 +328,11 @@ class Scheduler:
         return left / rate if rate > 0 else float("inf")
 
     # ------------------------------------------------------------------ decisions
-    def _piece(self, unclaimed: list[int]) -> tuple[int, int, bool]:
-        """How much the next claim takes: a chunk, less near the end (``unclaimed bytes /
-        connections``), never under the floor :meth:`_floor`; that floor; and whether the
-        end is near (the piece was tapered)."""
+    def _piece(self, left: int) -> tuple[int, int, bool]:
+        """How much the next claim takes, with ``left`` unclaimed bytes: a chunk, less near
+        the end (``left / connections``), never under the floor :meth:`_floor`; that floor;
+        and whether the end is near (the piece was tapered)."""
         plan = self.plan
-        left = sum(plan.remaining(i) for i in unclaimed)
         piece = plan.chunk_size
         if self._latency is not None:
             width = max(1, self.width, self.starting)
