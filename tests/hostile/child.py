@@ -140,7 +140,7 @@ class Killer:
 
     def _watch_state(self) -> None:
         deadline = time.monotonic() + 30
-        seen: dict[str, int] = {}
+        seen: dict[str, tuple[int, int]] = {}
         while time.monotonic() < deadline:
             try:  # the walk itself fails when a directory goes away under it
                 entries = list(self.cache_dir.rglob("*.partial.json*"))
@@ -149,10 +149,11 @@ class Killer:
             for entry in entries:
                 if entry.name.endswith(".tmp"):
                     die()  # caught in the middle of a state write
-                try:
-                    stamp = entry.stat().st_mtime_ns
+                try:  # each write replaces the file: a new inode, whatever the clock's tick
+                    status = entry.stat()
                 except OSError:
                     continue
+                stamp = (status.st_ino, status.st_mtime_ns)
                 if seen.setdefault(str(entry), stamp) != stamp:
                     die()  # right after a state write replaced the previous one
                 seen[str(entry)] = stamp
