@@ -350,31 +350,36 @@ def small(ctx: Ctx) -> dict[str, Any]:
     entry = ctx.entry("BenchSmall")
     size = entry["metadata"]["model_bytes"]
     repeats = max(ctx.profile.repeats, 5)
-    kw: dict[str, Any] = {"profile": ctx.profile, "counter": _counter(endpoint),
-                          "repeats": repeats}
-    rows: list[Row] = []
     cache, hub_cache = ctx.work / "cache-asynchub", ctx.work / "cache-onnxhub"
+    clean(cache, hub_cache)
     ours = _peers.asynchub_cmd("load", model="BenchSmall", api="module",
                                **_hub_params(ctx, endpoint, cache))
     warm = _peers.asynchub_cmd("load", model="BenchSmall", repeat=20, api="module",
                                cached=True, **_hub_params(ctx, endpoint, cache))
-    log("D: asynchub cold / warm load")
-    rows += run_series("asynchub load, cold", lambda _i: ours, before=lambda: clean(cache), **kw)
-    rows += run_series("asynchub load, warm", lambda _i: warm, **kw)
+    cached = ctx.cached_path(cache, entry)
+
+    def bare(_i: int) -> list[str]:
+        local = cached if cached.exists() else ctx.zoo / entry["model_path"]
+        return _peers.bare_onnx_load_cmd(local)
+
+    # In rounds, as A-C and F: each round starts one tool further along, and a cold run comes
+    # first in round one, so a warm run always finds its cache filled (a cold run empties it
+    # only before its own run, and fills it again).
+    series = [Series("asynchub load, cold", lambda _i: ours, before=lambda: clean(cache),
+                     repeats=repeats),
+              Series("asynchub load, warm", lambda _i: warm, repeats=repeats)]
+    missing: list[Row] = []
     if _peers.have("onnxhub"):
         theirs = _peers.onnxhub_cmd("load", model="BenchSmall",
                                     **_hub_params(ctx, endpoint, hub_cache))
-        log("D: onnx.hub cold / warm load")
-        rows += run_series("onnx.hub 1.20.1 load, cold", lambda _i: theirs,
-                           before=lambda: clean(hub_cache), **kw)
-        rows += run_series("onnx.hub 1.20.1 load, warm", lambda _i: theirs, **kw)
+        series += [Series("onnx.hub 1.20.1 load, cold", lambda _i: theirs,
+                          before=lambda: clean(hub_cache), repeats=repeats),
+                   Series("onnx.hub 1.20.1 load, warm", lambda _i: theirs, repeats=repeats)]
     else:
-        rows.append(_missing("onnx.hub 1.20.1"))
-    cached = ctx.cached_path(cache, entry)
-    local = cached if cached.exists() else ctx.zoo / entry["model_path"]
-    log("D: bare onnx.load")
-    rows += run_series("bare onnx.load of the cached file",
-                       lambda _i: _peers.bare_onnx_load_cmd(local), **kw)
+        missing.append(_missing("onnx.hub 1.20.1"))
+    series.append(Series("bare onnx.load of the cached file", bare, repeats=repeats))
+    log(f"D: {', '.join(one.tool for one in series)}, in rounds")
+    rows = run_rounds(series, profile=ctx.profile, counter=_counter(endpoint)) + missing
     clean(cache, hub_cache)
 
     def get(tool: str) -> Row | None:
