@@ -382,7 +382,9 @@ class Connection(asyncio.BufferedProtocol):
                 self._spare.splice_refused = True
             return False
         self._pipes.append(piece)
-        self._held = False
+        if self._held:  # the stall clock starts now, as in _claim
+            self._held = False
+            self.last_byte = time.monotonic()
         transport.pause_reading()  # the transport reads again once the body is in
         self._push_current()  # what arrived so far goes in its buffer
         self._splice_fd = os.dup(sock.fileno())
