@@ -14,7 +14,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["END", "START", "render", "refresh"]
+from _report import _sec
+
+__all__ = ["END", "START", "render", "refresh", "replace_between"]
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -31,10 +33,6 @@ def _row(scenario: dict[str, Any], tool: str) -> dict[str, Any] | None:
 
 def _med(values: list[float]) -> float:
     return float(statistics.median(values))
-
-
-def _sec(seconds: float) -> str:
-    return f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
 
 
 def _wall(scenario: dict[str, Any], tool: str) -> str:
@@ -127,9 +125,6 @@ def refresh(readme: Path = README, results: Path = RESULTS) -> bool:
     full_path = results / "full-results.json"
     if not readme.exists() or not full_path.exists():
         return False
-    text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        return False
     full = json.loads(full_path.read_text(encoding="utf-8"))
     if full.get("meta", {}).get("profile") != "full":
         return False
@@ -137,7 +132,16 @@ def refresh(readme: Path = README, results: Path = RESULTS) -> bool:
     overlap = None
     if overlap_path.exists():
         overlap = json.loads(overlap_path.read_text(encoding="utf-8"))
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{START}\n{render(full, overlap)}\n{END}{tail}", encoding="utf-8")
+    return replace_between(readme, START, END, render(full, overlap))
+
+
+def replace_between(path: Path, start: str, end: str, body: str) -> bool:
+    """Put ``body`` between the markers ``start`` and ``end`` of the file ``path`` (False,
+    and nothing written, if it lacks them)."""
+    text = path.read_text(encoding="utf-8")
+    if start not in text or end not in text:
+        return False
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body}\n{end}{tail}", encoding="utf-8")
     return True

@@ -274,24 +274,15 @@ def write(results: dict[str, Any], *, prefix: str = "", update_readme: bool = Tr
     text = "\n".join(parts)
     out = RESULTS / f"{prefix}results.md"
     out.write_text(text)
-    if update_readme and DOCS.exists():  # the project's page of results, linked from the README
-        page = DOCS.read_text()
-        if MARK_START in page and MARK_END in page:
-            body = text.replace("](", "](../benchmarks/results/")
-            body = re.sub(r"^(#+) ", r"#\1 ", body, flags=re.MULTILINE)  # under "## Latest"
-            head, rest = page.split(MARK_START, 1)
-            _, tail = rest.split(MARK_END, 1)
-            DOCS.write_text(f"{head}{MARK_START}\n{body}\n{MARK_END}{tail}")
-    if update_readme and README.exists():
-        readme = README.read_text()
-        if MARK_START in readme and MARK_END in readme:
-            body = text.replace("](", "](results/")
-            body = re.sub(r"^(#+) ", r"#\1 ", body, flags=re.MULTILINE)  # under "## Latest"
-            head, rest = readme.split(MARK_START, 1)
-            _, tail = rest.split(MARK_END, 1)
-            README.write_text(f"{head}{MARK_START}\n{body}\n{MARK_END}{tail}")
-    if update_readme and prefix == "full-":  # a complete full run: the project README's table
+    if update_readme:
         import _headline
 
-        _headline.refresh()
+        # the project's page of results (linked from the README), then this folder's README
+        for page, prefix_of_links in ((DOCS, "../benchmarks/results/"), (README, "results/")):
+            if page.exists():
+                body = text.replace("](", f"]({prefix_of_links}")
+                body = re.sub(r"^(#+) ", r"#\1 ", body, flags=re.MULTILINE)  # under "## Latest"
+                _headline.replace_between(page, MARK_START, MARK_END, body)
+        if prefix == "full-":  # a complete full run: the project README's headline table
+            _headline.refresh()
     return out
