@@ -348,12 +348,17 @@ class Connection(asyncio.BufferedProtocol):
         """The caller asks for the body: the transport reads it from now on (unless every
         buffer is still with the caller). Until then its bytes wait in the kernel, so a body
         the caller splices is spliced from its first byte after the head."""
-        if not self._held:
-            return
-        self._held = False
-        self.last_byte = time.monotonic()  # the stall clock starts now
-        if not self._paused and not self.closed and self.transport is not None:
+        if self._unhold() and not self._paused and not self.closed and self.transport is not None:
             self.transport.resume_reading()
+
+    def _unhold(self) -> bool:
+        """The body no longer waits for the caller (read or spliced from now on); whether it
+        did. The stall clock starts now: the time the caller took is not the server's."""
+        if not self._held:
+            return False
+        self._held = False
+        self.last_byte = time.monotonic()
+        return True
 
     # ---------------------------------------------------------------- splicing
     def start_splicing(self) -> bool:
@@ -382,9 +387,7 @@ class Connection(asyncio.BufferedProtocol):
                 self._spare.splice_refused = True
             return False
         self._pipes.append(piece)
-        if self._held:  # the stall clock starts now, as in _claim
-            self._held = False
-            self.last_byte = time.monotonic()
+        self._unhold()
         transport.pause_reading()  # the transport reads again once the body is in
         self._push_current()  # what arrived so far goes in its buffer
         self._splice_fd = os.dup(sock.fileno())
