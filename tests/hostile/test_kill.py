@@ -131,7 +131,9 @@ def test_sigkill_then_next_run_resumes_or_redoes(
     expected = {model_final: raw["metadata"]["model_sha"],
                 archive_final: raw["metadata"]["model_with_data_sha"]}  # fmt: skip
     extract = point == "extract"
-    with MirrorServer(mirror_root, rate_limit=RATE).running() as server, watching(expected):
+    # a state write is seen by a thread that polls: give it a download of ~0.4 s to watch
+    rate = RATE // 4 if point == "state" else RATE
+    with MirrorServer(mirror_root, rate_limit=rate).running() as server, watching(expected):
         args: dict[str, Any] = {
             "base_url": server.url,
             "cache_dir": str(cache),
