@@ -29,9 +29,11 @@ MB = 1_000_000
 Model = Callable[[int, float], float]  # (connections, time) -> bytes/s
 
 
-def simulate(model: Model, maximum: int = 40, seconds: float = 5.0) -> list[int]:
+def simulate(
+    model: Model, maximum: int = 40, seconds: float = 5.0, ceiling: float = 0.0
+) -> list[int]:
     """Widths chosen every 10 ms while ``model`` serves the file."""
-    widener = Widener(maximum)
+    widener = Widener(maximum, ceiling=ceiling)
     moved, width, widths = 0.0, widener.width, []
     for step in range(int(seconds / 0.01)):
         now = step * 0.01
@@ -68,6 +70,30 @@ def test_per_connection_cap_adds_connections_up_to_the_maximum_quickly() -> None
     assert widths[0] == START
     assert max(widths[:40]) == 40  # within 0.4 s of simulated time
     assert widths[-1] == 40
+
+
+def faster_than_the_hash(n: int, now: float) -> float:
+    return 1500 * MB  # an uncapped loopback mirror: 8 connections already outrun SHA-256
+
+
+def test_a_link_faster_than_the_hash_keeps_the_starting_width() -> None:
+    """Past the rate the file can be hashed (the ceiling), more connections cannot end a
+    verified download sooner: no first widening, and no re-probe while it holds there."""
+    assert max(simulate(faster_than_the_hash)[:40]) > START  # without a ceiling: the probe
+    widths = simulate(faster_than_the_hash, ceiling=1000 * MB)
+    assert max(widths) == START
+
+
+def test_a_ceiling_the_link_has_not_reached_does_not_stop_the_ramp() -> None:
+    widths = simulate(per_connection_cap, ceiling=1000 * MB)  # 8 capped connections: 200 MB/s
+    assert max(widths[:40]) == 40
+    assert widths[-1] == 40
+
+
+def test_a_hold_below_the_ceiling_is_still_re_probed() -> None:
+    widths = simulate(total_cap, ceiling=1000 * MB)  # 100 MB/s: far below it
+    assert settled(widths) <= START
+    assert max(widths[100:]) > START  # a doubling is tried now and then
 
 
 def test_total_cap_stops_adding_and_gives_back() -> None:

@@ -44,6 +44,7 @@ async def test_hash_cursor_follows_the_prefix(tmp_path: Path, mapped: bool) -> N
             assert await cursor.hexdigest(cut) == hashlib.sha256(data[:cut]).hexdigest()
             await anyio.wait_all_tasks_blocked()
             assert cursor.hashed == cut  # never beyond what was declared written
+            assert cursor.rate > 1_000_000  # 12 MiB read back: its speed is measured
             os.pwrite(fd, data[cut:], cut)
             digest = await cursor.hexdigest(len(data))
             group.cancel_scope.cancel()
@@ -63,6 +64,7 @@ async def test_hash_cursor_reset_discards_old_bytes(tmp_path: Path) -> None:
             group.start_soon(cursor.run)
             cursor.advance(4000)
             await cursor.hexdigest(4000)
+            assert cursor.rate == 0.0  # too few bytes to tell a speed
             cursor.reset()
             os.pwrite(fd, b"new!" * 1000, 0)
             digest = await cursor.hexdigest(4000)

@@ -21,6 +21,10 @@ Choices:
   digest; a step already running in the thread is discarded when it returns.
 * The cursor's wake-ups are ``asyncio.Event`` s (the engine runs on asyncio): one is made
   per batch of writes, and ``anyio.Event()`` looks up the running async library each time.
+* The cursor measures its own speed (:attr:`HashCursor.rate`: bytes per CPU-second of the
+  thread, over its read-back steps once :data:`RATE_BYTES` are hashed): the adaptive width
+  does not widen past it (see :mod:`.adaptive`). CPU time, not wall time, so a core shared
+  with the download does not make SHA-256 look slower than it is.
 * SHA-256 state cannot be saved, so a resumed download re-hashes its finished prefix once, at
   disk speed, while the missing bytes are fetched.
 * Bytes that are next in order are hashed from memory by the thread that writes them
@@ -37,6 +41,7 @@ import asyncio
 import hashlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,10 +50,11 @@ import anyio.to_thread
 
 from .mapped import hash_mapped
 
-__all__ = ["READ_BLOCK", "STEP", "HashCursor", "hash_range"]
+__all__ = ["RATE_BYTES", "READ_BLOCK", "STEP", "HashCursor", "hash_range"]
 
 READ_BLOCK = 1024 * 1024
 STEP = 32 * 1024 * 1024
+RATE_BYTES = 8 * 1024 * 1024
 
 
 def hash_range(fd: int, digest: Any, start: int, end: int, buffer: bytearray) -> int:
@@ -96,6 +102,8 @@ class HashCursor:
         self._lock = threading.Lock()
         self._at = 0  # bytes in ``_digest`` (changed under ``_lock`` only)
         self.hashed = 0
+        self.rate = 0.0  # bytes per CPU-second of the read-back steps; 0 until measured
+        self._timed = (0, 0.0)  # bytes and CPU-seconds of those steps
         self._target = 0
         self._wake = asyncio.Event()
         self._moved = asyncio.Event()
@@ -147,15 +155,23 @@ class HashCursor:
             end = min(target, start + STEP)
             if end <= start:
                 return start
+            began = time.thread_time()
             done = hash_mapped(self._fd, self._digest, start, end) if self.mapped else 0
             if not done:  # not mapped, or the file is shorter: read what there is
                 if not self._buffer:
                     self._buffer = bytearray(READ_BLOCK)
                 done = hash_range(self._fd, self._digest, start, end, self._buffer)
+            self._time(done, time.thread_time() - began)
             self._at = start + done
             if done < end - start:
                 raise OSError(f"the partial file ended at byte {start + done}, expected {end}")
             return self._at
+
+    def _time(self, nbytes: int, seconds: float) -> None:
+        total, spent = self._timed[0] + nbytes, self._timed[1] + seconds
+        self._timed = (total, spent)
+        if total >= RATE_BYTES and spent > 0:
+            self.rate = total / spent
 
     def absorb(self, generation: int, offset: int, views: list[memoryview], nbytes: int) -> int:
         """Hash ``nbytes`` of ``views`` (the bytes at ``offset``, just written) from memory if

@@ -94,7 +94,7 @@ from .retry import (
     status_failure,
 )
 from .saver import STATE_PERIOD, StateSaver
-from .schedule import Scheduler
+from .schedule import HASH_RATE, Scheduler
 from .watchdog import poll_interval
 
 __all__ = [
@@ -343,6 +343,7 @@ class FileDownload:
         assert widener is not None
         shed_for = widener.width
         while not self._workers_done:
+            widener.ceiling = min(HASH_RATE, self.cursor.rate or HASH_RATE)  # see adaptive
             widener.observe(time.monotonic(), self._received())
             if widener.width > self._live and not workers.cancel_scope.cancel_called:
                 self._widen(workers)
