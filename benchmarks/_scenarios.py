@@ -472,12 +472,16 @@ def sweep(ctx: Ctx, *, endpoint: Endpoint | None = None, model: str = "BenchBig"
                        f"{p.sweep_repeats} run(s) per point")}
 
 
+VERSUS_REPEATS = 5
+
+
 def _adaptive_vs(ctx: Ctx, endpoint: Endpoint, model: str, entry: dict[str, Any], cache: Path,
                  best: dict[str, Any]) -> dict[str, Any]:
     """The adaptive width (up to the largest width of the sweep, the default chunk size)
     against the sweep's best fixed point, the two in rounds (:func:`run_rounds`): the sweep
     measures each point minutes apart, and a slow spell of the machine would decide a
-    comparison of numbers taken that far apart."""
+    comparison of numbers taken that far apart. :data:`VERSUS_REPEATS` runs each, not the
+    profile's three: single runs of either wander by a tenth here, as much as the bound."""
     p = ctx.profile
     size = entry["metadata"]["model_bytes"]
     widest = max(p.sweep_connections)
@@ -486,12 +490,14 @@ def _adaptive_vs(ctx: Ctx, endpoint: Endpoint, model: str, entry: dict[str, Any]
     series = [
         Series(adaptive_tool, lambda _i: _peers.asynchub_cmd(
             "download", model=model, **_hub_params(ctx, endpoint, cache, max_connections=widest)),
-            before=lambda: clean(cache), after=_check_cached(ctx, cache, [entry])),
+            before=lambda: clean(cache), after=_check_cached(ctx, cache, [entry]),
+            repeats=max(VERSUS_REPEATS, p.repeats)),
         Series(fixed_tool, lambda _i: _peers.asynchub_cmd(
             "download", model=model, **_hub_params(
                 ctx, endpoint, cache, max_connections=best["connections"],
                 chunk_size=best["chunk"], adaptive=False)),
-            before=lambda: clean(cache), after=_check_cached(ctx, cache, [entry])),
+            before=lambda: clean(cache), after=_check_cached(ctx, cache, [entry]),
+            repeats=max(VERSUS_REPEATS, p.repeats)),
     ]
     log(f"E: {adaptive_tool} vs {fixed_tool}, in rounds")
     adaptive, fixed = run_rounds(series, profile=p, counter=_counter(endpoint))
