@@ -46,7 +46,8 @@ def _sec(value: float) -> str:
 
 
 def _reference(scenario: dict[str, Any]) -> dict[str, Any] | None:
-    for row in scenario["rows"]:
+    rows: list[dict[str, Any]] = scenario["rows"]
+    for row in rows:
         if row["tool"].startswith("asynchub") and row["wall"] and not row["error"]:
             return row
     return None

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 from collections.abc import Callable
@@ -358,7 +359,7 @@ def small(ctx: Ctx) -> dict[str, Any]:
                                cached=True, **_hub_params(ctx, endpoint, cache))
     cached = ctx.cached_path(cache, entry)
 
-    def bare(_i: int) -> list[str]:
+    def bare_cmd(_i: int) -> list[str]:
         local = cached if cached.exists() else ctx.zoo / entry["model_path"]
         return _peers.bare_onnx_load_cmd(local)
 
@@ -377,7 +378,7 @@ def small(ctx: Ctx) -> dict[str, Any]:
                    Series("onnx.hub 1.20.1 load, warm", lambda _i: theirs, repeats=repeats)]
     else:
         missing.append(_missing("onnx.hub 1.20.1"))
-    series.append(Series("bare onnx.load of the cached file", bare, repeats=repeats))
+    series.append(Series("bare onnx.load of the cached file", bare_cmd, repeats=repeats))
     log(f"D: {', '.join(one.tool for one in series)}, in rounds")
     rows = run_rounds(series, profile=ctx.profile, counter=_counter(endpoint)) + missing
     clean(cache, hub_cache)
@@ -436,8 +437,7 @@ def sweep(ctx: Ctx, *, endpoint: Endpoint | None = None, model: str = "BenchBig"
             params = _hub_params(ctx, endpoint, cache, max_connections=conns, chunk_size=chunk,
                                  adaptive=False)
             (row,) = run_series(f"asynchub c={conns} k={chunk // MiB}M",
-                                lambda _i, params=params: _peers.asynchub_cmd(
-                                    "download", model=model, **params),
+                                functools.partial(_asynchub_download, model, params),
                                 profile=p, repeats=p.sweep_repeats, before=lambda: clean(cache),
                                 after=_check_cached(ctx, cache, [entry]),
                                 counter=_counter(endpoint))
@@ -449,7 +449,7 @@ def sweep(ctx: Ctx, *, endpoint: Endpoint | None = None, model: str = "BenchBig"
         for conns in [c for c in p.sweep_connections if c <= ARIA2C_MAX_SPLIT]:
             log(f"E: aria2c -x{conns} -s{conns}")
             (row,) = run_series(f"aria2c -x{conns}",
-                                lambda _i, c=conns: _peers.aria2c_cmd([(url, target)], split=c),
+                                functools.partial(_aria2c_split, url, target, conns),
                                 profile=p, repeats=p.sweep_repeats, before=lambda: fresh(out),
                                 after=lambda _r: sizes_match([(target, size)]))
             points.append(_point("aria2c", conns, None, row, size))
@@ -511,6 +511,14 @@ def _adaptive_vs(ctx: Ctx, endpoint: Endpoint, model: str, entry: dict[str, Any]
             "targets": [_target("adaptive width >= 0.9 x the throughput of the best fixed "
                                 "setting (the two in rounds)",
                                 None if ratio is None else ratio >= 0.9, detail)]}
+
+
+def _asynchub_download(model: str, params: dict[str, Any], _i: int) -> list[str]:
+    return _peers.asynchub_cmd("download", model=model, **params)
+
+
+def _aria2c_split(url: str, target: Path, split: int, _i: int) -> list[str]:
+    return _peers.aria2c_cmd([(url, target)], split=split)
 
 
 def _point(tool: str, conns: int, chunk: int | None, row: Row, size: int) -> dict[str, Any]:

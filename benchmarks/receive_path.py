@@ -37,7 +37,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -236,7 +238,7 @@ def _thread_cpu() -> str:
 def child(args: argparse.Namespace) -> None:
     import functools
 
-    runners = {
+    runners: dict[str, Callable[[str, int, int, str, str], Coroutine[Any, Any, str]]] = {
         "stream": _child_stream,
         "aiohttp": _child_aiohttp,
         "engine-stream": functools.partial(_child_engine, kind="stream"),

@@ -11,7 +11,8 @@ fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 echo "== ruff"
 .venv/bin/ruff check .
-echo "== mypy --strict asynchub"
+echo "== mypy --strict asynchub benchmarks"
 .venv/bin/mypy asynchub
+.venv/bin/mypy --strict benchmarks
 echo "== pytest"
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
