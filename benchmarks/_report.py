@@ -24,6 +24,12 @@ MARK_END = "<!-- results:end -->"
 MiB = 1024 * 1024
 
 
+def chunk_label(nbytes: int) -> str:
+    """A chunk size as it was given: ``16 MiB`` for 16Mi, ``16 MB`` for 16M (sizes use
+    asynchub's units: M is 10^6 bytes, Mi 2^20)."""
+    return f"{nbytes // MiB} MiB" if nbytes % MiB == 0 else f"{nbytes / 1e6:g} MB"
+
+
 def _med(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
@@ -123,7 +129,7 @@ def sweep_table(sweep: dict[str, Any]) -> str:
     points = sweep["points"]
     chunks = sorted({p["chunk"] for p in points if p["tool"] == "asynchub"})
     conns = sorted({p["connections"] for p in points})
-    head = " | ".join(f"asynchub {c // MiB} MiB chunks" for c in chunks)
+    head = " | ".join(f"asynchub {chunk_label(c)} chunks" for c in chunks)
     has_aria = any(p["tool"] == "aria2c" for p in points)
     lines = ["### E: throughput (MB/s) by connections and chunk size", "",
              f"_{sweep['header']}_", "",
@@ -143,11 +149,11 @@ def sweep_table(sweep: dict[str, Any]) -> str:
         lines += ["", "aria2c allows at most 16 connections per server (-x16)."]
     best, knee = sweep.get("best"), sweep.get("knee")
     if best:
-        lines += ["", f"Best: **{best['connections']} connections, {best['chunk'] // MiB} MiB "
+        lines += ["", f"Best: **{best['connections']} connections, {chunk_label(best['chunk'])} "
                       f"chunks** ({best['mbps']:.0f} MB/s)."]
     if knee and knee is not best:
         lines.append(f"Fewest connections within 5 % of the best: {knee['connections']} "
-                     f"connections, {knee['chunk'] // MiB} MiB chunks ({knee['mbps']:.0f} MB/s).")
+                     f"connections, {chunk_label(knee['chunk'])} chunks ({knee['mbps']:.0f} MB/s).")
     versus = sweep.get("versus")
     if versus:
         lines += ["", "The adaptive width against the best fixed setting, in rounds:", "",
@@ -187,7 +193,7 @@ def plot_sweep(sweep: dict[str, Any], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     series: dict[str, list[dict[str, Any]]] = {}
     for p in points:
-        label = (f"asynchub, {p['chunk'] // MiB} MiB chunks" if p["tool"] == "asynchub"
+        label = (f"asynchub, {chunk_label(p['chunk'])} chunks" if p["tool"] == "asynchub"
                  else "aria2c -xN -sN")
         series.setdefault(label, []).append(p)
     for label, pts in series.items():

@@ -35,6 +35,7 @@ from _bench import (
 )
 from _mirror import Endpoint, MirrorSet
 from _peers import Run
+from _report import chunk_label
 
 MiB = 1024 * 1024
 ARIA2C_MAX_SPLIT = 16  # aria2c refuses -x above 16
@@ -433,10 +434,10 @@ def sweep(ctx: Ctx, *, endpoint: Endpoint | None = None, model: str = "BenchBig"
     points: list[dict[str, Any]] = []
     for chunk in p.sweep_chunks:
         for conns in p.sweep_connections:
-            log(f"E: asynchub {conns} connections (fixed), chunk {chunk // MiB} MiB")
+            log(f"E: asynchub {conns} connections (fixed), chunk {chunk_label(chunk)}")
             params = _hub_params(ctx, endpoint, cache, max_connections=conns, chunk_size=chunk,
                                  adaptive=False)
-            (row,) = run_series(f"asynchub c={conns} k={chunk // MiB}M",
+            (row,) = run_series(f"asynchub c={conns} k={chunk_label(chunk)}",
                                 functools.partial(_asynchub_download, model, params),
                                 profile=p, repeats=p.sweep_repeats, before=lambda: clean(cache),
                                 after=_check_cached(ctx, cache, [entry]),
@@ -485,7 +486,7 @@ def _adaptive_vs(ctx: Ctx, endpoint: Endpoint, model: str, entry: dict[str, Any]
     p = ctx.profile
     size = entry["metadata"]["model_bytes"]
     widest = max(p.sweep_connections)
-    fixed_tool = f"asynchub fixed {best['connections']} x {best['chunk'] // MiB} MiB"
+    fixed_tool = f"asynchub fixed {best['connections']} x {chunk_label(best['chunk'])}"
     adaptive_tool = f"asynchub adaptive (up to {widest})"
     series = [
         Series(adaptive_tool, lambda _i: _peers.asynchub_cmd(

@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="A,B,C,D,E,F", help="subset of A,B,C,D,E,F")
     parser.add_argument("--repeats", type=int, help="runs per tool (default: profile's)")
     parser.add_argument("--connections", help="sweep connection counts, e.g. 1,4,16")
-    parser.add_argument("--chunks", help="sweep chunk sizes, e.g. 4M,16M")
+    parser.add_argument("--chunks", help="sweep chunk sizes, e.g. 4Mi,16Mi (M is 10^6 "
+                        "bytes, Mi 2^20, as everywhere in asynchub)")
     parser.add_argument("--server", choices=("auto", "nginx", "python"), default="auto",
                         help="local mirror server (auto: nginx when installed)")
     parser.add_argument("--machine-as-is", action="store_true",
