@@ -49,21 +49,21 @@ where 4 sustained 300 MB/s). :class:`Widener` decides from what it measures:
   first window of a 1 GiB loopback download, 32 then 1,372), unless an earlier step paid
   as a cap does (then it is the noise of a 50 ms window: 32 connections capped at 25 MB/s
   measured 825 MB/s, 40 then 1,225).
-* **Not past the hash.** A verified download ends when its SHA-256 does, and that runs on
-  one core: once the connections deliver more than the file can be hashed (``ceiling``: the engine
-  gives 1 GB/s, or less where its hash cursor measured SHA-256 slower; not more where it
-  measured faster, since that is the speed of a core of its own, and during the download
-  the hash shares the cores: on this 2-core VM SHA-256 measured 1.6 GB/s per CPU-second
-  while the connections delivered 1.2 GB/s with both cores busy, and a ceiling at 1.6 let
-  the width be re-probed to 16 mid-download), more of them only add CPU (connections, heads, the
-  requests' share at both ends) on a machine that is then the limit. So a first window at or
-  above the ceiling keeps the starting width instead of the first widening, and a width
-  that holds at or above it is not re-probed upwards. On the uncapped loopback mirror (1 GiB,
-  8 connections measuring 1.5-2 GB/s in their first window) the probe to 32 connections
-  made the prefix the hash follows stall at ~65 MiB for ~0.15 s while 32 small ranges crept
-  in, and the width came back to 8 soon after: median 1.03 s in-process with the ceiling
-  against 1.08 s without (12 runs, interleaved). A capped link measures far below it (8
-  connections at 25 MB/s are 200 MB/s) and ramps as below.
+* **Not past the hash.** A verified download ends when its SHA-256 does, and SHA-256 runs on
+  one core. Once the connections deliver more than the file can be hashed (``ceiling``),
+  more of them only add CPU (connections, heads, each request's share at both ends) on a
+  machine that is then the limit: a first window at or above the ceiling keeps the starting
+  width (no first widening), and a width that holds at or above it is not re-probed upwards.
+  The engine gives 1 GB/s, or the SHA-256 speed its hash cursor measured if that is lower;
+  not a higher measured speed, which is that of a core of its own while the hash shares the
+  cores with the download (on this 2-core VM SHA-256 ran at 1.6 GB/s per CPU-second while
+  the connections delivered 1.2 GB/s with both cores busy; a ceiling at 1.6 GB/s let the
+  width be re-probed to 16 mid-download). On the uncapped loopback mirror (1 GiB; 8
+  connections measured 1.5-2 GB/s in their first window) the probe to 32 connections held
+  the prefix the hash follows at ~65 MiB for ~0.15 s while 32 small ranges crept in, and the
+  width came back to 8 soon after: median 1.03 s in-process with the ceiling against 1.08 s
+  without (12 runs, interleaved). A capped link measures far below it (8 connections at
+  25 MB/s are 200 MB/s) and ramps as below.
 * **Stop and give back** when a step gained less than :data:`MIN_GAIN` (10 %), or too little
   for the connections it added: the width goes back to the previous one (the extra
   connections finish their current range and leave), and the controller holds. **Such a
