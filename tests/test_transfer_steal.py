@@ -111,7 +111,7 @@ def test_lowest_offset_first_then_tapering() -> None:
     plan = ChunkPlan(64 * MIB, 8 * MIB)
     schedule = Scheduler(plan, connections=4, clock=Clock())
     taken: list[tuple[int, int]] = []
-    while plan.open_unclaimed():
+    while plan.unclaimed_open():
         index = schedule.take()
         assert index is not None
         taken.append(plan.bounds(index))

@@ -138,15 +138,6 @@ class ChunkPlan:
         self._done = sum(self.written)
         self._open = sum(1 for index in range(self.count) if not self.is_done(index))
 
-    def open_unclaimed(self) -> list[int]:
-        """Unfinished ranges no worker holds, lowest offset first."""
-        self._advance()
-        return [
-            index
-            for index in self.order[self._first_open :]
-            if index not in self.claimed and not self.is_done(index)
-        ]
-
     def first_unclaimed(self) -> int | None:
         """The lowest unfinished range no worker holds (None if there is none)."""
         self._advance()
