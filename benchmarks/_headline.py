@@ -108,12 +108,13 @@ def render(full: dict[str, Any], overlap: dict[str, Any] | None = None) -> str:
     sha = full.get("limits", {}).get("sha1")
     if sha:
         notes.append(f"SHA-256 on one core took {_med(sha['seconds']) * 1000:.0f} ms per GiB")
-    bare = [(sid, _row(s[sid], "bare Python client (no verify)")) for sid in "ABF" if sid in s]
-    shown = [f"{_sec(_med(row['seconds']))} ({sid})" for sid, row in bare
-             if row and row.get("seconds")]
-    if shown:
-        notes.append("the bare Python client moved the bytes in " + ", ".join(shown)
-                     + " in the process")
+    for tool, did in (("bare Python client (no verify)", "moved the bytes"),
+                      ("bare Python client (verifies)", "moved and verified them")):
+        bare = [(sid, _row(s[sid], tool)) for sid in "ABF" if sid in s]
+        shown = [f"{_sec(_med(row['seconds']))} ({sid})" for sid, row in bare
+                 if row and row.get("seconds")]
+        if shown:
+            notes.append(f"the {tool} {did} in " + ", ".join(shown) + " in the process")
     if notes:
         lines += ["", "In that run " + "; ".join(notes) + "."]
     return "\n".join(lines)

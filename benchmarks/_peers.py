@@ -19,6 +19,11 @@ Tools, each invoked the way a user would:
   own 100 (``HF_TRANSFER_CONCURRENCY``), shown beside it;
 * a bare client -- ``_bare_client.py``: one thread per connection (as many as asynchub may
   use), ``recv_into`` and ``pwritev``, no verification: what moving the bytes costs here;
+* a bare verified client -- ``_bare_verified.py``: the same, with the file cut into eight
+  pieces per connection fetched in order over keep-alive connections and SHA-256 following
+  the finished prefix in one more thread: what a verified download costs here, with none of
+  asynchub's duties (manifest, cache lock, resume state, retries, watchdog, fsync before the
+  rename);
 * ``sha256sum`` -- the separate verification pass added to the peers that do not verify.
 """
 
@@ -167,6 +172,13 @@ def bare_onnx_load_cmd(path: Path, repeats: int = 20) -> list[str]:
 def bare_client_cmd(url: str, out: Path, connections: int) -> list[str]:
     """The reference client of ``_bare_client.py`` (threads, ``recv_into``, ``pwritev``)."""
     return [sys.executable, str(HERE / "_bare_client.py"), url, str(out), str(connections)]
+
+
+def bare_verified_cmd(url: str, out: Path, connections: int, sha256: str) -> list[str]:
+    """The reference client of ``_bare_verified.py`` (threads, ``recv_into``, ``pwritev``,
+    SHA-256 of the finished prefix while it grows)."""
+    return [sys.executable, str(HERE / "_bare_verified.py"), url, str(out), str(connections),
+            sha256]
 
 
 def curl_cmd(url: str, out: Path) -> list[str]:

@@ -44,6 +44,11 @@ ARIA2C_MAX_SPLIT = 16  # aria2c refuses -x above 16
 HF_HUB = f"hf_transfer, {_peers.HF_MAX_FILES_HUB} files"
 #: ``_bare_client.py``: a thread per connection (the hub's maximum), no verification.
 BARE = "bare Python client (no verify)"
+#: ``_bare_verified.py``: in-order pieces, SHA-256 following the prefix, nothing else.
+BARE_VERIFIED = "bare Python client (verifies)"
+#: Its connections without a cap: asynchub's starting width, where it stays on a loopback
+#: mirror (the hash, not the link, is the limit); with a cap, the hub's maximum.
+BARE_VERIFIED_UNCAPPED = 8
 
 
 @dataclass
@@ -178,6 +183,9 @@ def single_file(ctx: Ctx, sid: str, endpoint: Endpoint, capped: bool,
         series.append(Series(tool, make, before=reset,
                              after=lambda _r: sizes_match([(target, size)]),
                              sha_pass=lambda: [(target, sha)]))
+    width = p.max_connections if capped else BARE_VERIFIED_UNCAPPED
+    series.append(Series(BARE_VERIFIED, lambda _i: _peers.bare_verified_cmd(
+        url, target, width, sha), before=reset, after=lambda _r: sizes_match([(target, size)])))
     log(f"{sid}: {', '.join(one.tool for one in series)}, in rounds")
     rows = run_rounds(series, **kw) + missing
     clean(out, cache, hub_cache)
@@ -250,6 +258,12 @@ def _single_targets(rows: list[Row], limit: Limit | None, size: int,
             targets.append(_target(
                 f"in-process vs the {BARE}, which only moves the bytes (not a target)", None,
                 f"{t:.2f} s vs {moved:.2f} s ({t / moved:.2f} x)"))
+        verified = _find(rows, BARE_VERIFIED)
+        least = verified.med("seconds") if verified else None
+        if least:
+            targets.append(_target(
+                f"in-process vs the {BARE_VERIFIED}, which does nothing else (not a target)",
+                None, f"{t:.2f} s vs {least:.2f} s ({t / least:.2f} x)"))
     cpu = (ours.med("cpu") or 0.0) / (size / 2**30)
     targets.append(_target("client CPU <= 2.0 CPU-s per verified GiB", cpu <= 2.0,
                            f"{cpu:.2f} CPU-s/GiB"))

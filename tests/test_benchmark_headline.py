@@ -34,6 +34,7 @@ def _results() -> dict[str, Any]:
         _row("hf_transfer, 100 files", [1.1, 1.1, 1.1], error="sha256sum: 1 file(s) differ"),
         _row("curl", [1.25, 1.25, 1.25]),
         _row("bare Python client (no verify)", [0.7, 0.7, 0.7]),
+        _row("bare Python client (verifies)", [1.0, 1.0, 1.1]),
     ]
     return {
         "meta": {"profile": "full", "date": "2026-12-07 09:01", "command": "python run.py --full"},
@@ -61,7 +62,8 @@ def test_the_table_shows_the_medians_of_the_run() -> None:
     assert "| a tag of 60 models (1 GiB), same cap, 20 ms per request | 1.60 s, 2.03 CPU-s" in text
     assert "onnx.hub one by one 47.10 s" in text
     assert "| small model, warm `load` | 0 requests | onnx.hub: 1 request |" in text
-    assert "830 ms per GiB" in text and "600 ms (A)" in text
+    assert "830 ms per GiB" in text and "moved the bytes in 600 ms (A)" in text
+    assert "moved and verified them in 900 ms (A)" in text
     assert "hub.load" not in text  # no load_overlap results given
 
 
