@@ -33,6 +33,7 @@ from _bare_client import PIECE, _size
 
 PER_CONNECTION = 8
 ALIGN = 64 * 1024  # a piece starts a hash window: a multiple of the page size
+WINDOW = 64 * 1024 * 1024  # the most of the file mapped at once
 
 
 def piece_size(size: int, connections: int) -> int:
@@ -115,9 +116,11 @@ class _Prefix:
                 if self.failed:
                     return ""
                 reach = self.reach
-            with mmap.mmap(fd, reach - at, offset=at, access=mmap.ACCESS_READ) as window:
-                digest.update(window)
-            at = reach
+            while at < reach:  # in windows, so the maps do not hold the whole file at once
+                length = min(reach - at, WINDOW)
+                with mmap.mmap(fd, length, offset=at, access=mmap.ACCESS_READ) as window:
+                    digest.update(window)
+                at += length
         return digest.hexdigest()
 
 
