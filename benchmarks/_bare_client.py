@@ -101,8 +101,13 @@ def main(url: str, out: str, connections: int) -> int:
             thread.join()
     finally:
         os.close(fd)
+    return outcome("bare client", errors, start, size)
+
+
+def outcome(name: str, errors: list[BaseException], start: float, size: int) -> int:
+    """Report the first error (exit status 1), or the timing line (0)."""
     if errors:
-        print(f"bare client failed: {errors[0]}", file=sys.stderr)
+        print(f"{name} failed: {errors[0]}", file=sys.stderr)
         return 1
     print(json.dumps({"seconds": time.perf_counter() - start, "bytes": size}))
     return 0

@@ -20,7 +20,6 @@ time of the other drivers); the exit status is 1 if the digest differs.
 from __future__ import annotations
 
 import hashlib
-import json
 import mmap
 import os
 import socket
@@ -29,7 +28,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from _bare_client import PIECE, _size
+from _bare_client import PIECE, _size, outcome
 
 PER_CONNECTION = 8
 ALIGN = 64 * 1024  # a piece starts a hash window: a multiple of the page size
@@ -161,14 +160,9 @@ def main(url: str, out: str, connections: int, sha256: str) -> int:
             thread.join()
     finally:
         os.close(fd)
-    if errors:
-        print(f"bare verified client failed: {errors[0]}", file=sys.stderr)
-        return 1
-    if digest != sha256:
-        print(f"bare verified client: SHA-256 {digest}, expected {sha256}", file=sys.stderr)
-        return 1
-    print(json.dumps({"seconds": time.perf_counter() - start, "bytes": size}))
-    return 0
+    if not errors and digest != sha256:
+        errors.append(ValueError(f"SHA-256 {digest}, expected {sha256}"))
+    return outcome("bare verified client", errors, start, size)
 
 
 if __name__ == "__main__":
