@@ -208,6 +208,27 @@ def test_a_capped_link_filling_up_near_the_top_is_not_checked() -> None:
     assert min(widths[first:]) == 40
 
 
+def test_a_capped_ramp_whose_middle_window_fell_short_is_not_checked() -> None:
+    """A per-connection cap where the connections added to the first eight deliver half
+    their rate for their first 0.1 s (connecting, then paced in bursts): the window at 32
+    shows only half the linear gain over 8, and the one at 40 more than linear over 32, but
+    40 against the first window shows what the cap gives. The width reaches the maximum and
+    stays there, with no check at half (judged step by step, the ramp was doubted and the
+    check halved it to 20 for 0.1 s)."""
+    started: list[float] = []
+
+    def ramping(n: int, now: float) -> float:
+        while len(started) < n:
+            started.append(now if now > 0 else -1.0)  # the first eight: already running
+        del started[n:]
+        return sum(25 * MB * (0.5 if now - t < 0.1 else 1.0) for t in started)
+
+    widths = simulate(ramping, seconds=3)
+    first = widths.index(40)
+    assert first <= 40
+    assert min(widths[first:]) == 40
+
+
 def test_never_more_connections_when_the_server_slows_down() -> None:
     def slowing(n: int, now: float) -> float:  # at 2 s the server starts to mind connections
         return per_connection_cap(n, now) if now < 2 else collapsing(n, now) / 3
