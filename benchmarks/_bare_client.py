@@ -36,33 +36,35 @@ def _head(sock: socket.socket) -> tuple[str, bytes]:
     return head.decode("latin-1"), rest
 
 
-def _request(host: str, port: int, path: str, first: int, last: int) -> tuple[socket.socket,
-                                                                              str, bytes]:
-    sock = socket.create_connection((host, port))
+def ask(sock: socket.socket, host: str, path: str, first: int, last: int) -> tuple[str, bytes]:
+    """Ask ``sock`` for bytes ``[first, last]``; the head of the 206 answer, and the body
+    bytes that came with it."""
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nRange: bytes={first}-{last}\r\n"
                  "\r\n".encode())
     head, rest = _head(sock)
     if " 206 " not in head.split("\r\n", 1)[0]:
         raise RuntimeError(f"expected 206 Partial Content, got {head.splitlines()[0]!r}")
-    return sock, head, rest
+    return head, rest
 
 
 def _size(host: str, port: int, path: str) -> int:
-    sock, head, _ = _request(host, port, path, 0, 0)
-    sock.close()
+    with socket.create_connection((host, port)) as sock:
+        head, _ = ask(sock, host, path, 0, 0)
     for line in head.split("\r\n"):
         if line.lower().startswith("content-range:"):
             return int(line.rsplit("/", 1)[1])
     raise RuntimeError("no Content-Range in the answer")
 
 
-def _fetch(host: str, port: int, path: str, fd: int, start: int, end: int) -> None:
-    sock, _, rest = _request(host, port, path, start, end - 1)
+def read_body(sock: socket.socket, fd: int, start: int, end: int, rest: bytes,
+              buffer: bytearray) -> None:
+    """Write the body (``rest`` came with the head) at ``start`` of ``fd``, up to ``end``,
+    through ``buffer`` (``PIECE`` bytes)."""
     offset = start
     if rest:
         os.pwrite(fd, rest, offset)
         offset += len(rest)
-    view = memoryview(bytearray(PIECE))
+    view = memoryview(buffer)
     while offset < end:
         want = min(PIECE, end - offset)
         got = 0
@@ -73,7 +75,12 @@ def _fetch(host: str, port: int, path: str, fd: int, start: int, end: int) -> No
             got += n
         os.pwritev(fd, [view[:got]], offset)
         offset += got
-    sock.close()
+
+
+def _fetch(host: str, port: int, path: str, fd: int, start: int, end: int) -> None:
+    with socket.create_connection((host, port)) as sock:
+        _, rest = ask(sock, host, path, start, end - 1)
+        read_body(sock, fd, start, end, rest, bytearray(PIECE))
 
 
 def main(url: str, out: str, connections: int) -> int:

@@ -28,7 +28,7 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from _bare_client import PIECE, _size, outcome
+from _bare_client import PIECE, _size, ask, outcome, read_body
 
 PER_CONNECTION = 8
 ALIGN = 64 * 1024  # a piece starts a hash window: a multiple of the page size
@@ -51,32 +51,8 @@ class _Body:
 
     def fetch(self, fd: int, start: int, end: int) -> None:
         """Write bytes ``[start, end)`` of the file at their offset."""
-        self.sock.sendall(f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n"
-                          f"Range: bytes={start}-{end - 1}\r\n\r\n".encode())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            more = self.sock.recv(65536)
-            if not more:
-                raise EOFError("the mirror closed the connection before the headers ended")
-            data += more
-        head, rest = data.split(b"\r\n\r\n", 1)
-        if b" 206 " not in head.split(b"\r\n", 1)[0]:
-            raise RuntimeError(f"expected 206 Partial Content, got {head.splitlines()[0]!r}")
-        offset = start
-        if rest:
-            os.pwrite(fd, rest, offset)
-            offset += len(rest)
-        view = memoryview(self.buffer)
-        while offset < end:
-            want = min(PIECE, end - offset)
-            got = 0
-            while got < want:
-                n = self.sock.recv_into(view[got:want])
-                if not n:
-                    raise EOFError(f"the mirror closed the connection at byte {offset + got}")
-                got += n
-            os.pwritev(fd, [view[:got]], offset)
-            offset += got
+        _, rest = ask(self.sock, self.host, self.path, start, end - 1)
+        read_body(self.sock, fd, start, end, rest, self.buffer)
 
 
 class _Prefix:
