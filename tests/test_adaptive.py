@@ -519,3 +519,19 @@ async def test_files_sharing_a_small_budget_start_no_idle_workers(tmp_path: Path
             await transport.aclose()
     assert all(isinstance(r, Path) and r.read_bytes() == blob.data for r in results)
     assert 4 <= peak <= 2 * len(jobs)  # not START (8) per file: 64
+
+
+def test_a_step_given_back_is_tried_again_against_the_narrower_width() -> None:
+    """A per-connection cap on a machine that tops out near the top of the ramp: until 0.6 s
+    it delivers 860 MB/s at most (32 connections give 800, 48 only 7.5 % more, so the step is
+    given back), then 950. The width held is judged by what it delivers, not by the rate the
+    wider width measured: the next try of 48 (950 MB/s, 19 % over 32's 800) pays, and the
+    width goes back up (judged against 860, it stayed at 32 to the end)."""
+
+    def filling(n: int, now: float) -> float:
+        return min(per_connection_cap(n, now), (860 if now < 0.6 else 950) * MB)
+
+    widths = simulate(filling, maximum=48, seconds=4)
+    assert 32 in widths[:60]
+    assert widths[60] == 32  # the step was given back in the spell
+    assert widths[-1] == 48
