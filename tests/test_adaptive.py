@@ -16,6 +16,7 @@ from aiohttp import web
 from asynchub._engine.adaptive import (
     FIRST_WINDOW,
     MAX_WARMUP,
+    MIN_POLL,
     START,
     WARMUP,
     WINDOW,
@@ -538,3 +539,23 @@ def test_a_step_given_back_is_tried_again_against_the_narrower_width() -> None:
     assert 32 in widths[:60]
     assert widths[60] == 32  # the step was given back in the spell
     assert widths[-1] == 48
+
+
+def test_the_poll_ends_at_the_warm_up_and_the_window() -> None:
+    """The caller sleeps :attr:`Widener.poll` between observations: it lands just past the
+    end of the warm-up, then of the window (not up to half of either late)."""
+    widener = Widener(40)
+    widener.observe(0.0, 0)
+    now = widener.poll
+    assert WARMUP < now <= WARMUP + 2 * MIN_POLL
+    widener.observe(now, 0)  # the warm-up is over: the first window starts
+    window = widener.poll
+    assert FIRST_WINDOW * WINDOW < window <= FIRST_WINDOW * WINDOW + 2 * MIN_POLL
+    now += window
+    assert widener.observe(now, 10 * MIB) == 40  # decided at the first poll
+    assert widener.poll == pytest.approx(WARMUP + MIN_POLL)  # the new connections' warm-up
+    now += widener.poll
+    widener.observe(now, 10 * MIB)
+    assert widener.poll == pytest.approx(WINDOW + MIN_POLL)
+    widener.observe(now + WINDOW + MIN_POLL, 10 * MIB + 1)  # long enough, but too few bytes
+    assert widener.poll == pytest.approx(WINDOW / 4)
