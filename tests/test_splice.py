@@ -457,3 +457,39 @@ def test_a_body_waits_in_the_kernel_until_the_caller_asks_for_it(
     assert written == body
     assert before <= HEAD_LIMIT
     assert spliced >= len(body) - HEAD_LIMIT
+
+
+def test_a_pipe_short_of_its_count_is_an_error_not_a_wait(tmp_path: Path) -> None:
+    """A piece whose pipe holds fewer bytes than its count says (its writer still open) is
+    moved out without waiting: the write and the read raise a TransferError the download
+    retries, in a thread that would otherwise wait forever."""
+    import threading
+
+    from asynchub._transport.splicing import Pipe, PipePiece
+
+    pipe = Pipe.open(MIB)
+    assert pipe is not None
+    piece = PipePiece(None, pipe)  # type: ignore[arg-type]  # never released here
+    os.write(pipe.write_fd, b"x" * 1000)
+    piece.filled = piece.pending = 2000
+    outcome: list[BaseException | None] = []
+
+    def write() -> None:
+        with open(tmp_path / "out", "wb") as out:
+            try:
+                piece.write_to(out.fileno(), 0)
+                outcome.append(None)
+            except BaseException as exc:  # handed to the test's thread
+                outcome.append(exc)
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the write waited for bytes that cannot come"
+    (error,) = outcome
+    assert isinstance(error, TransferError) and "fetched again" in str(error)
+    assert (tmp_path / "out").read_bytes() == b"x" * 1000  # what was there went in
+    assert piece.pending == 1000
+    with pytest.raises(TransferError, match="1000 missing"):
+        piece.read()
+    pipe.close()

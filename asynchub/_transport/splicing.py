@@ -33,6 +33,14 @@ Choices:
   ``EOPNOTSUPP``) gets that piece's bytes read out of the pipe and written with ``pwrite``.
 * A pipe handed back still holding bytes (an answer cut short, a piece not written) is
   closed rather than reused: its bytes must never reach another piece.
+* **Read out without waiting.** Every byte of a piece is in its pipe before the piece is
+  handed over, so moving it out never needs to wait: the read end is non-blocking and the
+  splice out asks not to wait (``SPLICE_F_NONBLOCK``). A pipe found short (its count and its
+  contents disagree) is a :class:`~asynchub.TransferError`, so that range is fetched again,
+  instead of a worker thread waiting forever on a pipe whose writer is still open. Only a
+  bookkeeping error can cause that (a piece written by two batches at once: an experiment
+  that let one file's pieces into two batches hung this way); this makes such an error cost
+  a retry, and the hash still checks every byte, rather than a download that never ends.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ import fcntl
 import os
 import sys
 from typing import TYPE_CHECKING
+
+from .._exceptions import TransferError
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -54,6 +64,7 @@ AVAILABLE = sys.platform == "linux" and hasattr(os, "splice")
 MIN_SPLICE = 1024 * 1024
 _SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _IN_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+_OUT_FLAGS = getattr(os, "SPLICE_F_NONBLOCK", 2)
 #: What ``splice`` into a file answers on a file system that does not support it.
 _NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP})
 
@@ -76,6 +87,7 @@ class Pipe:
             return None
         pipe = cls(read_fd, write_fd)
         try:
+            os.set_blocking(read_fd, False)  # read out only what is there (see PipePiece)
             if fcntl.fcntl(write_fd, _SETPIPE_SZ, size) >= size:
                 return pipe
         except OSError:
@@ -125,7 +137,11 @@ class PipePiece:
         A file system that cannot take a splice gets the bytes through memory instead."""
         while self.pending:
             try:
-                moved = os.splice(self.pipe.read_fd, fd, self.pending, offset_dst=offset)
+                moved = os.splice(
+                    self.pipe.read_fd, fd, self.pending, offset_dst=offset, flags=_OUT_FLAGS
+                )
+            except BlockingIOError:
+                raise _short(self.pending) from None
             except OSError as exc:
                 if exc.errno not in _NO_SPLICE:
                     raise
@@ -143,7 +159,10 @@ class PipePiece:
         """The bytes of the pipe, read out."""
         chunks = []
         while self.pending:
-            data = os.read(self.pipe.read_fd, self.pending)
+            try:
+                data = os.read(self.pipe.read_fd, self.pending)
+            except BlockingIOError:
+                raise _short(self.pending) from None
             if not data:
                 raise OSError(f"the pipe ended {self.pending} bytes early")
             chunks.append(data)
@@ -152,3 +171,12 @@ class PipePiece:
 
     def release(self) -> None:
         self._conn.give_back_pipe(self)
+
+
+def _short(pending: int) -> TransferError:
+    """A pipe that holds fewer bytes than were moved into it: an error the download retries
+    (that range again, from its last written byte), never a wait for bytes that cannot come."""
+    return TransferError(
+        f"a receive pipe held fewer bytes than it was given ({pending} missing); "
+        "the range is fetched again"
+    )
