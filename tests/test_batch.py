@@ -264,3 +264,23 @@ async def test_one_file_is_never_in_two_batches_at_once(tmp_path: Path) -> None:
     assert queue.most_at_once == 1
     assert queue.batches > 1
     assert digest == hashlib.sha256(data).hexdigest() and cursor.hashed == SIZE
+
+
+def test_a_read_back_step_goes_on_to_where_the_prefix_has_got(tmp_path: Path) -> None:
+    """A thread call of the cursor hashes towards the target it was given, then on to the
+    prefix as it is by then (no return to the event loop in between): given 1 MiB, with the
+    prefix at 4 MiB meanwhile, it returns at 4 MiB with the right digest so far."""
+    data = random.Random(5).randbytes(SIZE)
+    path = tmp_path / "file"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        cursor = HashCursor(fd)
+        cursor.advance(SIZE)  # the prefix, as the event loop knows it now
+        at = cursor._step(cursor.generation, 1024 * KIB)  # the call made for the first MiB
+        assert at == SIZE
+        cursor.publish(cursor.generation, at)
+        assert cursor.hashed == SIZE
+        assert cursor._digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    finally:
+        os.close(fd)

@@ -15,8 +15,15 @@ Choices:
   the map's page faults all run without the GIL, so hashing runs in parallel with the event
   loop; through maps the thread takes the GIL back once per 8 MiB window instead of twice
   per block, and no byte is copied.
-* One worker-thread call hashes at most :data:`STEP` (32 MiB, ~80 ms of SHA-256): few thread
-  hops per GiB, yet a cancellation or a reset waits at most one step.
+* One worker-thread call hashes :data:`STEP` (32 MiB, ~30 ms of SHA-256) at a time, taking
+  the lock for each: a reset waits at most one of them. The call goes on towards wherever
+  the prefix has got to while it hashed, for up to :data:`STEP_SECONDS` (0.1 s, what a
+  cancellation may wait), instead of returning to the event loop for the next step: each
+  return and new call left the thread idle for 0.4-1 ms (up to 8 ms) while there was more
+  to hash, 25-40 ms in all of a 512 MiB or 1 GiB download whose hash is the last thing to
+  finish. 1 GiB from an uncapped loopback mirror took a median 0.905 s in-process against
+  0.966 s (six runs each, interleaved); 512 MiB on 40 connections capped at 25 MB/s, 0.646
+  against 0.660 s (eight each).
 * A :meth:`reset` (the file changed on the server, or a mirror served other bytes) starts a new
   digest; a step already running in the thread is discarded when it returns.
 * The cursor's wake-ups are ``asyncio.Event`` s (the engine runs on asyncio): one is made
@@ -50,10 +57,11 @@ import anyio.to_thread
 
 from .mapped import hash_mapped
 
-__all__ = ["RATE_BYTES", "READ_BLOCK", "STEP", "HashCursor", "hash_range"]
+__all__ = ["RATE_BYTES", "READ_BLOCK", "STEP", "STEP_SECONDS", "HashCursor", "hash_range"]
 
 READ_BLOCK = 1024 * 1024
 STEP = 32 * 1024 * 1024
+STEP_SECONDS = 0.1
 RATE_BYTES = 8 * 1024 * 1024
 
 
@@ -146,8 +154,21 @@ class HashCursor:
             self.publish(generation, at)
 
     def _step(self, generation: int, target: int) -> int:
-        """Hash from the file up to :data:`STEP` bytes towards ``target`` (worker thread);
-        the new position."""
+        """Hash from the file towards ``target`` (worker thread), :data:`STEP` bytes at a
+        time, and on towards wherever the prefix has got to meanwhile for up to
+        :data:`STEP_SECONDS` (see the module docstring); the new position."""
+        began = time.monotonic()
+        at = self._sub_step(generation, target)
+        while (
+            at < self._target  # the prefix moved on while this thread hashed
+            and generation == self._generation
+            and time.monotonic() - began < STEP_SECONDS
+        ):
+            at = self._sub_step(generation, self._target)
+        return at
+
+    def _sub_step(self, generation: int, target: int) -> int:
+        """Hash up to :data:`STEP` bytes towards ``target``; the new position."""
         with self._lock:
             if generation != self._generation:
                 return 0
