@@ -52,16 +52,17 @@ where 4 sustained 300 MB/s). :class:`Widener` decides from what it measures:
   up near the top (40 connections capped at 25 MB/s on this VM): halving that width for a
   window cost 1 GiB downloads 20-40 ms. A step that paid more than :data:`TOO_GOOD` (1.5)
   times the linear gain proves nothing (connections cannot add more than their own rate):
-  its baseline was slow, and the ramp is doubted (for the first step, judged against the
-  first window itself, the bound is :data:`LINEAR_SPAN`, as for the whole ramp below: a
-  fivefold step averages out more noise, and a cold start of 120 MB/s on 8 connections,
-  then 800 on 40, is 1.42) (8 connections measured 179 MB/s in the
-  first window of a 1 GiB loopback download, 32 then 1,372), unless an earlier step paid
-  as a cap does (then it is the noise of a 50 ms window: 32 connections capped at 25 MB/s
-  measured 825 MB/s, 40 then 1,225). **The whole ramp counts too:** a step whose rate,
-  judged against the *first* window, shows between :data:`FAST` and :data:`LINEAR_SPAN`
-  (1.25) times the linear gain, is a per-connection cap whose middle window fell short (its
-  new connections still starting, or the server pacing them in bursts), and clears the
+  its baseline was slow, and the ramp is doubted (8 connections measured 179 MB/s in the
+  first window of a 1 GiB loopback download, 32 then 1,372). For the first step, judged
+  against the first window itself, that bound is :data:`LINEAR_SPAN`, as for the whole
+  ramp below: a fivefold step averages out more noise, and a cold start of 120 MB/s on 8
+  connections, then 800 on 40, is 1.42 times the linear gain. Later steps are not doubted
+  for it if an earlier step paid as a cap does (then it is the noise of a 50 ms window: 32
+  connections capped at 25 MB/s measured 825 MB/s, 40 then 1,225). **The whole ramp counts
+  too:** a step whose rate, judged against the *first* window, shows between :data:`FAST`
+  and :data:`LINEAR_SPAN` (1.25) times the linear gain, is a per-connection cap whose middle
+  window fell short (its new connections still starting, or the server pacing them in
+  bursts), and clears the
   doubt; so does a hold window at the top that shows it (the jump from 8 to 40 measured
   779 MB/s on 40 in its first window, 0.58 of linear, then 960 in the first hold window,
   0.78).
@@ -319,9 +320,7 @@ class Widener:
         elif not self._confirmed:  # not worth them, it seems: measure once more first
             self._confirmed = True
             self._previous = previous
-        elif gain < MIN_GAIN:  # still no better: give the extra connections back
-            self._settle(now, width_before, rate_before)
-        else:  # a little better for many more connections: not worth them
+        else:  # still no better, or a little better for many more: give them back
             self._settle(now, width_before, rate_before)
 
     def _linear_since_first(self, rate: float) -> bool:

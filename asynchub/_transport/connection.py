@@ -481,9 +481,7 @@ class Connection(asyncio.BufferedProtocol):
 
     def give_back_pipe(self, piece: PipePiece) -> None:
         """A pipe piece is back from the caller: reused if empty, else closed (its bytes
-        must never reach another piece). A piece given back twice is reused once."""
-        if any(free is piece for free in self._pipes):
-            return
+        must never reach another piece)."""
         if piece.pending or self.closed:
             self._drop_pipe(piece)
         else:

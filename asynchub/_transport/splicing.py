@@ -38,9 +38,9 @@ Choices:
   splice out asks not to wait (``SPLICE_F_NONBLOCK``). A pipe found short (its count and its
   contents disagree) is a :class:`~asynchub.TransferError`, so that range is fetched again,
   instead of a worker thread waiting forever on a pipe whose writer is still open. Only a
-  bookkeeping error can cause that (a piece written by two batches at once: an experiment
-  that let one file's pieces into two batches hung this way); this makes such an error cost
-  a retry, and the hash still checks every byte, rather than a download that never ends.
+  bookkeeping error can cause that (a piece written by two batches at once, say, which
+  hangs a blocking splice); this makes such an error cost a retry, and the hash still
+  checks every byte, rather than a download that never ends.
 """
 
 from __future__ import annotations
