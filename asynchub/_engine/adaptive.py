@@ -62,10 +62,9 @@ where 4 sustained 300 MB/s). :class:`Widener` decides from what it measures:
   too:** a step whose rate, judged against the *first* window, shows between :data:`FAST`
   and :data:`LINEAR_SPAN` (1.25) times the linear gain, is a per-connection cap whose middle
   window fell short (its new connections still starting, or the server pacing them in
-  bursts), and clears the
-  doubt; so does a hold window at the top that shows it (the jump from 8 to 40 measured
-  779 MB/s on 40 in its first window, 0.58 of linear, then 960 in the first hold window,
-  0.78).
+  bursts), and clears the doubt; so does a hold window at the top that shows it (the jump
+  from 8 to 40 measured 779 MB/s on 40 in its first window, 0.58 of linear, then 960 in the
+  first hold window, 0.78).
   Behind nginx capped at 25 MB/s per connection, 8 connections measured 246 MB/s, 32 then
   700 (0.62 of linear) and 40 1,111: 0.88 of linear since the first window, and without
   this rule the check halved the width to 20 for 0.1 s (a 512 MiB download: 0.76 s
