@@ -32,6 +32,8 @@ import weakref
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from ._descriptors import DEFAULT as DEFAULT_DESCRIPTORS
+from ._descriptors import reserve
 from ._exceptions import ConfigError
 
 __all__ = ["PerLoop", "loop_factory"]
@@ -44,7 +46,19 @@ log = logging.getLogger("asynchub")
 def loop_factory(kind: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
     """What makes asynchub's own event loop (see the module docstring): uvloop's for
     ``"auto"`` where it is installed and for ``"uvloop"``, asyncio's otherwise, and asyncio's
-    whenever standard input, output or error is closed (see :func:`_stdio_open`)."""
+    whenever standard input, output or error is closed (see :func:`_stdio_open`). Making the
+    loop first makes room in the process's descriptor table (:mod:`asynchub._descriptors`),
+    while the loop's thread has not started."""
+    make = _choose(kind)
+
+    def new_loop() -> asyncio.AbstractEventLoop:
+        reserve(DEFAULT_DESCRIPTORS)
+        return make()
+
+    return new_loop
+
+
+def _choose(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
     if kind == "asyncio":
         return asyncio.new_event_loop
     if not _stdio_open():

@@ -83,6 +83,8 @@ from .._cache.layout import (
 from .._cache.locks import CacheLock, may_adopt, remove_abandoned
 from .._cache.locks import claim as claim_partial
 from .._config import HubConfig
+from .._descriptors import DEFAULT as DEFAULT_DESCRIPTORS
+from .._descriptors import PER_CONNECTION, reserve
 from .._exceptions import (
     CacheError,
     HubError,
@@ -309,6 +311,9 @@ class Engine:
         #: a worker thread). Injectable so tests can make the disk fail (EIO).
         self._fsync = fsync
         self._per_loop: PerLoop[_LoopResources] = PerLoop(self._new_resources)
+        # room for every connection's descriptors now, not while connections open (a wait
+        # each time the table grows, see asynchub._descriptors)
+        reserve(max(DEFAULT_DESCRIPTORS, PER_CONNECTION * config.max_connections))
         self._callback_failed = False
         self._listeners: list[ProgressCallback] = []
 
