@@ -8,8 +8,9 @@ A download on 40 connections holds about 250 descriptors (per connection its soc
 duplicate of it while a body is spliced, and two pipes of two ends, see
 :mod:`asynchub._transport.splicing`), so it paid two such waits (64 to 128 to 256), both while
 its connections were ramping up. With the table made big enough first, a 512 MiB download on
-40 connections capped at 25 MB/s took a median of 0.752 s in-process against 0.779 s, and
-1.09 CPU-s against 1.13 (twelve runs each, interleaved).
+40 connections capped at 25 MB/s took a median of 0.740-0.752 s in-process against
+0.779-0.783 s, and 1.09-1.12 CPU-s against 1.13-1.15 (two series of twelve runs each,
+interleaved).
 
 :func:`reserve` is called where asynchub makes its own event loop, before the loop's thread
 starts (:func:`asynchub._loops.loop_factory`: a process of one thread grows its table without
