@@ -493,3 +493,25 @@ def test_a_pipe_short_of_its_count_is_an_error_not_a_wait(tmp_path: Path) -> Non
     with pytest.raises(TransferError, match="1000 missing"):
         piece.read()
     pipe.close()
+
+
+def test_a_pipe_short_of_its_count_with_its_writer_closed_is_the_same_error(
+    tmp_path: Path,
+) -> None:
+    """The same bookkeeping error when the pipe's writer is closed (the pipe reads as ended,
+    not empty): a TransferError the download retries, from the write and the read alike."""
+    from asynchub._transport.splicing import Pipe, PipePiece
+
+    pipe = Pipe.open(MIB)
+    assert pipe is not None
+    piece = PipePiece(None, pipe)  # type: ignore[arg-type]  # never released here
+    os.write(pipe.write_fd, b"y" * 1000)
+    os.close(pipe.write_fd)
+    pipe.write_fd = -1
+    piece.filled = piece.pending = 2000
+    with open(tmp_path / "out", "wb") as out, pytest.raises(TransferError, match="1000 missing"):
+        piece.write_to(out.fileno(), 0)
+    assert (tmp_path / "out").read_bytes() == b"y" * 1000
+    with pytest.raises(TransferError, match="1000 missing"):
+        piece.read()
+    pipe.close()

@@ -150,8 +150,8 @@ class PipePiece:
                     written = os.pwrite(fd, data, offset)
                     data, offset = data[written:], offset + written
                 return
-            if moved <= 0:
-                raise OSError(f"the pipe ended {self.pending} bytes early")
+            if moved <= 0:  # its writer closed: the same bookkeeping error as above
+                raise _short(self.pending)
             self.pending -= moved
             offset += moved
 
@@ -164,7 +164,7 @@ class PipePiece:
             except BlockingIOError:
                 raise _short(self.pending) from None
             if not data:
-                raise OSError(f"the pipe ended {self.pending} bytes early")
+                raise _short(self.pending)
             chunks.append(data)
             self.pending -= len(data)
         return b"".join(chunks)
