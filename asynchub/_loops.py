@@ -59,6 +59,7 @@ def loop_factory(kind: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
 
 
 def _choose(kind: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """The constructor of the loop ``kind`` asks for (see :func:`loop_factory`)."""
     if kind == "asyncio":
         return asyncio.new_event_loop
     if not _stdio_open():
