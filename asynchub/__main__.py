@@ -1,3 +1,3 @@
-from asynchub._cli.main import main
+from asynchub._cli.main import command
 
-raise SystemExit(main())
+raise SystemExit(command())

@@ -334,3 +334,34 @@ def test_mirror_output_served_by_a_plain_static_server(env: dict[str, str], tmp_
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+def test_the_command_runs_the_cycle_collector_less_and_main_leaves_it_alone(
+    tmp_path: Path,
+) -> None:
+    """The ``asynchub`` process (``command``) freezes what is alive once it starts and runs
+    young collections every 10,000 allocations; ``main``, which a program may call in its own
+    process, changes nothing of the collector."""
+    code = (
+        "import gc, json, sys\n"
+        "from asynchub._cli.main import YOUNG_THRESHOLD, command, main\n"
+        "before = gc.get_threshold()\n"
+        f"args = ['cache', 'path', '--cache-dir', {str(tmp_path)!r}]\n"
+        "by_main = main(args)\n"
+        "after_main, frozen_main = gc.get_threshold(), gc.get_freeze_count()\n"
+        "sys.argv = ['asynchub', *args]\n"
+        "by_command = command()\n"
+        "print(json.dumps({'before': before, 'after_main': after_main,\n"
+        "                  'frozen_main': frozen_main, 'by_main': by_main,\n"
+        "                  'by_command': by_command, 'after': gc.get_threshold(),\n"
+        "                  'frozen': gc.get_freeze_count(), 'young': YOUNG_THRESHOLD}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["by_main"] == out["by_command"] == 0
+    assert out["after_main"] == out["before"] and out["frozen_main"] == 0
+    assert out["after"] == [out["young"], 10, 10]
+    assert out["frozen"] > 1000  # the modules and the parser

