@@ -8,8 +8,8 @@ cap, no added latency): ``BenchBig`` (the benchmark suite's model: one weight te
 whole size) and ``LayerBig`` (laid out like a transformer: an embedding table of 1/8 of the
 size and 28 layers), read once into the page cache before the first run (as ``run.py`` does
 with its zoo: else the first run, an asynchub load, waited for the mirror's disk: 3.2-3.8 s
-against 1.6-2.0 s, and once 40 s). Each run is a fresh process with an empty cache that
-imports the
+against 1.6-2.0 s, and 40 s once, right after the test suite had written to the same disk).
+Each run is a fresh process with an empty cache that imports the
 library *and onnx* first (a caller of ``load`` uses the ``ModelProto``; onnx's import, ~1-2 s
 here, is the same for both and not what is compared), then times one call:
 
