@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from asynchub._engine.hashing import STEP, HashCursor, hash_range
+from asynchub._engine.hashing import MIN_STEP, STEP, HashCursor, hash_range
 from asynchub._engine.mapped import hash_mapped, mappable
 from asynchub._engine.ranged import parse_content_range
 from asynchub._engine.ratelimit import TokenBucket
@@ -52,6 +52,35 @@ async def test_hash_cursor_follows_the_prefix(tmp_path: Path, mapped: bool) -> N
         os.close(fd)
     assert digest == hashlib.sha256(data).hexdigest()
     assert sum(progress) == len(data) and max(progress) <= STEP
+
+
+async def test_hash_cursor_waits_for_a_minimum_step_until_the_file_is_complete(
+    tmp_path: Path,
+) -> None:
+    data = os.urandom(MIN_STEP + 3 * 1024 * 1024)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        threads = anyio.CapacityLimiter(1)  # a step under way holds its token
+        cursor = HashCursor(fd, mapped=True, threads=threads)
+        async with anyio.create_task_group() as group:
+            group.start_soon(cursor.run)
+            cursor.advance(2 * 1024 * 1024)
+            await anyio.wait_all_tasks_blocked()
+            assert (cursor.hashed, threads.borrowed_tokens) == (0, 0)  # not worth a thread call
+            cursor.advance(MIN_STEP + 1024 * 1024)
+            with anyio.fail_after(10):
+                await cursor.moved()
+            assert cursor.hashed == MIN_STEP + 1024 * 1024
+            cursor.advance(len(data) - 1024)  # less than a step left: waits again
+            await anyio.wait_all_tasks_blocked()
+            assert (cursor.hashed, threads.borrowed_tokens) == (MIN_STEP + 1024 * 1024, 0)
+            digest = await cursor.hexdigest(len(data))  # the end: hashed at once
+            group.cancel_scope.cancel()
+    finally:
+        os.close(fd)
+    assert digest == hashlib.sha256(data).hexdigest()
 
 
 async def test_hash_cursor_reset_discards_old_bytes(tmp_path: Path) -> None:
@@ -135,8 +164,9 @@ async def test_hash_cursor_past_the_end_of_the_file_is_an_error(
     fd = os.open(path, os.O_RDWR)
     try:
         cursor = HashCursor(fd, mapped=mapped)
-        cursor.advance(200_000)  # declared written, but the file is shorter
-        with pytest.raises(OSError, match="ended at byte 100000, expected 200000"):
+        declared = MIN_STEP + 100_000  # declared written, but the file is shorter
+        cursor.advance(declared)
+        with pytest.raises(OSError, match=f"ended at byte 100000, expected {declared}"):
             await cursor.run()
     finally:
         os.close(fd)

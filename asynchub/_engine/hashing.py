@@ -24,6 +24,13 @@ Choices:
   finish. 1 GiB from an uncapped loopback mirror took a median 0.905 s in-process against
   0.966 s (six runs each, interleaved); 512 MiB on 40 connections capped at 25 MB/s, 0.646
   against 0.660 s (eight each).
+* Until the whole file is in (:meth:`hexdigest` asks for the end), a thread call waits for
+  :data:`MIN_STEP` (8 MiB, ~8 ms of SHA-256) of new prefix: a step costs a hand-off to a
+  worker thread and back (~70 µs of CPU and two context switches), and in a prefetch of
+  small files the prefix grows a piece (1-2 MiB) at a time. The hash never falls further
+  behind than that, and the last step starts as soon as the last byte is in. The 60-model
+  prefetch made 514 steps instead of ~150 and used 2.08 against 1.98 CPU-s (medians of
+  ten, interleaved), in the same wall time.
 * A :meth:`reset` (the file changed on the server, or a mirror served other bytes) starts a new
   digest; a step already running in the thread is discarded when it returns.
 * The cursor's wake-ups are ``asyncio.Event`` s (the engine runs on asyncio): one is made
@@ -57,10 +64,19 @@ import anyio.to_thread
 
 from .mapped import hash_mapped
 
-__all__ = ["RATE_BYTES", "READ_BLOCK", "STEP", "STEP_SECONDS", "HashCursor", "hash_range"]
+__all__ = [
+    "MIN_STEP",
+    "RATE_BYTES",
+    "READ_BLOCK",
+    "STEP",
+    "STEP_SECONDS",
+    "HashCursor",
+    "hash_range",
+]
 
 READ_BLOCK = 1024 * 1024
 STEP = 32 * 1024 * 1024
+MIN_STEP = 8 * 1024 * 1024
 STEP_SECONDS = 0.1
 RATE_BYTES = 8 * 1024 * 1024
 
@@ -113,6 +129,7 @@ class HashCursor:
         self.rate = 0.0  # bytes per CPU-second of the read-back steps; 0 until measured
         self._timed = (0, 0.0)  # bytes and CPU-seconds of those steps
         self._target = 0
+        self._complete = False  # every byte is in: hash the rest now (see MIN_STEP)
         self._wake = asyncio.Event()
         self._moved = asyncio.Event()
 
@@ -136,6 +153,7 @@ class HashCursor:
             self._at = 0
         self.hashed = 0
         self._target = 0
+        self._complete = False
         self._wake.set()
         self._moved.set()
         self._moved = asyncio.Event()
@@ -143,7 +161,8 @@ class HashCursor:
     async def run(self) -> None:
         """Hash the prefix as it grows; runs until cancelled."""
         while True:
-            if self.hashed >= self._target:
+            left = self._target - self.hashed
+            if left <= 0 or (left < MIN_STEP and not self._complete):
                 self._wake = asyncio.Event()
                 await self._wake.wait()
                 continue
@@ -231,6 +250,8 @@ class HashCursor:
     async def hexdigest(self, size: int) -> str:
         """Wait until ``size`` bytes are hashed (:meth:`run` must be running) and return the
         hex digest."""
+        self._complete = True
+        self._wake.set()
         self.advance(size)
         while self.hashed < size:
             await self._moved.wait()
