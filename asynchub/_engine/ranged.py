@@ -332,6 +332,8 @@ class FileDownload:
             waiting = self._live - self.schedule.width  # workers without a token yet
             free = int(self.ctx.limiter.available_tokens) + 1 - waiting
             more = min(self._widener.width - self._live, free)
+        if more <= 0:  # the usual case in a prefetch: every token is out (``wanted`` costs)
+            return
         for _ in range(min(more, self.schedule.wanted())):
             workers.start_soon(self._worker, None, None)
 

@@ -202,6 +202,10 @@ class Scheduler:
         self._latency: float | None = None
         self._since: dict[int, tuple[float, int]] = {}
         self._finished_rate: float | None = None  # moving average over finished ranges
+        # One decision (:meth:`take`, :meth:`wanted`) reads the clock once and the rates of
+        # the ranges in flight once, however many of its steps compare them.
+        self._frozen: float | None = None
+        self._rates: dict[int, float] | None = None
 
     def learn_latency(self, seconds: float) -> None:
         """What one request took to its answer here (the piece size weighs it, see above)."""
@@ -226,6 +230,13 @@ class Scheduler:
         """A range for an idle worker, now held by it; ``None`` when there is nothing worth
         taking (the worker then ends). With ``steal`` false, no range in flight is split
         once nothing is unclaimed (the connection is wanted elsewhere)."""
+        self._frozen = self.clock()
+        try:
+            return self._take(steal)
+        finally:
+            self._frozen = self._rates = None
+
+    def _take(self, steal: bool) -> int | None:
         plan = self.plan
         index = plan.first_unclaimed()
         if index is not None:
@@ -243,7 +254,7 @@ class Scheduler:
         victim = self._slowest() if steal else None
         if victim is None:
             return None
-        at = self._split_point(victim, self.clock())
+        at = self._split_point(victim, self._clock())
         return None if at is None else self._split_off(victim, at)
 
     def release(self, index: int) -> None:
@@ -280,12 +291,19 @@ class Scheduler:
         more = max(plan.unclaimed_open(), -(-left // self.min_part) - len(plan.claimed))
         if more > 0 or not plan.claimed:
             return more
-        now = self.clock()  # near the end: a crawling range wants one more connection
-        return sum(
-            1 for i in plan.claimed if self._crawls(i, now) and self._stealable(i, crawls=True)
-        )
+        now = self._frozen = self.clock()  # near the end: a crawling range wants one more
+        try:
+            return sum(
+                1 for i in plan.claimed if self._crawls(i, now) and self._stealable(i, crawls=True)
+            )
+        finally:
+            self._frozen = self._rates = None
 
     # ------------------------------------------------------------------ rates
+    def _clock(self) -> float:
+        """The time of the decision under way, else now."""
+        return self.clock() if self._frozen is None else self._frozen
+
     def _mark(self, index: int) -> None:
         self._since[index] = (self.clock(), self.plan.next_offset(index))
 
@@ -311,12 +329,15 @@ class Scheduler:
     def _reference_rate(self, now: float, exclude: int | None = None) -> float | None:
         """What a connection achieves here: the mean rate of the other ranges in flight and
         of recently finished ones (``None`` while nothing is known)."""
-        rates = [
-            r for i in self.plan.claimed if i != exclude and (r := self._rate(i, now)) is not None
-        ]
+        rates = self._rates if now == self._frozen else None
+        if rates is None:  # outside a decision, or its first look
+            rates = {i: r for i in self.plan.claimed if (r := self._rate(i, now)) is not None}
+            if now == self._frozen:
+                self._rates = rates
+        found = [r for i, r in rates.items() if i != exclude]
         if self._finished_rate is not None:
-            rates.append(self._finished_rate)
-        return sum(rates) / len(rates) if rates else None
+            found.append(self._finished_rate)
+        return sum(found) / len(found) if found else None
 
     def _eta(self, index: int, now: float, reference: float | None) -> float:
         left = self.plan.ends[index] - self._position(index)
@@ -337,7 +358,7 @@ class Scheduler:
         if self._latency is not None:
             width = max(1, self.width, self.starting)
             best = (left * self._latency * HASH_RATE) ** 0.5 / width
-            rate = self._reference_rate(self.clock())
+            rate = self._reference_rate(self._clock())
             if rate:  # a piece lasts a while at the rate connections reach (see above)
                 longer = min(
                     rate * LONG_PIECE_SECONDS,
@@ -370,7 +391,7 @@ class Scheduler:
         at the rate connections reach here, at least :data:`MIN_TAIL_PART`)."""
         if self._latency is None or self.min_part <= MIN_TAIL_PART:
             return self.min_part
-        rate = self._reference_rate(self.clock())
+        rate = self._reference_rate(self._clock())
         if not rate:
             return self.min_part
         cheap = int(TAIL_ROUND_TRIPS * self._latency * rate)
@@ -386,7 +407,7 @@ class Scheduler:
         if left >= self.min_part:
             return True
         if crawls is None:
-            crawls = self._crawls(index, self.clock())
+            crawls = self._crawls(index, self._clock())
         return left >= MIN_TAIL_PART and crawls and left >= self._floor()
 
     def _crawls(self, index: int, now: float) -> bool:
@@ -412,7 +433,7 @@ class Scheduler:
         cursor = self.plan.cursor_index
         if cursor is None or not self._stealable(cursor):
             return None
-        now = self.clock()
+        now = self._clock()
         rate, reference = self._rate(cursor, now), self._reference_rate(now, exclude=cursor)
         if rate is None or not reference:
             return None
@@ -428,7 +449,7 @@ class Scheduler:
         return (cursor, at) if max(thief, holder) <= STEAL_GAIN * eta else None
 
     def _slowest(self) -> int | None:
-        now = self.clock()
+        now = self._clock()
         reference = self._reference_rate(now)
         candidates = [i for i in self.plan.claimed if self._stealable(i)]
         if not candidates:
