@@ -52,7 +52,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import stat
 import threading
 import time
@@ -91,7 +90,7 @@ def host_tag(host: str) -> str:
 
 def owner_tag(host: str) -> str:
     """``<host>-<pid>-<hex>``: the unique, owner-telling middle of a partial or temp name."""
-    return f"{host_tag(host)}-{os.getpid()}-{secrets.token_hex(4)}"
+    return f"{host_tag(host)}-{os.getpid()}-{os.urandom(4).hex()}"
 
 
 # --------------------------------------------------------------------------- processes
@@ -311,7 +310,7 @@ class CacheLock:
             "started": process_started(os.getpid()),
             "acquired": now,
             "renewed": now,
-            "token": secrets.token_hex(8),
+            "token": os.urandom(8).hex(),
         }
         self._fd = fd
         self._write_record()

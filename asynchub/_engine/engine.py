@@ -59,7 +59,6 @@ import errno
 import functools
 import logging
 import os
-import shutil
 import stat
 import sys
 import time
@@ -187,6 +186,8 @@ def _preallocate(fd: int, size: int) -> None:
 
 def _check_space(job: FileJob, size: int) -> None:
     """Refuse a size the cache's file system cannot hold (blocking)."""
+    import shutil  # rarely needed: most sizes are known and preallocated instead
+
     try:
         free = shutil.disk_usage(job.dest.parent).free
     except OSError as exc:

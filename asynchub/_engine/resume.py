@@ -31,7 +31,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -326,7 +325,7 @@ def save_state(partial: Path, state: ResumeState) -> None:
     file, and Python's ``open()`` adds a text and a buffer layer and two system calls
     (``ioctl`` to ask whether it is a terminal, ``lseek``) to each save."""
     target = state_path(partial)
-    tmp = target.with_name(f"{target.name}.{secrets.token_hex(4)}.tmp")
+    tmp = target.with_name(f"{target.name}.{os.urandom(4).hex()}.tmp")
     data = memoryview(state.to_json().encode("utf-8"))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)

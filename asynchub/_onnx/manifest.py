@@ -43,7 +43,6 @@ first in manifest order on ties).
 from __future__ import annotations
 
 import bisect
-import difflib
 import json
 import math
 import re
@@ -533,6 +532,8 @@ def model_not_found(model: str, names: Sequence[str]) -> ModelNotFoundError:
         half = MAX_SUGGESTION_CANDIDATES // 2
         at = bisect.bisect_left(candidates, wanted)
         candidates = candidates[max(0, at - half) : at + half]
+    import difflib  # only for a name that is not found
+
     close = difflib.get_close_matches(wanted[:200], candidates, n=3)
     hint = f" (did you mean {', '.join(by_lower[c] for c in close)}?)" if close else ""
     return ModelNotFoundError(
