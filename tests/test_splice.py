@@ -301,7 +301,7 @@ async def test_a_spliced_range_split_by_another_connection_is_written_once(
 ) -> None:
     """One answer drips while the others are fast: an idle connection takes the second part
     of its range, and the dripping one stops at the split point. The bytes it had spliced
-    past that point are dropped (read out of their pipe), the file verifies, and no pipe is
+    past that point are dropped with their pipe, the file verifies, and no pipe is
     left open."""
     root = tmp_path / "mirror"
     blob = put(root, "slow/model.onnx", 16 * MIB, seed=3)
@@ -342,17 +342,46 @@ class _Held:
         self.reads += 1
         return self.data
 
+    def head(self, count: int) -> _Held:
+        return _Held(self.data[:count])
 
-def test_a_cut_keeps_only_the_range_and_reads_only_the_pipe_it_splits() -> None:
+
+def _joined(chunks: list[Any]) -> bytes:
+    return b"".join(bytes(c) if not isinstance(c, _Held) else c.data for c in chunks)
+
+
+def test_a_cut_keeps_only_the_range_and_reads_no_pipe_cut_at_its_end() -> None:
     memory = memoryview(bytearray(b"abcdefgh"))
     whole, split, dropped = _Held(b"ijklmnop"), _Held(b"qrstuvwx"), _Held(b"yz012345")
     kept = _trim([memory, whole, split, dropped], 100, first=102, end=120)
-    assert b"".join(bytes(c) if not isinstance(c, _Held) else c.data for c in kept) == (
-        b"cdefgh" + b"ijklmnop" + b"qrst"
-    )
+    assert _joined(kept) == b"cdefgh" + b"ijklmnop" + b"qrst"
     assert kept[1] is whole and whole.reads == 0  # kept whole: still spliced
-    assert split.reads == 1 and dropped.reads == 0
+    assert isinstance(kept[2], _Held) and split.reads == 0  # its head, still spliced
+    assert dropped.reads == 0
     assert isinstance(kept[0], memoryview) and kept[0].obj is memory.obj  # no copy
+    front = _Held(b"ABCDEFGH")  # cut at its start: the bytes before it are read out
+    assert _joined(_trim([front], 100, first=103, end=106)) == b"DEF" and front.reads == 1
+
+
+def test_the_head_of_a_pipe_is_written_alone_and_the_rest_stays(tmp_path: Path) -> None:
+    from asynchub._transport.splicing import Pipe, PipePiece
+
+    pipe = Pipe.open(MIB)
+    assert pipe is not None
+    piece = PipePiece(None, pipe)  # type: ignore[arg-type]  # never released here
+    data = os.urandom(100_000)
+    os.write(pipe.write_fd, data)
+    piece.filled = piece.pending = len(data)
+    head = piece.head(60_000)
+    assert len(head) == 60_000 and len(head.head(70_000)) == 60_000
+    with open(tmp_path / "out", "wb") as out:
+        out.write(bytes(10))
+        head.write_to(out.fileno(), 10)
+    assert (tmp_path / "out").read_bytes() == bytes(10) + data[:60_000]
+    assert piece.pending == 40_000  # left in the pipe: the piece is not reused
+    assert piece.head(1_000).read() == data[60_000:61_000]
+    assert piece.read() == data[61_000:] and piece.pending == 0
+    pipe.close()
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "uvloop"])

@@ -225,8 +225,7 @@ class FileDownload:
     async def _flush(self, index: int, offset: int, buffers: list[Chunk], active: Active) -> None:
         """Write ``buffers`` (the bytes from ``offset`` on) into range ``index``: only from its
         first unwritten byte (a flush cancelled after it counted its bytes is not counted
-        again) up to its end (bytes past a split point belong to another connection; spliced
-        bytes are read out of the kernel for that rare cut)."""
+        again) up to its end (bytes past a split point belong to another connection)."""
         nbytes = sum(map(len, buffers))
         first, end = self.plan.next_offset(index), self.plan.ends[index]
         if offset < first or offset + nbytes > end:
@@ -674,9 +673,9 @@ class FileDownload:
 
 
 def _trim(chunks: list[Chunk], offset: int, first: int, end: int) -> list[Chunk]:
-    """The bytes of ``chunks`` (starting at ``offset``) in ``[first, end)``: memory is sliced
-    without a copy, a spliced chunk cut in two is read out of its pipe (one dropped whole
-    keeps its bytes, and its pipe is closed when released)."""
+    """The bytes of ``chunks`` (from ``offset``) in ``[first, end)``: memory is sliced, a
+    spliced chunk cut at its end keeps its head spliced (the 60-model prefetch read ~33 such
+    pipes into memory on the loop), one cut at its start is read out of its pipe."""
     kept: list[Chunk] = []
     at = offset
     for chunk in chunks:
@@ -687,6 +686,8 @@ def _trim(chunks: list[Chunk], offset: int, first: int, end: int) -> list[Chunk]
             continue
         if low == 0 and high == size:
             kept.append(chunk)
+        elif low == 0 and not isinstance(chunk, (bytes, memoryview)):
+            kept.append(chunk.head(high))
         else:
             data = chunk if isinstance(chunk, (bytes, memoryview)) else chunk.read()
             kept.append(memoryview(data)[low:high])

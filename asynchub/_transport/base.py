@@ -86,6 +86,11 @@ class Spliced(Protocol):
         """The bytes, read out (the rare case where they are needed in memory)."""
         ...
 
+    def head(self, count: int) -> Spliced:
+        """The first ``count`` bytes alone: writing them leaves the rest unread, and the
+        rest is dropped when the piece is released (a range cut short by a split)."""
+        ...
+
 
 class Piece(Protocol):
     """A filled receive buffer lent by a transport: ``view`` holds body bytes until

@@ -56,7 +56,7 @@ from .._exceptions import TransferError
 if TYPE_CHECKING:
     from .connection import Connection
 
-__all__ = ["AVAILABLE", "MIN_SPLICE", "Pipe", "PipePiece", "splice_in"]
+__all__ = ["AVAILABLE", "MIN_SPLICE", "Pipe", "PipeHead", "PipePiece", "splice_in"]
 
 #: ``os.splice`` exists (Linux, Python 3.10+).
 AVAILABLE = sys.platform == "linux" and hasattr(os, "splice")
@@ -135,17 +135,21 @@ class PipePiece:
     def write_to(self, fd: int, offset: int) -> None:
         """Move every byte of the pipe into ``fd`` at ``offset`` (blocking; worker thread).
         A file system that cannot take a splice gets the bytes through memory instead."""
-        while self.pending:
+        self.write_first(self.pending, fd, offset)
+
+    def write_first(self, count: int, fd: int, offset: int) -> None:
+        """Move the next ``count`` bytes of the pipe into ``fd`` at ``offset`` (see
+        :meth:`write_to`)."""
+        left = min(count, self.pending)
+        while left:
             try:
-                moved = os.splice(
-                    self.pipe.read_fd, fd, self.pending, offset_dst=offset, flags=_OUT_FLAGS
-                )
+                moved = os.splice(self.pipe.read_fd, fd, left, offset_dst=offset, flags=_OUT_FLAGS)
             except BlockingIOError:
                 raise _short(self.pending) from None
             except OSError as exc:
                 if exc.errno not in _NO_SPLICE:
                     raise
-                data = memoryview(self.read())
+                data = memoryview(self.read_first(left))
                 while data:
                     written = os.pwrite(fd, data, offset)
                     data, offset = data[written:], offset + written
@@ -153,24 +157,59 @@ class PipePiece:
             if moved <= 0:  # its writer closed: the same bookkeeping error as above
                 raise _short(self.pending)
             self.pending -= moved
+            left -= moved
             offset += moved
 
     def read(self) -> bytes:
         """The bytes of the pipe, read out."""
+        return self.read_first(self.pending)
+
+    def read_first(self, count: int) -> bytes:
+        """The next ``count`` bytes of the pipe, read out."""
         chunks = []
-        while self.pending:
+        left = min(count, self.pending)
+        while left:
             try:
-                data = os.read(self.pipe.read_fd, self.pending)
+                data = os.read(self.pipe.read_fd, left)
             except BlockingIOError:
                 raise _short(self.pending) from None
             if not data:
                 raise _short(self.pending)
             chunks.append(data)
             self.pending -= len(data)
+            left -= len(data)
         return b"".join(chunks)
+
+    def head(self, count: int) -> PipeHead:
+        """The first ``count`` bytes (see :class:`~.base.Spliced`): the rest stays in the
+        pipe, which is closed, not reused, when the piece is released."""
+        return PipeHead(self, min(count, self.pending))
 
     def release(self) -> None:
         self._conn.give_back_pipe(self)
+
+
+class PipeHead:
+    """The first bytes of a :class:`PipePiece` (:meth:`PipePiece.head`): a range cut by a
+    split keeps them spliced instead of reading the whole pipe into memory to slice it."""
+
+    __slots__ = ("_count", "_piece")
+
+    def __init__(self, piece: PipePiece, count: int) -> None:
+        self._piece = piece
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def write_to(self, fd: int, offset: int) -> None:
+        self._piece.write_first(self._count, fd, offset)
+
+    def read(self) -> bytes:
+        return self._piece.read_first(self._count)
+
+    def head(self, count: int) -> PipeHead:
+        return PipeHead(self._piece, min(count, self._count))
 
 
 def _short(pending: int) -> TransferError:
