@@ -25,7 +25,7 @@ import trustme
 from asynchub._cache.layout import partials_for
 from asynchub._config import HubConfig
 from asynchub._engine.engine import Engine
-from asynchub._engine.ranged import _trim
+from asynchub._engine.pieces import trim as _trim
 from asynchub._exceptions import ConfigError, StallError, TransferError
 from asynchub._loops import loop_factory
 from asynchub._transport.connection import HEAD_LIMIT, HEAD_READ

@@ -12,7 +12,7 @@ from .._exceptions import HubError, ProtocolError
 from .._transport.base import Response
 from .retry import retryable
 
-__all__ = ["Restart", "collapse_group", "parse_content_range", "strong_etag"]
+__all__ = ["Restart", "Unranged", "collapse_group", "parse_content_range", "strong_etag"]
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -20,6 +20,11 @@ if sys.version_info < (3, 11):  # pragma: no cover
 
 class Restart(Exception):
     """The file changed on the server: start it again from scratch."""
+
+
+class Unranged(Exception):
+    """A file of unknown size whose server gives no size for a range (a ``200`` without
+    ``Content-Length``, or a ``416``): it must be fetched as one plain stream."""
 
 
 #: ``bytes <first>-<last>/<total>`` in ASCII digits (``re.ASCII``: ``[0-9]``, never ``\\d``); a huge
