@@ -205,7 +205,7 @@ class Scheduler:
         # One decision (:meth:`take`, :meth:`wanted`) reads the clock once and the rates of
         # the ranges in flight once, however many of its steps compare them.
         self._frozen: float | None = None
-        self._rates: dict[int, float] | None = None
+        self._rates: tuple[dict[int, float], float, int] | None = None  # rates, sum, count
 
     def learn_latency(self, seconds: float) -> None:
         """What one request took to its answer here (the piece size weighs it, see above)."""
@@ -329,15 +329,18 @@ class Scheduler:
     def _reference_rate(self, now: float, exclude: int | None = None) -> float | None:
         """What a connection achieves here: the mean rate of the other ranges in flight and
         of recently finished ones (``None`` while nothing is known)."""
-        rates = self._rates if now == self._frozen else None
-        if rates is None:  # outside a decision, or its first look
+        known = self._rates if now == self._frozen else None
+        if known is None:  # outside a decision, or its first look
             rates = {i: r for i in self.plan.claimed if (r := self._rate(i, now)) is not None}
+            known = (rates, sum(rates.values()), len(rates))
             if now == self._frozen:
-                self._rates = rates
-        found = [r for i, r in rates.items() if i != exclude]
+                self._rates = known
+        rates, total, count = known
+        if exclude in rates:
+            total, count = total - rates[exclude], count - 1
         if self._finished_rate is not None:
-            found.append(self._finished_rate)
-        return sum(found) / len(found) if found else None
+            total, count = total + self._finished_rate, count + 1
+        return total / count if count else None
 
     def _eta(self, index: int, now: float, reference: float | None) -> float:
         left = self.plan.ends[index] - self._position(index)
@@ -406,18 +409,22 @@ class Scheduler:
         left = plan.ends[index] - (self._position(index) + KEEP)
         if left >= self.min_part:
             return True
+        if left < MIN_TAIL_PART:  # (the usual case near the end: no rates to compare)
+            return False
         if crawls is None:
             crawls = self._crawls(index, self._clock())
-        return left >= MIN_TAIL_PART and crawls and left >= self._floor()
+        return crawls and left >= self._floor()
 
     def _crawls(self, index: int, now: float) -> bool:
         """Whether the holder of ``index`` would take more than :data:`CRAWL` times what a
         new connection needs for the rest (a round trip, then the others' rate)."""
+        left = self.plan.ends[index] - self._position(index)
+        if left < MIN_TAIL_PART:  # never split: not worth comparing rates
+            return False
         rate = self._rate(index, now)
         reference = self._reference_rate(now, exclude=index)
         if rate is None or not reference:
             return False
-        left = self.plan.ends[index] - self._position(index)
         alone = left / rate if rate > 0 else float("inf")
         return alone > CRAWL * ((self._latency or 0.0) + left / reference)
 
