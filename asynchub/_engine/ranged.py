@@ -187,8 +187,6 @@ class FileDownload:
         self._moved = 0  # bytes received in pieces (the adaptive width's measure)
         self._streams: dict[Active, BufferedResponse] = {}  # live bodies (see _received)
         self._live = 0  # workers running (or waiting for a connection token)
-        self._group: anyio.abc.TaskGroup | None = None  # the workers', while they run
-        self._finishing: set[int] = set()  # ranges whose last write is under way (_finish)
         self._workers_done = True
         config = ctx.config
         self._widener = Widener(config.max_connections) if config.adaptive_connections else None
@@ -292,7 +290,6 @@ class FileDownload:
                     await self._run_workers(outer, first)
                 finally:
                     self._workers_done = True  # no worker may be started after this
-                    self._group = None
                 outer.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise collapse_group(group) from None
@@ -310,7 +307,6 @@ class FileDownload:
         async with anyio.create_task_group() as workers:
             ready = anyio.Event()
             self._live = 0
-            self._group = workers
             workers.start_soon(self._worker, first, ready)
             await ready.wait()
             if not self.single:
@@ -397,12 +393,10 @@ class FileDownload:
         if index is None:
             index = self.schedule.take(steal=self._may_steal())
         while index is not None:
-            handed = False
             try:
-                handed = await self._fetch_chunk(index, ready)
+                await self._fetch_chunk(index, ready)
             finally:
-                if not handed:  # else its last write releases it (see _finish)
-                    self.schedule.release(index)
+                self.schedule.release(index)
             if self.single:
                 return
             widener = self._widener
@@ -416,9 +410,7 @@ class FileDownload:
         other downloads wait for a connection token (see :meth:`_work`)."""
         return not self.ctx.limiter.statistics().tasks_waiting
 
-    async def _fetch_chunk(self, index: int, ready: anyio.Event | None) -> bool:
-        """Range ``index`` to its end, retrying from its last byte; whether its last write
-        was handed over (:meth:`_stream`)."""
+    async def _fetch_chunk(self, index: int, ready: anyio.Event | None) -> None:
         retrier = Retrier(
             self.ctx.config.retry,
             self.ctx.sleep,
@@ -427,11 +419,10 @@ class FileDownload:
             wave=self._retry_wave,
             meaningful=min(MEANINGFUL, max(1, self.plan.remaining(index) // 4)),
         )
-        while not self.plan.is_done(index) and index not in self._finishing:
+        while not self.plan.is_done(index):
             before = self.plan.written[index]
             try:
-                if await self._request(index, ready):
-                    return True
+                await self._request(index, ready)
                 if self.plan.written[index] > before:
                     retrier.progressed()
                     continue
@@ -439,16 +430,12 @@ class FileDownload:
             except HubError as exc:
                 if retryable(exc) and self.plan.is_done(index):
                     log.debug("%s: %s (the range was complete)", self.name, exc)
-                    return False
+                    return
                 if not isinstance(exc, StallError):  # a stall always counts, however it began
                     retrier.progressed(self.plan.written[index] - before)
                 await retrier.failed(exc)
-        return False
 
-    async def _request(self, index: int, ready: anyio.Event | None) -> bool:
-        """One request for what range ``index`` still lacks; whether its last write was handed
-        over (:meth:`_stream`)."""
-        handed = False
+    async def _request(self, index: int, ready: anyio.Event | None) -> None:
         start = self.plan.next_offset(index)
         last = self.plan.bounds(index)[1] - 1
         headers = {"Range": f"bytes={start}-{last}"}
@@ -467,15 +454,12 @@ class FileDownload:
                             self.schedule.learn_latency(latency)
                             if self._widener is not None:
                                 self._widener.learn_latency(latency)
-                        handed = await self._answer(
-                            index, response, sent, start, last, ready, active
-                        )
+                        await self._answer(index, response, sent, start, last, ready, active)
             finally:
                 self._active.discard(active)
         if scope.cancelled_caught and active.reason is not None:
             where = host_port(self.url)[1]
             raise StallError(f"{where} sent {active.reason} ({self.url})", url=self.url)
-        return handed
 
     async def _answer(
         self,
@@ -486,9 +470,7 @@ class FileDownload:
         last: int,
         ready: anyio.Event | None,
         active: Active,
-    ) -> bool:
-        """Check the answer to a range request, then stream its body (:meth:`_stream`, whose
-        result is returned)."""
+    ) -> None:
         status, url, size = response.status, response.url, self.plan.size
         if status == 206:
             first, end, total = parse_content_range(response.headers.get("Content-Range"), url)
@@ -557,7 +539,7 @@ class FileDownload:
         self.url = url
         if ready is not None:
             ready.set()
-        return await self._stream(index, response, start, length, active)
+        await self._stream(index, response, start, length, active)
 
     async def _learn_size(self, size: int, url: str) -> int:
         """The size of a file of unknown size, from the probe's answer: capped like the
@@ -596,11 +578,9 @@ class FileDownload:
 
     async def _stream(
         self, index: int, response: Response, offset: int, length: int, active: Active
-    ) -> bool:
+    ) -> None:
         """Write at most ``length`` body bytes at ``offset``; more is a ProtocolError. Stops
-        early (dropping the connection) when the range was split before its end. Whether the
-        range's last write was handed to a task of its own (:meth:`_finish`): the connection
-        is then free for the next range while it runs."""
+        early (dropping the connection) when the range was split before its end."""
         clock, bucket = self.ctx.clock, self.ctx.bucket
         piece = min(PIECE, max(self.ctx.config.state_interval, 16 * 1024))
         # one isinstance per answer: a runtime-checkable Protocol check costs ~10 us
@@ -622,7 +602,6 @@ class FileDownload:
         body = body_pieces(response, lender, PIECE)
         if lender is not None:
             self._streams[active] = lender
-        handed = False
         try:
             async for data, loan in body:
                 if loan is not None:
@@ -647,16 +626,9 @@ class FileDownload:
                     active.samples.clear()
                     active.samples.append((active.last, active.total))
                 end = self.plan.ends[index]
-                if offset + buffered >= end and self._group is not None:
-                    if remaining:
-                        response.close()  # the rest was handed to another connection
-                    self._finishing.add(index)
-                    self._group.start_soon(self._finish, index, offset, buffers, lent)
-                    handed, buffers, lent = True, [], []
-                    return True
                 now = clock()
-                full = buffered >= piece or len(lent) >= lendable > 0
-                if full or offset + buffered >= end or now - held_since >= STATE_PERIOD:
+                full = buffered >= piece or offset + buffered >= end or len(lent) >= lendable > 0
+                if full or now - held_since >= STATE_PERIOD:
                     try:
                         await self._flush(index, offset, buffers)
                     finally:
@@ -667,7 +639,7 @@ class FileDownload:
                     if offset >= self.plan.ends[index]:
                         if remaining:
                             response.close()  # the rest was handed to another connection
-                        return False
+                        return
         finally:
             try:
                 if buffers:
@@ -675,26 +647,7 @@ class FileDownload:
                         await self._flush(index, offset, buffers)
             finally:
                 give_back(lent)
-                if not handed:  # else it still counts as received until its write is done
-                    received.pop(index, None)
+                received.pop(index, None)
                 self._streams.pop(active, None)
                 with anyio.CancelScope(shield=True):
                     await body.aclose()
-        return False
-
-    async def _finish(
-        self, index: int, offset: int, buffers: list[Chunk], lent: list[Piece]
-    ) -> None:
-        """The last write of range ``index``, in a task of the workers' group while its
-        connection asks for the next range (waiting for the write, a thread call behind the
-        batch under way, kept each connection idle for a median 8-9 ms between ranges). The
-        range stays claimed, and received to its end, until its bytes are in the file: no
-        other connection takes or splits it meanwhile. An error fails the file, as it would
-        have failed the worker."""
-        try:
-            with anyio.CancelScope(shield=True):
-                await self._flush(index, offset, buffers)
-        finally:
-            give_back(lent)
-            self._finishing.discard(index)
-            self.schedule.release(index)

@@ -22,7 +22,6 @@ __all__ = [
     "BUFFERS",
     "HEAD_LIMIT",
     "HEAD_READ",
-    "PIPES",
     "Buffer",
     "Connection",
     "Headers",
@@ -32,12 +31,6 @@ __all__ = [
 ]
 
 BUFFERS = 2
-#: Pipes a connection may hold (see :mod:`.splicing`), one more than its buffers: a range's
-#: last write runs while its connection asks for the next range (``_finish`` in
-#: :mod:`asynchub._engine.ranged`), and with two pipes both were often still with that write
-#: when the next answer came, whose body then went through memory (217 of 343 answers of a
-#: 512 MiB download on 40 connections instead of 103).
-PIPES = 3
 HEAD_LIMIT = 64 * 1024
 #: The most read at once while a head is awaited. A read takes whatever has arrived, and the
 #: body's first bytes arrive with the head: they are copied through h11 and a buffer into
@@ -415,7 +408,7 @@ class Connection(asyncio.BufferedProtocol):
     def _take_pipe(self) -> PipePiece | None:
         if self._pipes:
             return self._pipes.pop()
-        if self._pipe_count >= PIPES:
+        if self._pipe_count >= BUFFERS:
             return None
         pipe = Pipe.open(self.buffer_size)
         if pipe is None:
@@ -481,7 +474,7 @@ class Connection(asyncio.BufferedProtocol):
             self._ready.append(piece)
             self._filling = None
             self._wake()
-            if not self._pipes and self._pipe_count >= PIPES:
+            if not self._pipes and self._pipe_count >= BUFFERS:
                 self._unwatch()
 
     def _end_splice(self, *, resume: bool) -> None:

@@ -3,8 +3,7 @@
 
 A :class:`~.connection.Connection` asked to splice its body (``BufferedResponse.splice``)
 stops reading through its transport and moves the bytes from the socket into a pipe of its
-own (:class:`Pipe`, one per :class:`PipePiece`, up to three per connection: ``PIPES`` in
-:mod:`.connection`); the
+own (:class:`Pipe`, one per :class:`PipePiece`, two per connection like its buffers); the
 engine then moves them from the pipe into the partial file at their offset
 (:meth:`PipePiece.write_to`, in a worker thread).
 
