@@ -1,5 +1,6 @@
 """StateSaver: a write is recorded within the period even when nothing follows it; many writes
-in a period make one save; a complete file is never saved."""
+in a period make one save; the first period starts at the first write; a complete file is never
+saved."""
 
 from __future__ import annotations
 
@@ -85,3 +86,30 @@ async def test_a_complete_file_is_not_saved(tmp_path: Path) -> None:
     assert waits == [STATE_PERIOD]
     assert snapshots.taken == 0
     assert not state_path(partial).exists()
+
+
+async def test_the_first_period_starts_at_the_first_write(tmp_path: Path) -> None:
+    """A download that waited (for a connection token, in a prefetch) is not saved at its
+    first write: the save waits for the period after it."""
+    partial = tmp_path / "model.onnx.partial"
+    partial.write_bytes(b"")
+    snapshots = Snapshots()
+    now = [0.0]
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:  # time passes at once: the due save runs now
+        waits.append(seconds)
+        await anyio.lowlevel.checkpoint()
+
+    saver = StateSaver(partial, snapshots, complete=lambda: False, interval=1 << 30,
+                       clock=lambda: now[0], sleep=sleep)  # fmt: skip
+    now[0] = 10.0  # ten seconds in line for a connection before the first byte
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as group:
+            saver.group = group
+            saver.wrote(10)
+            assert snapshots.taken == 0  # not saved at once
+            await snapshots.next()
+            saver.stopped()
+    assert waits == [pytest.approx(STATE_PERIOD)]  # it waited for the period after the write
+    assert snapshots.taken == 1
