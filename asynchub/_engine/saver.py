@@ -10,8 +10,8 @@ A :class:`StateSaver` is told of every write (:meth:`StateSaver.wrote`) and save
   writing (a stalled range, the last bytes of a file);
 * the first period starts at the first write, not when the download was set up: what a kill
   costs is transfer, and a file of a prefetch that waited for a connection token was saved
-  at its first write, then every period: 160 saves for the 60 files of the benchmark's
-  prefetch, most of them for files done within a period of their first byte;
+  at its first write, then every period: 133-159 saves for the 60 files of the benchmark's
+  prefetch, 100-105 now (most of its files are done within a period of their first byte);
 * never for a complete file (it is verified and published next; if that is interrupted, the
   engine saves the complete state on the way out), and not per finished range
   (a prefetch of many small files would write a state file per request);
@@ -129,8 +129,9 @@ class StateSaver:
 
     async def _when_due(self) -> None:
         try:
-            since = self._clock() if self._saved_at is None else self._saved_at
-            await self._sleep(max(0.0, since + STATE_PERIOD - self._clock()))
+            saved_at = self._saved_at
+            assert saved_at is not None  # set by the write that scheduled this
+            await self._sleep(max(0.0, saved_at + STATE_PERIOD - self._clock()))
         finally:
             self._later = False
         if self._unsaved > 0:
