@@ -23,6 +23,7 @@ measured by the caller.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -75,15 +76,23 @@ def _median(times: list[float]) -> float:
 
 def _import_what_the_call_imports(op: str, cached: bool = False) -> None:
     """Import what asynchub imports at its first call: the download engine (asyncio, anyio's
-    backend, h11) unless the model is ``cached`` (a warm load reads the cache without it), and
-    onnx for a ``load``. They are timed with ``import asynchub`` in ``import_seconds``, so
-    ``seconds`` is the operation itself (as onnx.hub's driver, which imports onnx before its
-    timer, measures it); the process's wall time includes them, and only them."""
+    backend, h11), the sources (``asynchub._hub.offloop.ASYNC_CORE``) and the event loop of
+    the sync API (uvloop where it is installed), unless the model is ``cached`` (a warm load
+    reads the cache without them); and onnx for a ``load``. They are timed with ``import
+    asynchub`` in ``import_seconds``, so ``seconds`` is the operation itself (as onnx.hub's
+    driver, which imports onnx before its timer, measures it); the process's wall time
+    includes them, and only them."""
     import importlib
 
     if not cached:
-        importlib.import_module("asynchub._hub.client")
-        importlib.import_module("anyio._backends._asyncio")
+        try:  # asynchub's own list: the hub, the engine, anyio's backend, the sources
+            core: tuple[str, ...] = importlib.import_module("asynchub._hub.offloop").ASYNC_CORE
+        except (ImportError, AttributeError):  # an older revision (benchmarks/compare.py)
+            core = ("asynchub._hub.client", "anyio._backends._asyncio")
+        for name in core:
+            importlib.import_module(name)
+        with contextlib.suppress(ImportError):  # the sync API's loop where it is installed
+            importlib.import_module("uvloop")
     if op == "load":
         importlib.import_module("onnx")
 

@@ -17,7 +17,9 @@ from asynchub._engine.adaptive import (
     FIRST_WINDOW,
     MAX_WARMUP,
     MIN_POLL,
+    MIN_WARMUP,
     START,
+    START_POLL,
     WARMUP,
     WINDOW,
     Widener,
@@ -365,6 +367,30 @@ def test_the_first_window_is_shorter_than_the_next_ones() -> None:
     assert second - first == pytest.approx(WARMUP + WINDOW, abs=0.003)
     assert widener.width == START * 16
     assert first < 0.8 * (second - first)
+
+
+def test_the_warm_up_ends_once_every_connection_flows() -> None:
+    """A caller that tells whether every connection receives its body is polled soon, and the
+    first window starts once they all do (not before MIN_WARMUP); one that does not tell
+    waits the whole warm-up."""
+    widener = Widener(40)
+    widener.observe(0.0, 0, flowing=False)
+    assert widener.poll == START_POLL  # not all flowing yet: look again soon
+    now = START_POLL
+    widener.observe(now, 1 * MIB, flowing=True)  # all flow, but too soon after the start
+    assert widener.poll == pytest.approx(MIN_WARMUP - now + MIN_POLL)
+    now = MIN_WARMUP + MIN_POLL
+    widener.observe(now, 2 * MIB, flowing=True)  # the warm-up is over: the window starts
+    assert widener.poll == pytest.approx(FIRST_WINDOW * WINDOW + MIN_POLL)
+    first, _ = _first_change(widener, 25e6, now, 2 * MIB)
+    assert first == pytest.approx(MIN_WARMUP + FIRST_WINDOW * WINDOW, abs=0.003)
+    assert first < WARMUP + FIRST_WINDOW * WINDOW - 0.01
+
+    silent = Widener(40)
+    silent.observe(0.0, 0)
+    assert silent.poll == pytest.approx(WARMUP + MIN_POLL)
+    silent.observe(MIN_WARMUP + MIN_POLL, 2 * MIB, flowing=None)
+    assert silent.poll == pytest.approx(WARMUP - MIN_WARMUP)  # still warming up
 
 
 def test_a_distant_server_is_measured_after_its_new_connections_answer() -> None:
