@@ -386,6 +386,11 @@ def test_the_warm_up_ends_once_every_connection_flows() -> None:
     assert first == pytest.approx(MIN_WARMUP + FIRST_WINDOW * WINDOW, abs=0.003)
     assert first < WARMUP + FIRST_WINDOW * WINDOW - 0.01
 
+    distant = Widener(40)
+    distant.learn_latency(0.15)  # a warm-up of 0.3 s is polled every 30 ms, not every 2
+    distant.observe(0.0, 0, flowing=False)
+    assert distant.poll == pytest.approx(0.03)
+
     silent = Widener(40)
     silent.observe(0.0, 0)
     assert silent.poll == pytest.approx(WARMUP + MIN_POLL)

@@ -19,13 +19,14 @@ where 4 sustained 300 MB/s). :class:`Widener` decides from what it measures:
   (:meth:`Widener.learn_latency`), at least :data:`WARMUP` (0.02 s) and at most
   :data:`MAX_WARMUP` (1 s): 20 ms on loopback, a few hundred on a distant CDN. It ends
   sooner once every connection of the width receives its answer's body (the caller says so
-  to :meth:`Widener.observe`, and is polled every :data:`START_POLL`, 2 ms, until then), but
-  not before :data:`MIN_WARMUP` (4 ms). On loopback the connections flow within a
-  millisecond or two: 512 MiB on 40 connections capped at 25 MB/s widened from 8 to 40 at
-  48 ms instead of 61-64, and took a median 0.648 and 0.649 s in-process against 0.658 and
-  0.657 s (ten runs each, interleaved, twice). While holding
-  (below), windows are :data:`HOLD_WINDOW` (0.2 s): nothing there is urgent, and a prefetch
-  of many files polls less.
+  to :meth:`Widener.observe`, and is polled every tenth of the warm-up until then, at least
+  :data:`START_POLL`, 2 ms), but not before :data:`MIN_WARMUP` (4 ms). On loopback the
+  connections flow within a millisecond or two: 512 MiB on 40 connections capped at 25 MB/s
+  widened from 8 to 40 at 48 ms instead of 61-64, and took a median 0.648 and 0.649 s
+  in-process against 0.658 and 0.657 s (ten runs each, interleaved, twice). A transport
+  that does not lend its buffers (aiohttp's) cannot tell, and waits the whole warm-up.
+  While holding (below), windows are :data:`HOLD_WINDOW` (0.2 s): nothing there is urgent,
+  and a prefetch of many files polls less.
 * **Grow while it pays.** After a window at width ``w`` following one at ``p < w``, the
   *efficiency* is how much of the linear gain arrived: ``(R(w)/R(p) - 1) / (w/p - 1)``. At
   :data:`FAST` (0.7) or better the bottleneck is per connection: the width is multiplied by 4
@@ -259,8 +260,8 @@ class Widener:
         if self._warming and self._flowing is not None:  # the warm-up may end early
             if self._flowing:
                 left = min(left, self._since + MIN_WARMUP - self._now)
-            elif left > START_POLL:
-                return START_POLL
+            elif left > (soon := max(START_POLL, self.warmup / 10)):
+                return soon
         return max(MIN_POLL, left + MIN_POLL) if left > 0 else max(MIN_POLL, span / 4)
 
     def _window(self) -> float:

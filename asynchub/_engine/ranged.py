@@ -341,7 +341,8 @@ class FileDownload:
         shed_for = widener.width
         while not self._workers_done:
             widener.ceiling = min(HASH_RATE, self.cursor.rate or HASH_RATE)  # see adaptive
-            flowing = len(self._streams) >= min(widener.width, self._live)  # all receiving
+            streams = self._streams  # live bodies, where the transport lends its buffers
+            flowing = len(streams) >= min(widener.width, self._live) if streams else None
             widener.observe(time.monotonic(), self._received(), flowing=flowing)
             if widener.width > self._live and not workers.cancel_scope.cancel_called:
                 self._widen(workers)
